@@ -1,0 +1,38 @@
+// Shared definitions for the torch-free core.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define SPOCO_HD __host__ __device__ __forceinline__
+#else
+#define SPOCO_HD inline
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define SPOCO_PREFETCH(addr) __builtin_prefetch(addr)
+#else
+#define SPOCO_PREFETCH(addr) ((void)0)
+#endif
+
+#ifdef SPOCO_HAVE_OPENMP
+#include <omp.h>
+#endif
+
+namespace spoco {
+
+/// Number of threads the OpenMP runtime would use (1 without OpenMP).
+inline int max_threads() {
+#ifdef SPOCO_HAVE_OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+/// Resolve a user thread count: <= 0 means "OpenMP default".
+inline int resolve_threads(int threads) {
+    return threads > 0 ? threads : max_threads();
+}
+
+}  // namespace spoco

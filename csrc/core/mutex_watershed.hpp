@@ -1,0 +1,260 @@
+// The mutex watershed (Wolf et al., ECCV 2018) on grids and on plain graphs.
+//
+// Every edge has a priority. Attractive edges ask to merge their ends, repulsive
+// (mutex) edges forbid it. In order of priority, highest first, ties by edge id
+// ascending:
+//   - attractive edge (u, v): merge the clusters of u and v unless a mutex
+//     separates them;
+//   - repulsive edge (u, v): if u and v are in different clusters, add a mutex
+//     between the two clusters.
+// Repulsive edges after the last attractive edge cannot change the partition, so
+// the loop stops there.
+//
+// Implementation: records (order-preserving priority key, edge id) are produced
+// in edge-id order and radix-sorted stably, which gives the tie rule for free and
+// does not depend on the thread count. The sequential loop uses a union-find over
+// 32-bit node ids and MutexSets (mutex_sets.hpp), prefetching the union-find
+// records of edges a few dozen positions ahead.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <vector>
+
+#include "core/common.hpp"
+#include "core/embedding_weights.hpp"
+#include "core/grid_edges.hpp"
+#include "core/mutex_sets.hpp"
+#include "core/radix_sort.hpp"
+#include "core/union_find.hpp"
+
+namespace spoco {
+
+namespace detail {
+
+// 8-byte record: key in the high half, 32-bit edge id in the low half.
+struct PackedRecord {
+    using type = uint64_t;
+    static type make(uint64_t key, uint64_t id) { return (key << 32) | id; }
+    static uint64_t key(type r) { return r >> 32; }
+    static uint64_t id(type r) { return r & 0xFFFFFFFFull; }
+};
+
+// 16-byte record for float64 priorities or more than 2^32 edge ids.
+struct WideRecord {
+    struct type { uint64_t key, id; };
+    static type make(uint64_t key, uint64_t id) { return {key, id}; }
+    static uint64_t key(const type& r) { return r.key; }
+    static uint64_t id(const type& r) { return r.id; }
+};
+
+struct Edge {
+    uint32_t u, v;
+    bool attractive;
+};
+
+constexpr std::size_t kPrefetchDistance = 32;
+
+/// The sequential heart: process sorted records [0, stop).
+template <class R, class Decode>
+void mutex_watershed_loop(const typename R::type* recs, std::size_t stop, UnionFind& uf,
+                          MutexSets& mutexes, Decode decode) {
+    for (std::size_t k = 0; k < stop; ++k) {
+        if (k + kPrefetchDistance < stop) {
+            const Edge ahead = decode(R::id(recs[k + kPrefetchDistance]));
+            uf.prefetch(ahead.u);
+            uf.prefetch(ahead.v);
+        }
+        const Edge e = decode(R::id(recs[k]));
+        const uint32_t ru = uf.find(e.u), rv = uf.find(e.v);
+        if (ru == rv) continue;
+        if (e.attractive) {
+            if (!mutexes.has_mutex(ru, rv)) mutexes.merge(ru, rv, uf.link(ru, rv));
+        } else {
+            mutexes.add_mutex(ru, rv);
+        }
+    }
+}
+
+/// Sort records and run the loop. `recs` holds `n` records in edge-id order.
+template <class R, class Decode, class IsAttractiveId>
+void sort_and_solve(std::unique_ptr<typename R::type[]> recs, std::size_t n, int key_bytes,
+                    UnionFind& uf, MutexSets& mutexes, Decode decode,
+                    IsAttractiveId is_attractive, int threads) {
+    using Rec = typename R::type;
+    std::unique_ptr<Rec[]> buf(new Rec[n]);
+    Rec* sorted = radix_sort(recs.get(), buf.get(), n, key_bytes,
+                             [](const Rec& r) { return R::key(r); }, threads);
+    if (sorted == buf.get()) recs.swap(buf);
+    buf.reset();  // keep only the sorted records
+    std::size_t stop = n;
+    while (stop > 0 && !is_attractive(R::id(recs[stop - 1]))) --stop;
+    mutex_watershed_loop<R>(recs.get(), stop, uf, mutexes, decode);
+}
+
+/// Label the foreground pixels 1..K in order of first appearance; masked pixels 0.
+inline void write_labels(UnionFind& uf, const uint8_t* mask, int64_t* labels) {
+    const std::size_t n = uf.size();
+    std::vector<uint32_t> label_of_root(n, 0);
+    uint32_t next = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+        if (mask && !mask[i]) { labels[i] = 0; continue; }
+        uint32_t& l = label_of_root[uf.find(static_cast<uint32_t>(i))];
+        if (l == 0) l = ++next;
+        labels[i] = l;
+    }
+}
+
+template <class T, class R, class RowPriority>
+void solve_grid(const GridSpec& g, RowPriority row_priority, int64_t* labels, int threads) {
+    using Rec = typename R::type;
+    const GridEdges edges(g);
+    const std::size_t N = g.n_pixels();
+    const std::vector<std::size_t> starts = edges.row_starts(threads);
+    const std::size_t n_edges = starts.back();
+    std::unique_ptr<Rec[]> recs(new Rec[n_edges]);
+    const std::ptrdiff_t R_ = static_cast<std::ptrdiff_t>(edges.n_rows());
+#pragma omp parallel num_threads(threads)
+    {
+        std::vector<T> prio(static_cast<std::size_t>(g.shape[2]));
+#pragma omp for schedule(static)
+        for (std::ptrdiff_t r = 0; r < R_; ++r) {
+            const GridEdges::Row w = edges.row(r);
+            if (w.x0 >= w.x1) continue;
+            row_priority(w, prio.data());
+            std::size_t pos = starts[r];
+            const bool dense = edges.dense(w);
+            for (int64_t x = w.x0; x < w.x1; ++x) {
+                if (!dense && !edges.keep(w, x)) continue;
+                recs[pos++] = R::make(descending_key(prio[x - w.x0]), edges.edge_id(w, x));
+            }
+        }
+    }
+    std::vector<int64_t> lin(g.n_channels());
+    for (std::size_t c = 0; c < lin.size(); ++c) lin[c] = g.linear_offset(c);
+    const uint64_t n_attractive_ids = static_cast<uint64_t>(g.n_attractive) * N;
+    auto decode = [&](uint64_t id) {
+        const uint64_t c = id / N;
+        const uint64_t u = id - c * N;
+        return Edge{static_cast<uint32_t>(u), static_cast<uint32_t>(static_cast<int64_t>(u) + lin[c]),
+                    id < n_attractive_ids};
+    };
+    auto is_attractive = [&](uint64_t id) { return id < n_attractive_ids; };
+    UnionFind uf(N);
+    MutexSets mutexes(N);
+    sort_and_solve<R>(std::move(recs), n_edges, static_cast<int>(sizeof(T)), uf, mutexes, decode,
+                      is_attractive, threads);
+    write_labels(uf, g.mask, labels);
+}
+
+template <class T, class RowPriority>
+void dispatch_grid(const GridSpec& g, RowPriority row_priority, int64_t* labels, int threads) {
+    if (g.n_pixels() >= 0xFFFFFFFFull) throw std::invalid_argument("grid has too many pixels for one mutex watershed (>= 2^32)");
+    const uint64_t n_ids = static_cast<uint64_t>(g.n_channels()) * g.n_pixels();
+    if (sizeof(T) == 4 && n_ids <= 0xFFFFFFFFull)
+        solve_grid<T, PackedRecord>(g, row_priority, labels, resolve_threads(threads));
+    else
+        solve_grid<T, WideRecord>(g, row_priority, labels, resolve_threads(threads));
+}
+
+/// Squared embedding distance along a row, then Eq. 12 priorities.
+template <class T>
+void embedding_row_priority(const T* emb, std::size_t D, std::size_t N, T two_delta_d,
+                            const GridEdges::Row& w, T* prio) {
+    const std::size_t len = static_cast<std::size_t>(w.x1 - w.x0);
+    for (std::size_t i = 0; i < len; ++i) prio[i] = T(0);
+    for (std::size_t d = 0; d < D; ++d) {
+        const T* a = emb + d * N + w.base + w.x0;
+        const T* b = a + w.lin;
+        for (std::size_t i = 0; i < len; ++i) {
+            const T diff = a[i] - b[i];
+            prio[i] += diff * diff;
+        }
+    }
+    for (std::size_t i = 0; i < len; ++i) prio[i] = edge_priority(prio[i], two_delta_d, w.attractive);
+}
+
+}  // namespace detail
+
+/// Mutex watershed on grid affinities `aff` of shape (C, N), C = g.n_channels().
+/// Attractive channels: high = merge; repulsive channels: high = split.
+/// Writes labels 1..K (0 where masked) to `labels` (N).
+template <class T>
+void mutex_watershed_grid(const T* aff, const GridSpec& g, int64_t* labels, int threads) {
+    const std::size_t N = g.n_pixels();
+    auto row_priority = [&](const GridEdges::Row& w, T* prio) {
+        const T* a = aff + w.channel * N + w.base + w.x0;
+        for (int64_t i = 0; i < w.x1 - w.x0; ++i) prio[i] = a[i];
+    };
+    detail::dispatch_grid<T>(g, row_priority, labels, threads);
+}
+
+/// Mutex watershed directly from embeddings `emb` of shape (D, N): each edge's
+/// priority is computed on the fly from Eq. 12 (no affinity array is allocated).
+template <class T>
+void mutex_watershed_embeddings(const T* emb, std::size_t D, T delta_d, const GridSpec& g,
+                                int64_t* labels, int threads) {
+    const std::size_t N = g.n_pixels();
+    const T two_delta_d = T(2) * delta_d;
+    auto row_priority = [&](const GridEdges::Row& w, T* prio) {
+        detail::embedding_row_priority(emb, D, N, two_delta_d, w, prio);
+    };
+    detail::dispatch_grid<T>(g, row_priority, labels, threads);
+}
+
+/// Eq. 12 priorities as grid affinities (C, N): 1 - w on attractive channels, w on
+/// repulsive ones; 0 where the offset leaves the grid. Masks and strides are not
+/// applied (they select edges, they do not change weights).
+template <class T>
+void embedding_affinities(const T* emb, std::size_t D, T delta_d, const GridSpec& g, T* out, int threads) {
+    GridSpec all = g;
+    all.mask = nullptr;
+    all.strides = {1, 1, 1};
+    const GridEdges edges(all);
+    const std::size_t N = g.n_pixels();
+    const T two_delta_d = T(2) * delta_d;
+    const std::ptrdiff_t R_ = static_cast<std::ptrdiff_t>(edges.n_rows());
+    threads = resolve_threads(threads);
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (std::ptrdiff_t r = 0; r < R_; ++r) {
+        const GridEdges::Row w = edges.row(r);
+        T* o = out + w.channel * N + w.base;
+        for (int64_t x = 0; x < g.shape[2]; ++x) o[x] = T(0);
+        if (w.x0 >= w.x1) continue;
+        detail::embedding_row_priority(emb, D, N, two_delta_d, w, o + w.x0);
+    }
+}
+
+/// Mutex watershed on a plain graph. Attractive edges `uvs` (E x 2) with
+/// priorities `weights`, mutex edges `mutex_uvs` (M x 2) with `mutex_weights`.
+/// Edge ids: attractive 0..E-1, then mutex E..E+M-1 (the tie rule).
+/// Writes labels 1..K to `labels` (n_nodes).
+template <class T>
+void mutex_watershed_graph(std::size_t n_nodes, const int64_t* uvs, const T* weights, std::size_t n_edges,
+                           const int64_t* mutex_uvs, const T* mutex_weights, std::size_t n_mutex,
+                           int64_t* labels, int threads) {
+    if (n_nodes >= 0xFFFFFFFFull) throw std::invalid_argument("graph has too many nodes (>= 2^32)");
+    using R = detail::WideRecord;
+    using Rec = R::type;
+    const std::size_t n = n_edges + n_mutex;
+    std::unique_ptr<Rec[]> recs(new Rec[n]);
+    threads = resolve_threads(threads);
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (std::ptrdiff_t e = 0; e < static_cast<std::ptrdiff_t>(n); ++e) {
+        const std::size_t i = static_cast<std::size_t>(e);
+        const T w = i < n_edges ? weights[i] : mutex_weights[i - n_edges];
+        recs[i] = R::make(descending_key(w), i);
+    }
+    auto decode = [&](uint64_t id) {
+        const int64_t* p = id < n_edges ? uvs + 2 * id : mutex_uvs + 2 * (id - n_edges);
+        return detail::Edge{static_cast<uint32_t>(p[0]), static_cast<uint32_t>(p[1]), id < n_edges};
+    };
+    auto is_attractive = [&](uint64_t id) { return id < n_edges; };
+    UnionFind uf(n_nodes);
+    MutexSets mutexes(n_nodes);
+    detail::sort_and_solve<R>(std::move(recs), n, static_cast<int>(sizeof(T)), uf, mutexes, decode,
+                              is_attractive, threads);
+    detail::write_labels(uf, nullptr, labels);
+}
+
+}  // namespace spoco

@@ -1,0 +1,9 @@
+"""spoco: instance segmentation with pixel embeddings trained from sparse object
+annotations (Wolny et al., CVPR 2022)."""
+__version__ = "0.1.0"
+
+from . import _core  # noqa: E402  (the compiled core must import first)
+from ._config import show_config  # noqa: E402
+from .clustering import cluster  # noqa: E402
+
+__all__ = ["__version__", "cluster", "show_config"]

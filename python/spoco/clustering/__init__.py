@@ -1,0 +1,92 @@
+"""Turning pixel embeddings into instances (paper, Sec. 3.3 and appendix A.4)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .._validation import float_array, is_tensor, positive_float
+from .mws import (embedding_affinities, mutex_watershed, mutex_watershed_embeddings, mutex_watershed_graph,
+                  remove_small_segments)
+from .offsets import default_offsets
+
+__all__ = ["cluster", "mutex_watershed", "mutex_watershed_embeddings", "mutex_watershed_graph",
+           "embedding_affinities", "default_offsets", "remove_small_segments", "METHODS"]
+
+METHODS = ("mws",)
+
+
+def cluster(emb, method: str = "mws", *, delta_d: float = 2.0, offsets=None, n_attractive=None,
+            strides=None, randomize_strides: bool = False, seed: int = 0, mask=None, min_size: int = 0,
+            threads=None) -> np.ndarray:
+    """Cluster pixel embeddings into instances.
+
+    Parameters
+    ----------
+    emb : numpy array or torch tensor (CPU or CUDA), shape (D, *spatial), float
+        Pixel embeddings of one 2D image (D, H, W) or 3D volume (D, Z, Y, X).
+    method : "mws"
+        Mutex watershed on the long-range embedding affinities of Eq. 12.
+    delta_d : float
+        Push hinge of the loss; embeddings 2 * delta_d apart are maximally repulsive.
+    offsets : (C, ndim) ints, optional
+        Edge offsets. Default: nearest neighbours along every axis (attractive), then
+        3, 9 and 27 pixels along every axis (repulsive); see :func:`default_offsets`.
+    n_attractive : int, optional
+        Number of leading attractive offsets; required with explicit ``offsets``.
+    strides, randomize_strides, seed :
+        Subsampling of repulsive edges, see :func:`mutex_watershed`.
+    mask : bool array (*spatial), optional
+        Foreground; pixels outside get label 0.
+    min_size : int
+        Segments smaller than this (in pixels) become 0.
+    threads : int, optional
+        CPU threads; the result does not depend on it.
+
+    Returns
+    -------
+    labels : int64 numpy array (*spatial): 0 = background/masked, objects 1..K.
+
+    Notes
+    -----
+    Edges are processed by priority descending, ties by edge id ascending
+    (channel, then pixel), so results are deterministic. Embeddings on a CUDA
+    device get their affinities computed on the GPU; the mutex watershed itself
+    runs on the CPU.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not isinstance(min_size, (int, np.integer)) or min_size < 0:
+        raise ValueError(f"min_size must be a non-negative integer, got {min_size!r}")
+    delta_d = positive_float(delta_d, "delta_d")
+    ndim = emb.dim() - 1 if is_tensor(emb) else np.ndim(emb) - 1
+    if ndim < 1:
+        raise ValueError(f"emb must have shape (D, *spatial), got shape {tuple(emb.shape)}")
+    if offsets is None:
+        offsets, n_attractive = default_offsets(ndim)
+    common = dict(strides=strides, randomize_strides=randomize_strides, seed=seed, mask=mask, threads=threads)
+    if is_tensor(emb) and emb.device.type == "cuda":
+        labels = _mws_from_cuda(emb, offsets, n_attractive, delta_d, common)
+    else:
+        labels = mutex_watershed_embeddings(emb, offsets, n_attractive, delta_d=delta_d, **common)
+    return remove_small_segments(labels, int(min_size))
+
+
+def _mws_from_cuda(emb, offsets, n_attractive, delta_d, common):
+    import torch
+
+    from ..ops import embedding_affinities as affinities_op
+    from .mws import _grid
+
+    ndim = emb.dim() - 1
+    if emb.dtype == torch.float16 or emb.dtype == torch.bfloat16:
+        emb = emb.float()
+    if emb.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"emb must be a float tensor, got {emb.dtype}")
+    if emb.numel() == 0:
+        raise ValueError(f"emb is empty (shape {tuple(emb.shape)})")
+    if not bool(torch.isfinite(emb).all()):
+        raise ValueError("emb contains NaN or infinite values")
+    _, off3, n_att = _grid(tuple(emb.shape[1:]), offsets, n_attractive)
+    flat = off3[:, 3 - ndim:].ravel().tolist()
+    aff = affinities_op(emb.contiguous(), flat, ndim, n_att, delta_d)
+    aff = float_array(aff.cpu().numpy(), "affinities")
+    return mutex_watershed(aff, off3[:, 3 - ndim:], n_att, **common)

@@ -1,0 +1,1 @@
+"""Data: synthetic generators (and, later, readers and augmentation)."""

@@ -1,0 +1,58 @@
+"""``spoco::embedding_affinities``: Eq. 12 affinities as a torch custom op.
+
+CPU tensors go to ``spoco._core``, CUDA tensors to ``spoco._cuda``. The op has no
+gradient: affinities feed the (non-differentiable) mutex watershed.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import _core
+from .._cuda_loader import cuda_module
+
+
+def _check(emb: torch.Tensor, offsets: list[int], ndim: int) -> None:
+    if emb.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"emb must be float32 or float64, got {emb.dtype}")
+    if emb.dim() != ndim + 1:
+        raise ValueError(f"emb must have shape (D, *spatial) with {ndim} spatial axes, got {tuple(emb.shape)}")
+    if len(offsets) == 0 or len(offsets) % ndim:
+        raise ValueError("offsets must hold C * ndim integers")
+
+
+@torch.library.custom_op("spoco::embedding_affinities", mutates_args=())
+def embedding_affinities(emb: torch.Tensor, offsets: list[int], ndim: int, n_attractive: int,
+                         delta_d: float) -> torch.Tensor:
+    """Eq. 12 affinities ``(C, *spatial)`` of ``emb (D, *spatial)``.
+
+    ``offsets`` is the flattened ``(C, ndim)`` offset list. See
+    :func:`spoco.ops.reference.embedding_affinities` for the definition.
+    """
+    _check(emb, offsets, ndim)
+    emb = emb.contiguous()
+    spatial = tuple(emb.shape[1:])
+    C = len(offsets) // ndim
+    shape3 = (1,) * (3 - ndim) + spatial
+    off3 = np.zeros((C, 3), dtype=np.int64)
+    off3[:, 3 - ndim:] = np.asarray(offsets, dtype=np.int64).reshape(C, ndim)
+    if emb.device.type == "cpu":
+        out = _core.embedding_affinities(emb.reshape(emb.shape[0], -1).numpy(), shape3, off3, n_attractive,
+                                         delta_d, 0)
+        return torch.from_numpy(out).reshape((C,) + spatial)
+    if emb.device.type != "cuda":
+        raise ValueError(f"emb must be on the CPU or a CUDA device, got {emb.device}")
+    cuda = cuda_module()
+    out = torch.empty((C,) + spatial, dtype=emb.dtype, device=emb.device)
+    with torch.cuda.device(emb.device):
+        stream = torch.cuda.current_stream(emb.device).cuda_stream
+        cuda.embedding_affinities(emb.data_ptr(), out.data_ptr(), str(emb.dtype).removeprefix("torch."),
+                                  emb.shape[0], shape3, off3.ravel().tolist(), n_attractive, delta_d,
+                                  emb.device.index, stream)
+    return out
+
+
+@embedding_affinities.register_fake
+def _(emb, offsets, ndim, n_attractive, delta_d):
+    _check(emb, offsets, ndim)
+    return emb.new_empty((len(offsets) // ndim,) + tuple(emb.shape[1:]))
