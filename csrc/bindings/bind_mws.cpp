@@ -32,7 +32,11 @@ spoco::GridSpec make_spec(const std::array<int64_t, 3>& shape, const carray<int6
     for (int64_t s : shape) require(s >= 1, "shape entries must be >= 1");
     require(offsets.ndim() == 2 && offsets.shape(1) == 3, "offsets must have shape (C, 3)");
     const auto o = offsets.unchecked<2>();
-    for (py::ssize_t c = 0; c < offsets.shape(0); ++c) g.offsets.push_back({o(c, 0), o(c, 1), o(c, 2)});
+    for (py::ssize_t c = 0; c < offsets.shape(0); ++c) {
+        g.offsets.push_back({o(c, 0), o(c, 1), o(c, 2)});
+        for (int k = 0; k < 3; ++k)
+            require(o(c, k) >= -shape[k] && o(c, k) <= shape[k], "offsets must be clipped to [-size, size] per axis");
+    }
     require(n_attractive >= 0 && n_attractive <= static_cast<int>(g.offsets.size()),
             "n_attractive must be in [0, C]");
     g.n_attractive = n_attractive;

@@ -54,24 +54,41 @@ struct Edge {
 };
 
 constexpr std::size_t kPrefetchDistance = 32;
+constexpr std::size_t kSetPrefetchDistance = 8;
 
 /// The sequential heart: process sorted records [0, stop).
 template <class R, class Decode>
 void mutex_watershed_loop(const typename R::type* recs, std::size_t stop, UnionFind& uf,
                           MutexSets& mutexes, Decode decode) {
     for (std::size_t k = 0; k < stop; ++k) {
+        // Two-stage look-ahead: the nodes' words far ahead, their parents nearer.
+        if (k + 2 * kPrefetchDistance < stop) {
+            const Edge far = decode(R::id(recs[k + 2 * kPrefetchDistance]));
+            uf.prefetch(far.u);
+            uf.prefetch(far.v);
+        }
         if (k + kPrefetchDistance < stop) {
-            const Edge ahead = decode(R::id(recs[k + kPrefetchDistance]));
-            uf.prefetch(ahead.u);
-            uf.prefetch(ahead.v);
+            const Edge near = decode(R::id(recs[k + kPrefetchDistance]));
+            const uint32_t pu = uf.peek(near.u), pv = uf.peek(near.v);
+            if (!(pu & UnionFind::kRootFlag)) uf.prefetch(pu);
+            if (!(pv & UnionFind::kRootFlag)) uf.prefetch(pv);
+        }
+        if (k + kSetPrefetchDistance < stop) {
+            // Roots a few edges ahead are cached by now: prefetch their mutex sets.
+            const Edge soon = decode(R::id(recs[k + kSetPrefetchDistance]));
+            mutexes.prefetch(uf.payload(uf.find(soon.u)));
+            mutexes.prefetch(uf.payload(uf.find(soon.v)));
         }
         const Edge e = decode(R::id(recs[k]));
         const uint32_t ru = uf.find(e.u), rv = uf.find(e.v);
         if (ru == rv) continue;
         if (e.attractive) {
-            if (!mutexes.has_mutex(ru, rv)) mutexes.merge(ru, rv, uf.link(ru, rv));
+            const uint32_t hu = uf.payload(ru), hv = uf.payload(rv);
+            if (mutexes.has_mutex(hu, hv)) continue;
+            const uint32_t root = uf.link(ru, rv);
+            uf.set_payload(root, mutexes.merge(hu, hv));
         } else {
-            mutexes.add_mutex(ru, rv);
+            mutexes.add_mutex(uf, ru, rv);
         }
     }
 }
@@ -141,7 +158,7 @@ void solve_grid(const GridSpec& g, RowPriority row_priority, int64_t* labels, in
     };
     auto is_attractive = [&](uint64_t id) { return id < n_attractive_ids; };
     UnionFind uf(N);
-    MutexSets mutexes(N);
+    MutexSets mutexes;
     sort_and_solve<R>(std::move(recs), n_edges, static_cast<int>(sizeof(T)), uf, mutexes, decode,
                       is_attractive, threads);
     write_labels(uf, g.mask, labels);
@@ -149,7 +166,7 @@ void solve_grid(const GridSpec& g, RowPriority row_priority, int64_t* labels, in
 
 template <class T, class RowPriority>
 void dispatch_grid(const GridSpec& g, RowPriority row_priority, int64_t* labels, int threads) {
-    if (g.n_pixels() >= 0xFFFFFFFFull) throw std::invalid_argument("grid has too many pixels for one mutex watershed (>= 2^32)");
+    if (g.n_pixels() > UnionFind::kMaxNodes) throw std::invalid_argument("grid has too many pixels for one mutex watershed (>= 2^31)");
     const uint64_t n_ids = static_cast<uint64_t>(g.n_channels()) * g.n_pixels();
     if (sizeof(T) == 4 && n_ids <= 0xFFFFFFFFull)
         solve_grid<T, PackedRecord>(g, row_priority, labels, resolve_threads(threads));
@@ -233,7 +250,7 @@ template <class T>
 void mutex_watershed_graph(std::size_t n_nodes, const int64_t* uvs, const T* weights, std::size_t n_edges,
                            const int64_t* mutex_uvs, const T* mutex_weights, std::size_t n_mutex,
                            int64_t* labels, int threads) {
-    if (n_nodes >= 0xFFFFFFFFull) throw std::invalid_argument("graph has too many nodes (>= 2^32)");
+    if (n_nodes > UnionFind::kMaxNodes) throw std::invalid_argument("graph has too many nodes (>= 2^31)");
     using R = detail::WideRecord;
     using Rec = R::type;
     const std::size_t n = n_edges + n_mutex;
@@ -251,7 +268,7 @@ void mutex_watershed_graph(std::size_t n_nodes, const int64_t* uvs, const T* wei
     };
     auto is_attractive = [&](uint64_t id) { return id < n_edges; };
     UnionFind uf(n_nodes);
-    MutexSets mutexes(n_nodes);
+    MutexSets mutexes;
     detail::sort_and_solve<R>(std::move(recs), n, static_cast<int>(sizeof(T)), uf, mutexes, decode,
                               is_attractive, threads);
     detail::write_labels(uf, nullptr, labels);

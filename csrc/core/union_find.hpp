@@ -1,4 +1,8 @@
-// Disjoint sets with path halving and union by rank over 32-bit node ids.
+// Disjoint sets over 31-bit node ids with path halving and union by rank.
+//
+// Each root carries a 31-bit payload in its own parent word (flag bit set), so a
+// find returns the root and its payload from the same cache line; the mutex
+// watershed keeps the index of the root's mutex set there.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -9,31 +13,42 @@ namespace spoco {
 
 class UnionFind {
 public:
-    explicit UnionFind(std::size_t n) : parent_(n), rank_(n, 0) {
-        for (std::size_t i = 0; i < n; ++i) parent_[i] = static_cast<uint32_t>(i);
-    }
+    static constexpr uint32_t kRootFlag = 0x80000000u;
+    static constexpr uint32_t kMaxNodes = 0x7FFFFFFFu;
+    static constexpr uint32_t kNoPayload = 0x7FFFFFFFu;
+
+    explicit UnionFind(std::size_t n) : word_(n, kRootFlag | kNoPayload), rank_(n, 0) {}
 
     uint32_t find(uint32_t x) {
-        while (parent_[x] != x) {
-            parent_[x] = parent_[parent_[x]];  // path halving
-            x = parent_[x];
+        uint32_t p = word_[x];
+        while (!(p & kRootFlag)) {
+            const uint32_t gp = word_[p];
+            if (gp & kRootFlag) return p;
+            word_[x] = gp;  // path halving
+            x = gp;
+            p = word_[x];
         }
         return x;
     }
 
-    /// Link two distinct roots; returns the surviving root.
+    uint32_t payload(uint32_t root) const { return word_[root] & ~kRootFlag; }
+    void set_payload(uint32_t root, uint32_t value) { word_[root] = kRootFlag | value; }
+
+    /// Link two distinct roots; returns the surviving root (its payload is kept).
     uint32_t link(uint32_t a, uint32_t b) {
         if (rank_[a] < rank_[b]) std::swap(a, b);
-        parent_[b] = a;
+        word_[b] = a;
         if (rank_[a] == rank_[b]) ++rank_[a];
         return a;
     }
 
-    void prefetch(uint32_t x) const { SPOCO_PREFETCH(&parent_[x]); }
-    std::size_t size() const { return parent_.size(); }
+    /// Parent (or root payload) word of x, for look-ahead prefetching.
+    uint32_t peek(uint32_t x) const { return word_[x]; }
+    void prefetch(uint32_t x) const { SPOCO_PREFETCH(&word_[x]); }
+    std::size_t size() const { return word_.size(); }
 
 private:
-    std::vector<uint32_t> parent_;
+    std::vector<uint32_t> word_;
     std::vector<uint8_t> rank_;
 };
 

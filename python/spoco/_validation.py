@@ -20,9 +20,13 @@ def is_tensor(x) -> bool:
 
 
 def as_numpy(x, name: str) -> np.ndarray:
-    """numpy view/copy of an array-like (torch tensors are moved to the CPU)."""
+    """numpy view/copy of an array-like (torch tensors are moved to the CPU;
+    bfloat16/float16 tensors become float32, which numpy lacks or computes slowly)."""
     if is_tensor(x):
-        return x.detach().cpu().numpy()
+        x = x.detach()
+        if x.dtype in (torch.bfloat16, torch.float16):
+            x = x.float()
+        return x.cpu().numpy()
     if isinstance(x, np.ndarray):
         return x
     try:
@@ -81,13 +85,30 @@ def offsets_array(offsets, ndim: int, name: str = "offsets") -> np.ndarray:
     return np.ascontiguousarray(o)
 
 
+def is_int(x) -> bool:
+    """A true integer (bools are not accepted as numbers)."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def int_arg(x, name: str, low: int | None = None, high: int | None = None) -> int:
+    """An integer argument in [low, high]."""
+    if not is_int(x):
+        raise TypeError(f"{name} must be an integer, got {x!r}")
+    if (low is not None and x < low) or (high is not None and x > high):
+        raise ValueError(f"{name} must be in [{low}, {high}], got {x}")
+    return int(x)
+
+
 def positive_int_tuple(x, length: int, name: str) -> tuple:
-    if isinstance(x, numbers.Integral):
+    if is_int(x):
         x = (int(x),) * length
-    t = tuple(x)
+    try:
+        t = tuple(x)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer or a sequence of {length} integers, got {x!r}") from None
     if len(t) != length:
         raise ValueError(f"{name} must have length {length}, got {len(t)}")
-    if not all(isinstance(v, numbers.Integral) and v >= 1 for v in t):
+    if not all(is_int(v) and v >= 1 for v in t):
         raise ValueError(f"{name} must be positive integers, got {t}")
     return tuple(int(v) for v in t)
 
@@ -95,7 +116,7 @@ def positive_int_tuple(x, length: int, name: str) -> tuple:
 def threads_arg(threads) -> int:
     if threads is None:
         return 0
-    if not isinstance(threads, numbers.Integral) or threads < 1:
+    if not is_int(threads) or threads < 1:
         raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
     return int(threads)
 

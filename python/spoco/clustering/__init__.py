@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import float_array, is_tensor, positive_float
+from .._validation import float_array, is_int, is_tensor, positive_float
 from .mws import (embedding_affinities, mutex_watershed, mutex_watershed_embeddings, mutex_watershed_graph,
                   remove_small_segments)
 from .offsets import default_offsets
@@ -54,7 +54,7 @@ def cluster(emb, method: str = "mws", *, delta_d: float = 2.0, offsets=None, n_a
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if not isinstance(min_size, (int, np.integer)) or min_size < 0:
+    if not is_int(min_size) or min_size < 0:
         raise ValueError(f"min_size must be a non-negative integer, got {min_size!r}")
     delta_d = positive_float(delta_d, "delta_d")
     ndim = emb.dim() - 1 if is_tensor(emb) else np.ndim(emb) - 1

@@ -14,13 +14,13 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
-from .._validation import (as_numpy, float_array, mask_array, offsets_array, positive_float,
-                           positive_int_tuple, threads_arg)
+from .._validation import (as_numpy, float_array, int_arg, is_int, mask_array, offsets_array,
+                           positive_float, positive_int_tuple, threads_arg)
 
 __all__ = ["mutex_watershed", "mutex_watershed_graph", "mutex_watershed_embeddings",
            "embedding_affinities", "remove_small_segments"]
 
-_MAX_PIXELS = 2**32 - 1
+_MAX_NODES = 2**31 - 1  # node ids are 31-bit in the core (csrc/core/union_find.hpp)
 
 
 def _grid(spatial: tuple, offsets, n_attractive, name_offsets="offsets"):
@@ -30,14 +30,16 @@ def _grid(spatial: tuple, offsets, n_attractive, name_offsets="offsets"):
     o = offsets_array(offsets, ndim, name_offsets)
     if n_attractive is None:
         raise ValueError("n_attractive is required with explicit offsets")
-    if not (0 <= int(n_attractive) <= len(o)):
-        raise ValueError(f"n_attractive must be in [0, {len(o)}], got {n_attractive}")
-    if int(np.prod(spatial)) >= _MAX_PIXELS:
-        raise ValueError(f"the grid has {int(np.prod(spatial))} pixels; one mutex watershed handles < 2^32 "
+    n_attractive = int_arg(n_attractive, "n_attractive", 0, len(o))
+    if int(np.prod(spatial)) > _MAX_NODES:
+        raise ValueError(f"the grid has {int(np.prod(spatial))} pixels; one mutex watershed handles < 2^31 "
                          "(use block-wise clustering for larger volumes)")
     shape3 = (1,) * (3 - ndim) + tuple(int(s) for s in spatial)
     off3 = np.zeros((len(o), 3), dtype=np.int64)
-    off3[:, 3 - ndim:] = o
+    # |offset| >= size links nothing along that axis; clipping keeps it so and
+    # keeps the core's index arithmetic far from overflow.
+    size = np.asarray(spatial, dtype=np.int64)
+    off3[:, 3 - ndim:] = np.clip(o, -size, size)
     return shape3, off3, int(n_attractive)
 
 
@@ -48,7 +50,7 @@ def _strides3(strides, ndim):
 
 
 def _seed(seed) -> int:
-    if not isinstance(seed, (int, np.integer)) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     return int(seed) % 2**64
 
@@ -169,10 +171,10 @@ def mutex_watershed_graph(n_nodes, uvs, weights, mutex_uvs, mutex_weights, *, th
     -------
     labels : int64 (n_nodes,), clusters 1..K in order of first appearance.
     """
-    if not isinstance(n_nodes, (int, np.integer)) or n_nodes < 0:
+    if not is_int(n_nodes) or n_nodes < 0:
         raise ValueError(f"n_nodes must be a non-negative integer, got {n_nodes!r}")
-    if n_nodes >= _MAX_PIXELS:
-        raise ValueError("n_nodes must be < 2^32")
+    if n_nodes > _MAX_NODES:
+        raise ValueError("n_nodes must be < 2^31")
     uv = _edge_list(uvs, "uvs", n_nodes)
     muv = _edge_list(mutex_uvs, "mutex_uvs", n_nodes)
     w_arr, mw_arr = as_numpy(weights, "weights"), as_numpy(mutex_weights, "mutex_weights")

@@ -35,7 +35,8 @@ def embedding_affinities(emb: torch.Tensor, offsets: list[int], ndim: int, n_att
     C = len(offsets) // ndim
     shape3 = (1,) * (3 - ndim) + spatial
     off3 = np.zeros((C, 3), dtype=np.int64)
-    off3[:, 3 - ndim:] = np.asarray(offsets, dtype=np.int64).reshape(C, ndim)
+    size = np.asarray(spatial, dtype=np.int64)  # |offset| >= size links nothing: clip (no overflow)
+    off3[:, 3 - ndim:] = np.clip(np.asarray(offsets, dtype=np.int64).reshape(C, ndim), -size, size)
     if emb.device.type == "cpu":
         out = _core.embedding_affinities(emb.reshape(emb.shape[0], -1).numpy(), shape3, off3, n_attractive,
                                          delta_d, 0)

@@ -16,8 +16,9 @@ def embedding_affinities(emb: torch.Tensor, offsets, n_attractive: int, delta_d:
     for c, off in enumerate(offsets):
         src, dst = [], []
         for o, n in zip(off, spatial):
-            src.append(slice(max(0, -o), min(n, n - o)))
-            dst.append(slice(max(0, o), min(n, n + o)))
+            # empty (not negative, which would count from the end) when |o| >= n
+            src.append(slice(max(0, -o), max(0, min(n, n - o))))
+            dst.append(slice(max(0, o), max(0, min(n, n + o))))
         a = emb[(slice(None), *src)]
         b = emb[(slice(None), *dst)]
         dist = ((a - b) ** 2).sum(0).sqrt()
