@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Everything a lent GPU machine should check, in one call (no network there):
+# build spoco._cuda for the local card, run the whole test suite (CUDA tests
+# included), run compute-sanitizer (memcheck, racecheck) on the CUDA tests, and
+# run the GPU benchmarks. Logs go to $OUT (or ./gpu_logs) and a summary is printed last.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu_logs}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+summary=()
+step() {  # step NAME COMMAND...: run, log to $OUT/NAME.log, remember the status
+    local name=$1; shift
+    echo "=== $name: $*"
+    local t0=$SECONDS
+    "$@" >"$OUT/$name.log" 2>&1
+    local rc=$?
+    tail -n 25 "$OUT/$name.log"
+    summary+=("$name: rc=$rc ($((SECONDS - t0)) s)")
+}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+nvcc --version | tail -n 2
+export CUDAARCHS=${CUDAARCHS:-90}
+step build env SPOCO_CUDA=ON $PY -m pip install --no-build-isolation --no-deps -e .
+step config $PY -c "import spoco; spoco.show_config()"
+step tests $PY -m pytest tests -q -p no:cacheprovider -x
+step cuda_tests $PY -m pytest tests -q -p no:cacheprovider -k "cuda or gpu" -rs
+if command -v compute-sanitizer >/dev/null; then
+    step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 $PY -m pytest tests -q -p no:cacheprovider -k "cuda or gpu"
+    step racecheck compute-sanitizer --tool racecheck --error-exitcode 1 $PY -m pytest tests -q -p no:cacheprovider -k "cuda or gpu"
+fi
+for b in benchmarks/bench_affinities.py benchmarks/bench_loss.py; do
+    [ -f "$b" ] && step "$(basename "$b" .py)" env PYTHONUNBUFFERED=1 $PY "$b"
+done
+echo "=== summary"
+printf '%s\n' "${summary[@]}"
+for b in bench_affinities bench_loss; do [ -f "$OUT/$b.log" ] && { echo "--- $b"; grep -E '^(#|\|)' "$OUT/$b.log"; }; done
