@@ -103,25 +103,6 @@ public:
         return static_cast<uint64_t>(w.channel) * n_ + w.base + static_cast<uint64_t>(x);
     }
 
-    std::size_t count(const Row& w) const {
-        if (w.x0 >= w.x1) return 0;
-        if (dense(w)) return static_cast<std::size_t>(w.x1 - w.x0);
-        std::size_t c = 0;
-        for (int64_t x = w.x0; x < w.x1; ++x) c += keep(w, x);
-        return c;
-    }
-
-    /// Exclusive prefix sums of the edge counts per row: out[r] is the position of
-    /// row r's first edge in edge-id order; out[n_rows] is the total.
-    std::vector<std::size_t> row_starts(int threads) const {
-        const std::size_t R = n_rows();
-        std::vector<std::size_t> start(R + 1, 0);
-#pragma omp parallel for schedule(static) num_threads(threads)
-        for (std::ptrdiff_t r = 0; r < static_cast<std::ptrdiff_t>(R); ++r) start[r + 1] = count(row(r));
-        for (std::size_t r = 0; r < R; ++r) start[r + 1] += start[r];
-        return start;
-    }
-
 private:
     const GridSpec& g_;
     std::size_t n_;

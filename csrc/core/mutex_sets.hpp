@@ -20,7 +20,7 @@ namespace spoco {
 /// Set of uint32 keys (0xFFFFFFFF is reserved). Up to kInline keys live unordered
 /// inside the 32-byte object (most clusters have few mutexes: one cache line, no
 /// allocation, linear scan); larger sets switch to a heap-allocated
-/// linear-probing hash table at load <= 1/2.
+/// linear-probing hash table at load <= 3/4.
 class HandleSet {
 public:
     static constexpr uint32_t kEmpty = 0xFFFFFFFFu;
@@ -58,8 +58,8 @@ public:
             for (uint32_t i = 0; i < size_; ++i)
                 if (u_.keys[i] == key) return;
             if (size_ < kInline) { u_.keys[size_++] = key; return; }
-            to_hash(32);  // power of two, load 7/32
-        } else if (2 * (size_ + 1) > mask_ + 1) {
+            to_hash(16);  // power of two, load 7/16
+        } else if (4 * (size_ + 1) > 3 * (mask_ + 1)) {  // max load 3/4
             rehash(2 * (mask_ + 1));
         }
         hash_insert(key);
@@ -172,6 +172,10 @@ private:
 class MutexSets {
 public:
     static constexpr uint32_t kNone = UnionFind::kNoPayload;
+
+    /// At most one live set per node: reserving (untouched) address space up
+    /// front avoids the copy, and the doubled peak, of a growing vector.
+    explicit MutexSets(std::size_t n_nodes) { sets_.reserve(n_nodes); }
 
     /// Whether clusters with handles ha and hb must stay apart.
     bool has_mutex(uint32_t ha, uint32_t hb) const {

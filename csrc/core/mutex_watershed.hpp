@@ -11,12 +11,15 @@
 // the loop stops there.
 //
 // Implementation: records (order-preserving priority key, edge id) are produced
-// in edge-id order and radix-sorted stably, which gives the tie rule for free and
-// does not depend on the thread count. The sequential loop uses a union-find over
+// in edge-id order and bucket/radix-sorted stably (radix_sort.hpp), which gives
+// the tie rule for free, does not depend on the thread count and needs 8 bytes
+// per edge plus the largest bucket. The sequential loop uses a union-find over
 // 32-bit node ids and MutexSets (mutex_sets.hpp), prefetching the union-find
 // records of edges a few dozen positions ahead.
 #pragma once
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <stdexcept>
 #include <vector>
@@ -56,30 +59,29 @@ struct Edge {
 constexpr std::size_t kPrefetchDistance = 32;
 constexpr std::size_t kSetPrefetchDistance = 8;
 
-/// The sequential heart: process sorted records [0, stop).
-template <class R, class Decode>
-void mutex_watershed_loop(const typename R::type* recs, std::size_t stop, UnionFind& uf,
-                          MutexSets& mutexes, Decode decode) {
-    for (std::size_t k = 0; k < stop; ++k) {
+/// The sequential heart: process the sorted edge ids [0, n).
+template <class Id, class Decode>
+void mutex_watershed_loop(const Id* ids, std::size_t n, UnionFind& uf, MutexSets& mutexes, Decode decode) {
+    for (std::size_t k = 0; k < n; ++k) {
         // Two-stage look-ahead: the nodes' words far ahead, their parents nearer.
-        if (k + 2 * kPrefetchDistance < stop) {
-            const Edge far = decode(R::id(recs[k + 2 * kPrefetchDistance]));
+        if (k + 2 * kPrefetchDistance < n) {
+            const Edge far = decode(ids[k + 2 * kPrefetchDistance]);
             uf.prefetch(far.u);
             uf.prefetch(far.v);
         }
-        if (k + kPrefetchDistance < stop) {
-            const Edge near = decode(R::id(recs[k + kPrefetchDistance]));
+        if (k + kPrefetchDistance < n) {
+            const Edge near = decode(ids[k + kPrefetchDistance]);
             const uint32_t pu = uf.peek(near.u), pv = uf.peek(near.v);
             if (!(pu & UnionFind::kRootFlag)) uf.prefetch(pu);
             if (!(pv & UnionFind::kRootFlag)) uf.prefetch(pv);
         }
-        if (k + kSetPrefetchDistance < stop) {
+        if (k + kSetPrefetchDistance < n) {
             // Roots a few edges ahead are cached by now: prefetch their mutex sets.
-            const Edge soon = decode(R::id(recs[k + kSetPrefetchDistance]));
+            const Edge soon = decode(ids[k + kSetPrefetchDistance]);
             mutexes.prefetch(uf.payload(uf.find(soon.u)));
             mutexes.prefetch(uf.payload(uf.find(soon.v)));
         }
-        const Edge e = decode(R::id(recs[k]));
+        const Edge e = decode(ids[k]);
         const uint32_t ru = uf.find(e.u), rv = uf.find(e.v);
         if (ru == rv) continue;
         if (e.attractive) {
@@ -93,20 +95,44 @@ void mutex_watershed_loop(const typename R::type* recs, std::size_t stop, UnionF
     }
 }
 
-/// Sort records and run the loop. `recs` holds `n` records in edge-id order.
-template <class R, class Decode, class IsAttractiveId>
-void sort_and_solve(std::unique_ptr<typename R::type[]> recs, std::size_t n, int key_bytes,
-                    UnionFind& uf, MutexSets& mutexes, Decode decode,
-                    IsAttractiveId is_attractive, int threads) {
+/// Keep only the ids of the n sorted records, as Id, shrinking the storage in
+/// place: the loop never needs the keys again, and this halves its memory.
+template <class Id, class R>
+MallocPtr compact_ids(MallocPtr recs, std::size_t n) {
     using Rec = typename R::type;
-    std::unique_ptr<Rec[]> buf(new Rec[n]);
-    Rec* sorted = radix_sort(recs.get(), buf.get(), n, key_bytes,
-                             [](const Rec& r) { return R::key(r); }, threads);
-    if (sorted == buf.get()) recs.swap(buf);
-    buf.reset();  // keep only the sorted records
-    std::size_t stop = n;
-    while (stop > 0 && !is_attractive(R::id(recs[stop - 1]))) --stop;
-    mutex_watershed_loop<R>(recs.get(), stop, uf, mutexes, decode);
+    static_assert(sizeof(Id) <= sizeof(Rec), "ids must not be wider than records");
+    char* base = static_cast<char*>(recs.get());
+    for (std::size_t i = 0; i < n; ++i) {  // write offset <= read offset: safe in place
+        Rec r;
+        std::memcpy(&r, base + i * sizeof(Rec), sizeof(Rec));
+        const Id id = static_cast<Id>(R::id(r));
+        std::memcpy(base + i * sizeof(Id), &id, sizeof(Id));
+    }
+    if (void* shrunk = std::realloc(recs.get(), n ? n * sizeof(Id) : 1)) {
+        recs.release();
+        recs.reset(shrunk);
+    }
+    return recs;
+}
+
+/// Produce and sort the records, then run the loop up to the last attractive edge.
+template <class R, class Produce, class Decode, class IsAttractiveId>
+void sort_and_solve(int key_bits, uint64_t n_ids, Produce produce, UnionFind& uf, MutexSets& mutexes,
+                    Decode decode, IsAttractiveId is_attractive, int threads) {
+    std::size_t n = 0;
+    MallocPtr recs = produce_sorted<R>(key_bits, threads, produce, n);
+    auto run = [&](auto id_type) {
+        using Id = decltype(id_type);
+        const MallocPtr ids_storage = compact_ids<Id, R>(std::move(recs), n);
+        const Id* ids = static_cast<const Id*>(ids_storage.get());
+        std::size_t stop = n;
+        while (stop > 0 && !is_attractive(ids[stop - 1])) --stop;
+        mutex_watershed_loop(ids, stop, uf, mutexes, decode);
+    };
+    if (n_ids <= 0xFFFFFFFFull)
+        run(uint32_t{});
+    else
+        run(uint64_t{});
 }
 
 /// Label the foreground pixels 1..K in order of first appearance; masked pixels 0.
@@ -124,29 +150,22 @@ inline void write_labels(UnionFind& uf, const uint8_t* mask, int64_t* labels) {
 
 template <class T, class R, class RowPriority>
 void solve_grid(const GridSpec& g, RowPriority row_priority, int64_t* labels, int threads) {
-    using Rec = typename R::type;
     const GridEdges edges(g);
     const std::size_t N = g.n_pixels();
-    const std::vector<std::size_t> starts = edges.row_starts(threads);
-    const std::size_t n_edges = starts.back();
-    std::unique_ptr<Rec[]> recs(new Rec[n_edges]);
-    const std::ptrdiff_t R_ = static_cast<std::ptrdiff_t>(edges.n_rows());
-#pragma omp parallel num_threads(threads)
-    {
+    const std::size_t n_rows = edges.n_rows();
+    // Chunk t of n emits the edges of rows [n_rows * t / n, n_rows * (t + 1) / n).
+    auto produce = [&](int t, int n, auto&& sink) {
         std::vector<T> prio(static_cast<std::size_t>(g.shape[2]));
-#pragma omp for schedule(static)
-        for (std::ptrdiff_t r = 0; r < R_; ++r) {
+        const std::size_t r1 = n_rows * (t + 1) / n;
+        for (std::size_t r = n_rows * t / n; r < r1; ++r) {
             const GridEdges::Row w = edges.row(r);
             if (w.x0 >= w.x1) continue;
             row_priority(w, prio.data());
-            std::size_t pos = starts[r];
             const bool dense = edges.dense(w);
-            for (int64_t x = w.x0; x < w.x1; ++x) {
-                if (!dense && !edges.keep(w, x)) continue;
-                recs[pos++] = R::make(descending_key(prio[x - w.x0]), edges.edge_id(w, x));
-            }
+            for (int64_t x = w.x0; x < w.x1; ++x)
+                if (dense || edges.keep(w, x)) sink(descending_key(prio[x - w.x0]), edges.edge_id(w, x));
         }
-    }
+    };
     std::vector<int64_t> lin(g.n_channels());
     for (std::size_t c = 0; c < lin.size(); ++c) lin[c] = g.linear_offset(c);
     const uint64_t n_attractive_ids = static_cast<uint64_t>(g.n_attractive) * N;
@@ -158,8 +177,8 @@ void solve_grid(const GridSpec& g, RowPriority row_priority, int64_t* labels, in
     };
     auto is_attractive = [&](uint64_t id) { return id < n_attractive_ids; };
     UnionFind uf(N);
-    MutexSets mutexes;
-    sort_and_solve<R>(std::move(recs), n_edges, static_cast<int>(sizeof(T)), uf, mutexes, decode,
+    MutexSets mutexes(N);
+    sort_and_solve<R>(8 * static_cast<int>(sizeof(T)), g.n_channels() * N, produce, uf, mutexes, decode,
                       is_attractive, threads);
     write_labels(uf, g.mask, labels);
 }
@@ -252,25 +271,21 @@ void mutex_watershed_graph(std::size_t n_nodes, const int64_t* uvs, const T* wei
                            int64_t* labels, int threads) {
     if (n_nodes > UnionFind::kMaxNodes) throw std::invalid_argument("graph has too many nodes (>= 2^31)");
     using R = detail::WideRecord;
-    using Rec = R::type;
     const std::size_t n = n_edges + n_mutex;
-    std::unique_ptr<Rec[]> recs(new Rec[n]);
-    threads = resolve_threads(threads);
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (std::ptrdiff_t e = 0; e < static_cast<std::ptrdiff_t>(n); ++e) {
-        const std::size_t i = static_cast<std::size_t>(e);
-        const T w = i < n_edges ? weights[i] : mutex_weights[i - n_edges];
-        recs[i] = R::make(descending_key(w), i);
-    }
+    auto produce = [&](int t, int chunks, auto&& sink) {
+        const std::size_t i1 = n * (t + 1) / chunks;
+        for (std::size_t i = n * t / chunks; i < i1; ++i)
+            sink(descending_key(i < n_edges ? weights[i] : mutex_weights[i - n_edges]), i);
+    };
     auto decode = [&](uint64_t id) {
         const int64_t* p = id < n_edges ? uvs + 2 * id : mutex_uvs + 2 * (id - n_edges);
         return detail::Edge{static_cast<uint32_t>(p[0]), static_cast<uint32_t>(p[1]), id < n_edges};
     };
     auto is_attractive = [&](uint64_t id) { return id < n_edges; };
     UnionFind uf(n_nodes);
-    MutexSets mutexes;
-    detail::sort_and_solve<R>(std::move(recs), n, static_cast<int>(sizeof(T)), uf, mutexes, decode,
-                              is_attractive, threads);
+    MutexSets mutexes(n_nodes);
+    detail::sort_and_solve<R>(8 * static_cast<int>(sizeof(T)), n, produce, uf, mutexes, decode, is_attractive,
+                              resolve_threads(threads));
     detail::write_labels(uf, nullptr, labels);
 }
 

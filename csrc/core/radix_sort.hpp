@@ -1,91 +1,29 @@
-// Stable LSD radix sort of fixed-size records by an unsigned integer key.
+// Stable sort of (key, edge id) records produced in edge-id order, in
+// 8 bytes of memory per record plus the scratch of the largest bucket.
 //
-// Stability is what makes the mutex watershed's tie rule free: records are
-// produced in ascending edge id, so equal keys keep ascending edge id.
-// Digits are 8 bits; digits that are equal in every record are skipped.
-// With several threads each thread owns a contiguous chunk in every pass, so the
-// result is identical for any thread count.
+// Pass 1 counts the records per bucket of the key's top 16 bits; pass 2 asks the
+// producer for the records again and scatters them into their buckets; then each
+// bucket is sorted by its remaining key bits with a stable LSD radix sort (8-bit
+// digits, digits that never vary in the bucket are skipped). Because records are
+// produced in ascending edge id and every step is stable, equal keys keep
+// ascending edge id: the mutex watershed's tie rule comes for free.
+//
+// The producer is called as produce(chunk, n_chunks, sink) and must emit the
+// records of one contiguous chunk of the edge-id order. Chunk boundaries only
+// move work between threads: the result is identical for every thread count.
 #pragma once
 #include <algorithm>
 #include <array>
-#include <cstring>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <memory>
 #include <vector>
 
 #include "core/common.hpp"
 
 namespace spoco {
-
-/// Sorts `a[0..n)` by `key(record)` (its low `key_bytes` bytes) using `buf` as
-/// scratch of the same size. Returns the array that holds the sorted records
-/// (either `a` or `buf`).
-template <class Rec, class KeyFn>
-Rec* radix_sort(Rec* a, Rec* buf, std::size_t n, int key_bytes, KeyFn key, int threads) {
-    using Hist = std::array<std::size_t, 256>;
-    threads = std::max(1, std::min<int>(threads, static_cast<int>(n / 65536) + 1));
-    // One read: the histogram of every digit, to skip digits that never vary.
-    std::vector<std::array<Hist, 8>> part(threads);
-#pragma omp parallel num_threads(threads)
-    {
-#ifdef SPOCO_HAVE_OPENMP
-        const int t = omp_get_thread_num();
-#else
-        const int t = 0;
-#endif
-        auto& h = part[t];
-        for (auto& d : h) d.fill(0);
-        const std::size_t lo = n * t / threads, hi = n * (t + 1) / threads;
-        for (std::size_t i = lo; i < hi; ++i) {
-            const uint64_t k = key(a[i]);
-            for (int d = 0; d < key_bytes; ++d) ++h[d][(k >> (8 * d)) & 0xFF];
-        }
-    }
-    std::vector<Hist> thread_hist(threads);
-    for (int d = 0; d < key_bytes; ++d) {
-        Hist total{};
-        for (int t = 0; t < threads; ++t)
-            for (int b = 0; b < 256; ++b) total[b] += part[t][d][b];
-        if (*std::max_element(total.begin(), total.end()) == n) continue;  // constant digit
-        const int shift = 8 * d;
-        if (threads == 1) {
-            thread_hist[0] = total;
-        } else {
-            // Chunk histograms change from pass to pass: recount this digit.
-#pragma omp parallel num_threads(threads)
-            {
-                const int t = omp_get_thread_num();
-                Hist& h = thread_hist[t];
-                h.fill(0);
-                const std::size_t lo = n * t / threads, hi = n * (t + 1) / threads;
-                for (std::size_t i = lo; i < hi; ++i) ++h[(key(a[i]) >> shift) & 0xFF];
-            }
-        }
-        // Exclusive offsets: bucket-major, then thread (keeps the sort stable).
-        std::size_t run = 0;
-        for (int b = 0; b < 256; ++b)
-            for (int t = 0; t < threads; ++t) {
-                const std::size_t c = thread_hist[t][b];
-                thread_hist[t][b] = run;
-                run += c;
-            }
-#pragma omp parallel num_threads(threads)
-        {
-#ifdef SPOCO_HAVE_OPENMP
-            const int t = omp_get_thread_num();
-#else
-            const int t = 0;
-#endif
-            Hist& off = thread_hist[t];
-            const std::size_t lo = n * t / threads, hi = n * (t + 1) / threads;
-            for (std::size_t i = lo; i < hi; ++i) {
-                const Rec r = a[i];
-                buf[off[(key(r) >> shift) & 0xFF]++] = r;
-            }
-        }
-        std::swap(a, buf);
-    }
-    return a;
-}
 
 /// Order-preserving map of a float to uint32: a < b  <=>  key(a) < key(b).
 inline uint32_t ascending_key(float x) {
@@ -105,5 +43,116 @@ inline uint64_t ascending_key(double x) {
 /// Key that sorts by priority descending.
 template <class T>
 inline auto descending_key(T x) { return ~ascending_key(x); }
+
+struct FreeDeleter {
+    void operator()(void* p) const { std::free(p); }
+};
+/// malloc'ed storage, so that it can shrink in place with realloc.
+using MallocPtr = std::unique_ptr<void, FreeDeleter>;
+
+inline MallocPtr malloc_or_throw(std::size_t bytes) {
+    void* p = std::malloc(bytes ? bytes : 1);
+    if (!p) throw std::bad_alloc();
+    return MallocPtr(p);
+}
+
+namespace detail {
+
+constexpr int kBucketBits = 16;
+constexpr std::size_t kBuckets = std::size_t(1) << kBucketBits;
+
+/// Stable LSD radix sort of recs[0, n) by key bits [0, low_bits); `scratch` grows
+/// only when a digit actually varies (saturated buckets need none).
+template <class R>
+void sort_bucket(typename R::type* recs, std::vector<typename R::type>& scratch, std::size_t n, int low_bits) {
+    using Rec = typename R::type;
+    if (n < 2) return;
+    if (n <= 32) {  // insertion sort is stable and cheaper for tiny buckets
+        for (std::size_t i = 1; i < n; ++i) {
+            const Rec r = recs[i];
+            const uint64_t k = R::key(r);
+            std::size_t j = i;
+            for (; j > 0 && R::key(recs[j - 1]) > k; --j) recs[j] = recs[j - 1];
+            recs[j] = r;
+        }
+        return;
+    }
+    const int digits = (low_bits + 7) / 8;
+    std::array<std::array<std::size_t, 256>, 8> hist{};
+    for (std::size_t i = 0; i < n; ++i) {
+        const uint64_t k = R::key(recs[i]);
+        for (int d = 0; d < digits; ++d) ++hist[d][(k >> (8 * d)) & 0xFF];
+    }
+    Rec* src = recs;
+    Rec* dst = nullptr;
+    for (int d = 0; d < digits; ++d) {
+        auto& h = hist[d];
+        if (*std::max_element(h.begin(), h.end()) == n) continue;  // digit never varies
+        if (!dst) {
+            if (scratch.size() < n) scratch.resize(n);
+            dst = scratch.data();
+        }
+        std::size_t run = 0;
+        for (auto& c : h) { const std::size_t t = c; c = run; run += t; }
+        const int shift = 8 * d;
+        for (std::size_t i = 0; i < n; ++i) dst[h[(R::key(src[i]) >> shift) & 0xFF]++] = src[i];
+        std::swap(src, dst);
+    }
+    if (src != recs) std::memcpy(recs, src, n * sizeof(Rec));
+}
+
+}  // namespace detail
+
+/// Produce and sort records by key ascending (ties: production order).
+/// `key_bits` is the key width (32 or 64). Returns malloc'ed storage holding the
+/// n sorted records.
+template <class R, class Produce>
+MallocPtr produce_sorted(int key_bits, int threads, Produce produce, std::size_t& n) {
+    using Rec = typename R::type;
+    using detail::kBuckets;
+    const int low_bits = key_bits - detail::kBucketBits;
+    threads = std::max(1, threads);
+    // Pass 1: per-chunk bucket counts.
+    std::vector<std::vector<std::size_t>> count(threads, std::vector<std::size_t>(kBuckets, 0));
+#pragma omp parallel for schedule(static, 1) num_threads(threads)
+    for (int t = 0; t < threads; ++t) {
+        std::size_t* c = count[t].data();
+        produce(t, threads, [c, low_bits](uint64_t key, uint64_t) { ++c[key >> low_bits]; });
+    }
+    // Offsets: bucket-major, then chunk (keeps the scatter stable).
+    std::vector<std::size_t> bucket_start(kBuckets + 1, 0);
+    std::size_t run = 0;
+    for (std::size_t b = 0; b < kBuckets; ++b) {
+        bucket_start[b] = run;
+        for (int t = 0; t < threads; ++t) {
+            const std::size_t c = count[t][b];
+            count[t][b] = run;
+            run += c;
+        }
+    }
+    bucket_start[kBuckets] = run;
+    n = run;
+    // Pass 2: scatter into buckets.
+    MallocPtr recs = malloc_or_throw(n * sizeof(Rec));
+    Rec* out = static_cast<Rec*>(recs.get());
+#pragma omp parallel for schedule(static, 1) num_threads(threads)
+    for (int t = 0; t < threads; ++t) {
+        std::size_t* pos = count[t].data();
+        produce(t, threads, [pos, out, low_bits](uint64_t key, uint64_t id) { out[pos[key >> low_bits]++] = R::make(key, id); });
+    }
+    count.clear();
+    count.shrink_to_fit();
+    // Sort every bucket by the remaining bits.
+#pragma omp parallel num_threads(threads)
+    {
+        std::vector<Rec> scratch;
+#pragma omp for schedule(dynamic, 64)
+        for (std::ptrdiff_t b = 0; b < static_cast<std::ptrdiff_t>(kBuckets); ++b) {
+            const std::size_t lo = bucket_start[b], len = bucket_start[b + 1] - lo;
+            if (len >= 2) detail::sort_bucket<R>(out + lo, scratch, len, low_bits);
+        }
+    }
+    return recs;
+}
 
 }  // namespace spoco
