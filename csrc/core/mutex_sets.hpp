@@ -214,6 +214,7 @@ public:
             if (i + d < n) {
                 const uint32_t ahead = partners_[i + d];
                 sets_[ahead].prefetch_probe(small);
+                sets_[ahead].prefetch_probe(big);
                 sb.prefetch_probe(ahead);
             }
             HandleSet& sp = sets_[partners_[i]];
