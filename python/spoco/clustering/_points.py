@@ -92,8 +92,9 @@ def number_objects(local: np.ndarray, min_size: int) -> np.ndarray:
 
 
 def segment(spatial, mask, semantic, min_size: int, cluster_region) -> np.ndarray:
-    """Run ``cluster_region(idx) -> local ids (len(idx),)`` on every region and
-    assemble int64 labels of shape ``spatial`` (see the module docstring)."""
+    """Run ``cluster_region(idx) -> local ids (len(idx),)`` on every region (a
+    Python loop over the semantic classes, nothing finer) and assemble int64
+    labels of shape ``spatial`` (see the module docstring)."""
     labels = np.zeros(int(np.prod(spatial)), dtype=np.int64)
     offset = 0
     for idx in regions(spatial, mask, semantic):

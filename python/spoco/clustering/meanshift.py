@@ -19,7 +19,9 @@ __all__ = ["mean_shift", "meanshift_clustering"]
 
 def _window_means(tree, X, means, bandwidth, workers):
     """Mean of the points within the flat kernel around each of ``means`` and
-    how many there are (distance <= bandwidth), from a k-d tree of ``X``."""
+    how many there are (distance <= bandwidth), from a k-d tree of ``X``.
+    (scipy returns one index list per seed; turning them into one array is the
+    only per-seed Python step.)"""
     nb = tree.query_ball_point(means, bandwidth, workers=workers, return_sorted=False)
     cnt = np.fromiter(map(len, nb), dtype=np.int64, count=len(nb))
     out = np.zeros_like(means)
