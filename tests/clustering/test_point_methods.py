@@ -216,3 +216,15 @@ def test_arguments_of_other_methods_are_refused():
         spoco.cluster(emb, "mws", min_samples=3)
     with pytest.raises(ValueError, match="method must be one of"):
         spoco.cluster(emb, "kmeans")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_empty_and_single_pixel_regions(method):
+    emb = np.random.default_rng(0).normal(size=(3, 10, 10)).astype(np.float32)
+    none = np.zeros((10, 10), bool)
+    assert (run(emb, method, mask=none) == 0).all()
+    assert (run(emb, method, semantic=none.astype(int)) == 0).all()
+    one = none.copy()
+    one[3, 3] = True
+    labels = run(emb, method, mask=one, min_size=0)
+    assert (labels[~one] == 0).all() and labels[3, 3] == (0 if method == "hdbscan" else 1)

@@ -66,6 +66,7 @@ def hdbscan_clustering(emb, *, delta_v: float = 0.5, min_size: int = 0, min_samp
     Returns
     -------
     labels : int64 (*spatial): 0 = background/masked/HDBSCAN noise, objects 1..K.
+    A region with no more fitted pixels than ``min_cluster_size`` is all noise.
     """
     spatial, X = pixel_points(emb)
     eps = positive_float(delta_v, "delta_v")
