@@ -49,9 +49,32 @@ def synthetic_embeddings(labels: np.ndarray, dim: int = 8, *, delta_d: float = 2
     in the background, a structured texture of amplitude ``background_texture``.
     """
     rng = np.random.default_rng(rng)
-    n = int(labels.max()) + 1
+    centres = _centres(int(labels.max()) + 1, dim, delta_d, rng)
+    return _view(labels, centres, spread, background_texture, rng)
+
+
+def synthetic_embedding_views(labels: np.ndarray, dim: int = 8, *, n_views: int = 2, delta_d: float = 2.0,
+                              spread: float = 0.15, background_texture: float = 0.3, rng=None) -> list:
+    """Several embeddings of one instance image, like the f- and g-networks'
+    outputs for two augmentations of the same input (what consistency
+    clustering needs): the cluster centres are shared, the noise and the
+    background texture are drawn independently for every view.
+
+    Returns a list of ``n_views`` float32 arrays ``(dim, *labels.shape)``; the
+    first equals ``synthetic_embeddings`` with the same arguments and ``rng``.
+    """
+    rng = np.random.default_rng(rng)
+    centres = _centres(int(labels.max()) + 1, dim, delta_d, rng)
+    return [_view(labels, centres, spread, background_texture, rng) for _ in range(n_views)]
+
+
+def _centres(n: int, dim: int, delta_d: float, rng) -> np.ndarray:
     centres = rng.normal(size=(n, dim))
     centres *= (2.5 * delta_d) / np.sqrt(dim) * 1.5
+    return centres
+
+
+def _view(labels, centres, spread, background_texture, rng) -> np.ndarray:
     emb = centres[labels].transpose((labels.ndim,) + tuple(range(labels.ndim))).astype(np.float32)
     noise = rng.normal(size=emb.shape).astype(np.float32)
     sigma = (0,) + (1.0,) * labels.ndim
