@@ -14,7 +14,7 @@
 // in edge-id order and bucket/radix-sorted stably (radix_sort.hpp), which gives
 // the tie rule for free, does not depend on the thread count and needs 8 bytes
 // per edge plus the largest bucket. The sequential loop uses a union-find over
-// 32-bit node ids and MutexSets (mutex_sets.hpp), prefetching the union-find
+// 32-bit node ids and MutexLists (mutex_lists.hpp), prefetching the union-find
 // records of edges a few dozen positions ahead.
 #pragma once
 #include <cstdint>
@@ -27,7 +27,7 @@
 #include "core/common.hpp"
 #include "core/embedding_weights.hpp"
 #include "core/grid_edges.hpp"
-#include "core/mutex_sets.hpp"
+#include "core/mutex_lists.hpp"
 #include "core/radix_sort.hpp"
 #include "core/union_find.hpp"
 
@@ -61,7 +61,7 @@ constexpr std::size_t kSetPrefetchDistance = 8;
 
 /// The sequential heart: process the sorted edge ids [0, n).
 template <class Id, class Decode>
-void mutex_watershed_loop(const Id* ids, std::size_t n, UnionFind& uf, MutexSets& mutexes, Decode decode) {
+void mutex_watershed_loop(const Id* ids, std::size_t n, UnionFind& uf, MutexLists& mutexes, Decode decode) {
     for (std::size_t k = 0; k < n; ++k) {
         // Two-stage look-ahead: the nodes' words far ahead, their parents nearer.
         if (k + 2 * kPrefetchDistance < n) {
@@ -85,12 +85,12 @@ void mutex_watershed_loop(const Id* ids, std::size_t n, UnionFind& uf, MutexSets
         const uint32_t ru = uf.find(e.u), rv = uf.find(e.v);
         if (ru == rv) continue;
         if (e.attractive) {
+            if (mutexes.has_mutex(uf, ru, rv)) continue;
             const uint32_t hu = uf.payload(ru), hv = uf.payload(rv);
-            if (mutexes.has_mutex(hu, hv)) continue;
             const uint32_t root = uf.link(ru, rv);
             uf.set_payload(root, mutexes.merge(hu, hv));
         } else {
-            mutexes.add_mutex(uf, ru, rv);
+            mutexes.add_mutex(uf, ru, rv, e.u, e.v);
         }
     }
 }
@@ -117,7 +117,7 @@ MallocPtr compact_ids(MallocPtr recs, std::size_t n) {
 
 /// Produce and sort the records, then run the loop up to the last attractive edge.
 template <class R, class Produce, class Decode, class IsAttractiveId>
-void sort_and_solve(int key_bits, uint64_t n_ids, Produce produce, UnionFind& uf, MutexSets& mutexes,
+void sort_and_solve(int key_bits, uint64_t n_ids, Produce produce, UnionFind& uf, MutexLists& mutexes,
                     Decode decode, IsAttractiveId is_attractive, int threads) {
     std::size_t n = 0;
     MallocPtr recs = produce_sorted<R>(key_bits, threads, produce, n);
@@ -177,7 +177,7 @@ void solve_grid(const GridSpec& g, RowPriority row_priority, int64_t* labels, in
     };
     auto is_attractive = [&](uint64_t id) { return id < n_attractive_ids; };
     UnionFind uf(N);
-    MutexSets mutexes(N);
+    MutexLists mutexes(N);
     sort_and_solve<R>(8 * static_cast<int>(sizeof(T)), g.n_channels() * N, produce, uf, mutexes, decode,
                       is_attractive, threads);
     write_labels(uf, g.mask, labels);
@@ -283,7 +283,7 @@ void mutex_watershed_graph(std::size_t n_nodes, const int64_t* uvs, const T* wei
     };
     auto is_attractive = [&](uint64_t id) { return id < n_edges; };
     UnionFind uf(n_nodes);
-    MutexSets mutexes(n_nodes);
+    MutexLists mutexes(n_nodes);
     detail::sort_and_solve<R>(8 * static_cast<int>(sizeof(T)), n, produce, uf, mutexes, decode, is_attractive,
                               resolve_threads(threads));
     detail::write_labels(uf, nullptr, labels);
