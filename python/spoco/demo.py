@@ -42,9 +42,9 @@ def run_demo(out: str | Path = "demo_output", seed: int = 0) -> dict:
     the mutex watershed and write ``labels_2d.tif``, ``labels_3d.tif`` and
     ``demo.png`` to ``out``. Returns the scores."""
     import tifffile
-    from skimage.metrics import adapted_rand_error
 
     from .clustering import cluster
+    from .metrics import evaluate
     from .data.synthetic import random_instances, synthetic_embeddings
 
     out = Path(out)
@@ -58,16 +58,17 @@ def run_demo(out: str | Path = "demo_output", seed: int = 0) -> dict:
         t0 = time.perf_counter()
         seg = cluster(emb, min_size=10)
         elapsed = time.perf_counter() - t0
-        are, prec, rec = adapted_rand_error(gt, seg)
-        scores[name] = dict(shape=shape, objects=int(gt.max()), segments=int(seg.max()),
-                            adapted_rand_error=float(are), seconds=elapsed)
+        scores[name] = dict(shape=shape, objects=int(gt.max()), segments=int(seg.max()), seconds=elapsed,
+                            **evaluate(gt, seg))
         tifffile.imwrite(out / f"labels_{name}.tif", seg.astype(np.uint32))
         tifffile.imwrite(out / f"groundtruth_{name}.tif", gt.astype(np.uint32))
         mid = shape[0] // 2
         rows.append((name, emb if len(shape) == 2 else emb[:, mid],
                      seg if len(shape) == 2 else seg[mid], gt if len(shape) == 2 else gt[mid]))
-        print(f"{name}: shape {shape}, {scores[name]['objects']} objects, {scores[name]['segments']} segments, "
-              f"adapted Rand error {are:.4f}, clustering {elapsed:.2f} s")
+        sc = scores[name]
+        print(f"{name}: shape {shape}, {sc['objects']} objects, {sc['segments']} segments, clustering {elapsed:.2f} s; "
+              f"SBD {sc['sbd']:.3f}, |DiC| {sc['abs_dic']}, AP@0.5 {sc['ap50']:.3f}, "
+              f"adapted Rand error {sc['are']:.4f}")
     _figure(rows, out / "demo.png")
     print(f"wrote {out / 'labels_2d.tif'}, {out / 'labels_3d.tif'} and {out / 'demo.png'}")
     return scores
