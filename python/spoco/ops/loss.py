@@ -243,7 +243,7 @@ class _SoftMaskBCE:
 
     def coef(self, x, k0, k1, grads):
         x, inside, nlog_out = self._parts(x, k0, k1)
-        d_in = torch.where(x < 100, self.scale, 0.0)
+        d_in = (x < 100).to(x.dtype).mul_(self.scale)
         live = nlog_out < 100
         d_out = torch.where(live, -self.scale / torch.where(live, torch.expm1(x), 1), 0.0)
         return _wmul(torch.where(inside, d_in, d_out), self.w).mul_(grads[0][:, :, None])
@@ -253,7 +253,8 @@ def soft_mask_bce_sums(anchors, emb, slot, weight, sigma2: float, *, pixels: Pix
     """Binary cross-entropy of S_k against I_k summed over pixels (the BCE instance term).
 
     Same arguments as :func:`soft_mask_sums`; returns ``(B, C)``
-    ``Σ_i w_i BCE(S_k(i), I_k(i))`` with logarithms clamped at −100 (as ``torch.nn.BCELoss``).
+    ``Σ_i w_i BCE(S_k(i), I_k(i))`` with logarithms clamped at −100 (as ``torch.nn.BCELoss``;
+    the gradient is exact, and 0 where a logarithm is clamped).
     """
     return _AnchorPixelSums.apply(anchors, emb, _SoftMaskBCE(slot, weight, sigma2), pixels)[0]
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 TERMS = ("pull", "push", "reg", "instance", "unlabeled_push", "consistency")
 
@@ -29,6 +28,13 @@ def soft_mask(e: torch.Tensor, anchor: torch.Tensor, sigma2: float) -> torch.Ten
 def dice_loss(s: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
     """Dice loss ``1 − 2 Σ s·i / (Σ s² + Σ i²)`` (Eq. 4, 7)."""
     return 1 - 2 * (s * i).sum() / ((s * s).sum() + (i * i).sum())
+
+
+def bce_loss(s: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy ``−[I log S + (1 − I) log(1 − S)]``, logs clamped at −100."""
+    log_s = torch.log(s).clamp(min=-100)
+    log_1ms = torch.log1p(-torch.where(i > 0, 0, s)).clamp(min=-100)  # log(1 − S) where I = 0
+    return -(i * log_s + (1 - i) * log_1ms).mean()
 
 
 def pick(pixels: torch.Tensor, keys: torch.Tensor) -> int:
@@ -111,7 +117,7 @@ def spoco_loss(f, target, g=None, *, keys, sparse=False, ignore_index=-1, delta_
                 masks.append(soft_mask(e_c, a, sigma2))
                 truths.append((lab_c == k).to(e.dtype))
             if instance_loss == "bce":
-                inst = torch.stack([F.binary_cross_entropy(s, i) for s, i in zip(masks, truths)]).mean()
+                inst = torch.stack([bce_loss(s, i) for s, i in zip(masks, truths)]).mean()
             elif dice == "pooled":
                 inst = dice_loss(torch.cat(masks), torch.cat(truths))
             else:
