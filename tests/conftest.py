@@ -48,3 +48,16 @@ def make_batch(seed: int, B: int = 2, spatial=(9, 10), D: int = 3, n_objects: in
 def batch():
     """``make_batch`` as a fixture (usable from every test directory)."""
     return make_batch
+
+
+@pytest.fixture
+def torch_single_thread():
+    """Run a test with one intra-op torch thread (restored afterwards).
+
+    Test inputs are tiny; on small shared machines MKL/OpenMP threads spin-wait
+    against other load and make every small batched matmul take milliseconds.
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

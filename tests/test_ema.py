@@ -9,6 +9,8 @@ import spoco
 from spoco import EMANet, SPOCOLoss
 from spoco.data.synthetic import random_instances
 
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 
 def net(bn=True):
     torch.manual_seed(0)

@@ -4,6 +4,8 @@ import torch
 
 from spoco import SPOCOLoss
 
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 
 @pytest.fixture
 def inputs():

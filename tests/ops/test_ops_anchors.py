@@ -5,6 +5,8 @@ import torch
 from spoco.ops import anchors, reference
 from spoco.ops.reference.loss import pick
 
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 
 def keys_for(shape, seed):
     return torch.rand(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)

@@ -5,6 +5,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import spoco.ops.loss as L
 
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 SIGMA2 = 1.1864
 
 
