@@ -194,6 +194,13 @@ class SPOCOLoss(nn.Module):
 
     # ------------------------------------------------------------- torch path
     def _terms_torch(self, f, target, g, keys):
+        """All terms, batched over images, clusters and anchors (see :mod:`spoco.ops.loss`).
+
+        Clusters are relabelled into per-image slots (ascending label) with one
+        ``torch.unique`` over ``label · B + image``. The host waits twice: for the
+        size of that ``unique`` and for one ``tolist()`` of the input checks, the
+        most clusters per image C and the most consistency anchors drawn K.
+        """
         B, D = f.shape[:2]
         N = target[0].numel()
         emb = f.reshape(B, D, N)

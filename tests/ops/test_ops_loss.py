@@ -168,3 +168,13 @@ def test_anchor_pixel_work_is_chunked(monkeypatch):
         cross, sf, _ = L.consistency_sums(a, emb, a.detach(), emb.detach() + 1, w, SIGMA2)
         (inter.sum() + sq.sum() + up.sum() + cross.sum() + sf.sum()).backward()
     assert mode.largest <= max(B * (D + 2) * N, B * N * 4) < B * K * N
+
+
+def test_no_anchors_gives_zero_gradient():
+    emb, a, slot, w = data(8, K=0)
+    emb.requires_grad_()
+    inter, sq = L.soft_mask_sums(a, emb, torch.zeros_like(slot), w, SIGMA2)
+    up = L.unlabeled_push_sums(a, emb, w, 2.0)
+    assert inter.shape == sq.shape == up.shape == (2, 0)
+    (inter.sum() + sq.sum() + up.sum() + 0 * emb.sum()).backward()
+    assert torch.count_nonzero(emb.grad) == 0

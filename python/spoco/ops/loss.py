@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 #: Upper bound on the elements of one ``(B, chunk, N)`` anchor x pixel block.
-CHUNK_ELEMENTS = 1 << 22
+CHUNK_ELEMENTS = 1 << 23
 
 
 # --------------------------------------------------------------------------- linear in N
@@ -48,6 +48,47 @@ def segment_means(emb: torch.Tensor, slot: torch.Tensor, n_slots: int):
     return means.transpose(1, 2), counts
 
 
+class _OwnSqDist(torch.autograd.Function):
+    """``d_i = ‖e_i − a_slot(i)‖²`` per pixel; the no-cluster slot's anchor is 0."""
+
+    @staticmethod
+    def forward(ctx, anchors, emb, slot):
+        ctx.save_for_backward(anchors, emb, slot)
+        return _own_diff(anchors, emb, slot).square_().sum(1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        anchors, emb, slot = ctx.saved_tensors
+        B, D, N = emb.shape
+        g = _own_diff(anchors, emb, slot).mul_(-2 * grad[:, None, :])  # ∂L/∂e_i = 2 g_i (e_i − a_slot(i))
+        grad_a = None
+        if ctx.needs_input_grad[0]:
+            sums = g.new_zeros((B, D, anchors.shape[1] + 1)).scatter_add_(2, slot[:, None, :].expand(B, D, N), g)
+            grad_a = -sums[:, :, :-1].transpose(1, 2)
+        return grad_a, g, None
+
+
+def _own_diff(anchors, emb, slot):
+    """``a_slot(i) − e_i`` as a new ``(B, D, N)`` tensor."""
+    B, D, N = emb.shape
+    padded = torch.cat([anchors.detach(), anchors.new_zeros((B, 1, D))], 1).transpose(1, 2)  # (B, D, C + 1)
+    return padded.gather(2, slot[:, None, :].expand(B, D, N)).sub_(emb.detach())
+
+
+def own_sq_dist(anchors: torch.Tensor, emb: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+    """Squared distance of every pixel to the anchor (or mean) of its own cluster slot.
+
+    Parameters
+    ----------
+    anchors : (B, C, D); emb : (B, D, N); slot : (B, N) in ``[0, C]``
+
+    Returns
+    -------
+    (B, N) ``‖e_i − a_slot(i)‖²`` (distance to 0 for slot C).
+    """
+    return _OwnSqDist.apply(anchors, emb, slot)
+
+
 def pull_per_instance(emb: torch.Tensor, means: torch.Tensor, slot: torch.Tensor, delta_v: float) -> torch.Tensor:
     """Pull (Eq. 1) summed per cluster: ``Σ_{i ∈ k} [‖μ_k − e_i‖ − δ_v]₊²``.
 
@@ -59,12 +100,11 @@ def pull_per_instance(emb: torch.Tensor, means: torch.Tensor, slot: torch.Tensor
     -------
     (B, C) sums (divide by N_k for the per-cluster mean).
     """
-    B, D, N = emb.shape
     C = means.shape[1]
-    padded = torch.cat([means, means.new_zeros((B, 1, D))], 1).transpose(1, 2)  # (B, D, C + 1)
-    mu_pix = padded.gather(2, slot[:, None, :].expand(B, D, N))
-    hinge = (safe_norm(emb - mu_pix, 1) - delta_v).clamp(min=0).square()
-    return emb.new_zeros((B, C + 1)).scatter_add(1, slot, hinge)[:, :C]
+    d = own_sq_dist(means, emb, slot)
+    far = d > delta_v * delta_v  # the hinge is active (and the square root differentiable)
+    hinge = torch.where(far, torch.where(far, d, 1).sqrt() - delta_v, 0).square()
+    return d.new_zeros((emb.shape[0], C + 1)).scatter_add(1, slot, hinge)[:, :C]
 
 
 def safe_norm(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -165,18 +205,18 @@ class _AnchorPixelSums(torch.autograd.Function):
         term, px = ctx.term, ctx.pixels
         a = px.anchors(anchors)
         need_a, need_e = ctx.needs_input_grad[:2]
-        grad_a = torch.zeros_like(anchors) if need_a else None
+        grad_a = torch.empty_like(anchors) if need_a else None
         c_pix = px.e.new_zeros((px.e.shape[0], px.e.shape[2]))  # Σ_k c_ki
-        c_a = torch.zeros_like(px.e)  # Σ_k c_ki a_k as (B, D, N)
+        c_a = (torch.empty_like if a.shape[1] else torch.zeros_like)(px.e) if need_e else None  # Σ_k c_ki a_k
         for k0, k1 in px.ranges(a.shape[1]):
             ak = a[:, k0:k1]
             c = term.coef(px.sq_dist(ak, term.scale), k0, k1, grad_out[:, :, k0:k1])  # (B, k, N)
             if need_e:
                 c_pix += c.sum(1)
-                c_a.baddbmm_(ak.transpose(1, 2), c)
+                c_a.baddbmm_(ak.transpose(1, 2), c, beta=1 if k0 else 0)
             if need_a:
-                grad_a[:, k0:k1] = 2 * (ak * c.sum(2, keepdim=True) - torch.bmm(c, px.e.transpose(1, 2)))
-        grad_e = 2 * (px.e * c_pix[:, None, :] - c_a) if need_e else None
+                grad_a[:, k0:k1] = torch.baddbmm(ak * c.sum(2, keepdim=True), c, px.e.transpose(1, 2), alpha=-1).mul_(2)
+        grad_e = c_a.neg_().addcmul_(px.e, c_pix[:, None, :]).mul_(2) if need_e else None
         return grad_a, grad_e, None, None
 
 
@@ -192,13 +232,6 @@ class _KernelSquares:
 
     def coef(self, x, k0, k1, grads):
         return _wmul(x.exp_(), self.w).mul_(grads[0][:, :, None] * self.scale)
-
-
-def _own_anchor_sq_dist(anchors, emb, slot):
-    """``‖e_i − a_slot(i)‖²`` per pixel ``(B, N)`` (zero anchor for the no-cluster slot)."""
-    B, D, N = emb.shape
-    padded = torch.cat([anchors, anchors.new_zeros((B, 1, D))], 1).transpose(1, 2)
-    return (emb - padded.gather(2, slot[:, None, :].expand(B, D, N))).square().sum(1)
 
 
 def soft_mask_sums(anchors, emb, slot, weight, sigma2: float, *, pixels: Pixels | None = None):
@@ -219,7 +252,7 @@ def soft_mask_sums(anchors, emb, slot, weight, sigma2: float, *, pixels: Pixels 
     sq : (B, C) ``Σ_i w_i S_k(i)²`` (all pixels: chunked)
     """
     C = anchors.shape[1]
-    s_own = torch.exp(_own_anchor_sq_dist(anchors, emb, slot) * (-0.5 / sigma2))
+    s_own = torch.exp(own_sq_dist(anchors, emb, slot) * (-0.5 / sigma2))
     if weight is not None:
         s_own = s_own * weight
     inter = s_own.new_zeros((emb.shape[0], C + 1)).scatter_add(1, slot, s_own)[:, :C]
@@ -275,7 +308,7 @@ class _Consistency:
 
     def coef(self, x, k0, k1, grads):
         sf, sg = self._masks(x, k0, k1)
-        dS = sg.mul_(grads[0][:, :, None]).add_(sf * (2 * grads[1][:, :, None]))  # ∂L/∂S^f
+        dS = sg.mul_(grads[0][:, :, None]).addcmul_(sf, 2 * grads[1][:, :, None])  # ∂L/∂S^f
         return _wmul(dS.mul_(sf).mul_(self.scale), self.w)
 
 
@@ -313,10 +346,9 @@ class _UnlabeledPush:
         return (_wsum(d.sqrt_().neg_().add_(self.delta_d).clamp_(min=0).square_(), self.u),)
 
     def coef(self, d, k0, k1, grads):
-        r = d.sqrt_()
-        live = (r > 0) & (r < self.delta_d)
-        dd = torch.where(live, 1 - self.delta_d / torch.where(live, r, 1), 0.0)  # ∂[δ_d − r]₊²/∂(r²)
-        return _wmul(dd, self.u).mul_(grads[0][:, :, None])
+        at_zero = d == 0
+        dd = d.sqrt_().reciprocal_().mul_(-self.delta_d).add_(1).clamp_(max=0)  # ∂[δ_d − r]₊²/∂(r²) = 1 − δ_d/r
+        return _wmul(dd.masked_fill_(at_zero, 0), self.u).mul_(grads[0][:, :, None])
 
 
 def unlabeled_push_sums(means, emb, unlabeled, delta_d: float, *, pixels: Pixels | None = None):
