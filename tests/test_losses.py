@@ -159,6 +159,13 @@ def test_sparse_label0_never_in_pull_push_reg_nor_an_instance(batch):
     SPOCOLoss(sparse=True, **only)(f, t).backward()
     unl = (t == 0)[:, None].expand_as(f)
     assert f.grad[unl].abs().max() == 0 and f.grad[~unl & (t != -1)[:, None]].abs().max() > 0
+    # label 0 is never an instance: the instance term is the same as in dense mode, where the
+    # background is a cluster without an instance term; in both it only appears as soft-mask negatives
+    for anchor in ("random", "mean"):
+        for dice in ("per_object", "pooled"):
+            kw = dict(anchor=anchor, dice=dice)
+            assert terms(f.detach(), t, g, sparse=True, **kw)["instance"] == pytest.approx(
+                terms(f.detach(), t, **kw)["instance"], rel=1e-12)
     # an image of unlabeled pixels only has no pull, push, reg or instance term (but consistency)
     out = terms(f.detach(), torch.zeros_like(t), g, sparse=True)
     assert [out[k] for k in ("pull", "push", "reg", "instance", "unlabeled_push")] == [0] * 5

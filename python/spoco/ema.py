@@ -27,6 +27,8 @@ class EMANet(nn.Module):
     g starts as a deep copy of f (unwrapped from DDP / ``torch.compile``) without
     gradients; call :meth:`update` after every ``optimizer.step()``. Calling the
     EMANet runs g under ``torch.no_grad()``. g follows the EMANet's train/eval mode.
+    g lives where f lived at construction: create the EMANet after moving f to its
+    device (or move the EMANet with ``.to()`` as well).
 
     Parameters
     ----------
