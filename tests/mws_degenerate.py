@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import sys
 
-if __name__ == "__main__":
-    sys.modules.setdefault("torch", None)  # the child needs no torch: start in 0.3 s instead of seconds
-
 import numpy as np
 
 from spoco.clustering import (cluster, embedding_affinities, mutex_watershed, mutex_watershed_embeddings,

@@ -3,8 +3,11 @@ annotations (Wolny et al., CVPR 2022)."""
 __version__ = "0.1.0"
 
 from . import _core  # noqa: E402  (the compiled core must import first)
+from . import sampling  # noqa: E402
 from ._config import show_config  # noqa: E402
 from .clustering import cluster  # noqa: E402
 from . import metrics  # noqa: E402
+from .ema import EMANet  # noqa: E402
+from .losses import SPOCOLoss  # noqa: E402
 
-__all__ = ["__version__", "cluster", "metrics", "show_config"]
+__all__ = ["EMANet", "SPOCOLoss", "__version__", "cluster", "metrics", "sampling", "show_config"]

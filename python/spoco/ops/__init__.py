@@ -1,7 +1,8 @@
 """Custom torch ops wrapping spoco's C++/CUDA kernels (the only place that hands
-raw pointers to compiled code), and :mod:`spoco.ops.reference`, the pure-PyTorch
-oracle of each op."""
-from . import reference
+raw pointers to compiled code), the building blocks of the default SPOCOLoss path
+(:mod:`spoco.ops.loss`, :mod:`spoco.ops.anchors`), and :mod:`spoco.ops.reference`,
+the pure-PyTorch oracle of each op."""
+from . import anchors, loss, reference
 from .affinities import embedding_affinities
 
-__all__ = ["embedding_affinities", "reference"]
+__all__ = ["anchors", "embedding_affinities", "loss", "reference"]
