@@ -1,4 +1,5 @@
-"""SPOCOLoss forward+backward: the default path vs the loop reference, on the CPU.
+"""SPOCOLoss forward+backward: the default path vs the loop reference (CPU, or a GPU
+with ``--device cuda``).
 
     python benchmarks/bench_loss.py                    # B=4, 448x448, D=16, ~20 objects, sparse + consistency
     python benchmarks/bench_loss.py --size 224 --repeats 9 --threads 1
@@ -54,34 +55,45 @@ def worker(args) -> dict:
     from spoco.ops.anchors import consistency_anchors
 
     torch.set_num_threads(args.threads)
-    f, target, g = make_inputs(args)
+    dev = torch.device(args.device)
+    f, target, g = (t.to(dev) for t in make_inputs(args))
+    cuda = dev.type == "cuda"
     loss_fn = spoco.SPOCOLoss(sparse=True, max_anchors=args.anchors, backend=args.worker)
     keys = torch.rand(target.reshape(args.batch, -1).shape, generator=torch.Generator().manual_seed(0),
-                      dtype=torch.float64)
+                      dtype=torch.float64).to(dev)
     B, D = f.shape[:2]
     _, ok = consistency_anchors(f.reshape(B, D, -1), g.reshape(B, D, -1), (target == 0).reshape(B, -1), keys,
                                 args.anchors, loss_fn.delta_v, loss_fn.coverage_stop)
     n_obj = sum(len(torch.unique(t[t > 0])) for t in target) / B
     base = rss_bytes()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
     times, value = [], None
     for i in range(args.warmup + args.repeats):
         x = f.clone().requires_grad_()
         t0 = time.perf_counter()
         loss = loss_fn(x, target, g, generator=torch.Generator().manual_seed(i))
         loss.backward()
+        if cuda:
+            torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         if i >= args.warmup:
             times.append(dt)
         if i == 0:
             value = float(loss)
         del x, loss
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    if cuda:  # peak device memory above the inputs
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
     return {"times": times, "peak": peak, "loss0": value, "objects": n_obj, "anchors": float(ok.sum(1).float().mean())}
 
 
 def run_worker(args, embeddings, backend) -> dict:
     cmd = [sys.executable, __file__, "--worker", backend, "--embeddings", embeddings]
-    for name in ("batch", "size", "dim", "objects", "anchors", "repeats", "warmup", "threads"):
+    for name in ("batch", "size", "dim", "objects", "anchors", "repeats", "warmup", "threads", "device"):
         cmd += [f"--{name}", str(getattr(args, name))]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -108,6 +120,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (GPU memory: peak allocated above the inputs)")
     p.add_argument("--embeddings", nargs="+", default=["synthetic", "random"], choices=["synthetic", "random"])
     p.add_argument("--worker", choices=["torch", "reference"], help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -119,7 +132,8 @@ def main() -> None:
     import torch
     args.threads = args.threads or torch.get_num_threads()
     load = os.getloadavg()[0]
-    print(f"SPOCOLoss forward+backward on the CPU, {date.today()}: B={args.batch}, {args.size}x{args.size}, "
+    where = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "the CPU"
+    print(f"SPOCOLoss forward+backward on {where}, {date.today()}: B={args.batch}, {args.size}x{args.size}, "
           f"D={args.dim}, ~{args.objects} objects/image, sparse + consistency (K={args.anchors}), float32")
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads, "
           f"load average {load:.2f}; median of {args.repeats} runs after {args.warmup} warm-up")
