@@ -20,10 +20,10 @@
 namespace spoco {
 
 /// Append-only list of uint32 node ids; up to kInline ids live inside the
-/// 32-byte object (most clusters have few mutexes), longer lists on the heap.
+/// 24-byte object (most clusters have few mutexes), longer lists on the heap.
 class NodeList {
 public:
-    static constexpr uint32_t kInline = 5;
+    static constexpr uint32_t kInline = 3;
     static constexpr uint32_t kNoNode = 0xFFFFFFFFu;
 
     NodeList() = default;
@@ -37,28 +37,28 @@ public:
     ~NodeList() { release(); }
 
     uint32_t size() const { return size_; }
+    uint32_t cache() const { return u_.small.cache; }
+    void set_cache(uint32_t node) { u_.small.cache = node; }
     uint32_t back() const { return data()[size_ - 1]; }
-    const uint32_t* data() const { return cap_ ? u_.heap : u_.inline_; }
+    const uint32_t* data() const { return cap_ ? u_.big.heap : u_.small.ids; }
 
     void push(uint32_t node) {
         if (size_ == capacity()) grow(size_ + size_ / 2 + 4);  // x1.5: lists hold most of the memory
-        (cap_ ? u_.heap : u_.inline_)[size_++] = node;
+        (cap_ ? u_.big.heap : u_.small.ids)[size_++] = node;
     }
 
     void append(const NodeList& o) {
         if (size_ + o.size_ > capacity()) grow(std::max(capacity() + capacity() / 2, size_ + o.size_));
-        std::memcpy((cap_ ? u_.heap : u_.inline_) + size_, o.data(), sizeof(uint32_t) * o.size_);
+        std::memcpy((cap_ ? u_.big.heap : u_.small.ids) + size_, o.data(), sizeof(uint32_t) * o.size_);
         size_ += o.size_;
     }
 
     void release() {
-        if (cap_) std::free(u_.heap);
+        if (cap_) std::free(u_.big.heap);
         size_ = 0;
         cap_ = 0;
-        cache = kNoNode;
+        u_.small.cache = kNoNode;
     }
-
-    uint32_t cache = kNoNode;  // a node of the last cluster this list was found to exclude
 
 private:
     uint32_t capacity() const { return cap_ ? cap_ : kInline; }
@@ -66,28 +66,30 @@ private:
     void grow(uint32_t cap) {
         uint32_t* p;
         if (cap_) {  // realloc often grows in place: less copying and fragmentation
-            p = static_cast<uint32_t*>(std::realloc(u_.heap, sizeof(uint32_t) * cap));
+            p = static_cast<uint32_t*>(std::realloc(u_.big.heap, sizeof(uint32_t) * cap));
             if (!p) throw std::bad_alloc();
         } else {
             p = static_cast<uint32_t*>(std::malloc(sizeof(uint32_t) * cap));
             if (!p) throw std::bad_alloc();
-            std::memcpy(p, u_.inline_, sizeof(uint32_t) * size_);
+            std::memcpy(p, u_.small.ids, sizeof(uint32_t) * size_);
         }
-        u_.heap = p;
+        u_.big.heap = p;
         cap_ = cap;
     }
 
     void steal(NodeList& o) {
-        size_ = o.size_; cap_ = o.cap_; cache = o.cache; u_ = o.u_;
-        o.size_ = 0; o.cap_ = 0; o.cache = kNoNode;
+        size_ = o.size_; cap_ = o.cap_; u_ = o.u_;
+        o.size_ = 0; o.cap_ = 0; o.u_.small.cache = kNoNode;
     }
 
     uint32_t size_ = 0;
     uint32_t cap_ = 0;  // 0: inline storage
+    // Both layouts start with `cache`: a node of the last cluster this list was
+    // found to exclude (kNoNode if none).
     union Storage {
-        uint32_t inline_[kInline];
-        uint32_t* heap;
-    } u_{};
+        struct { uint32_t cache; uint32_t ids[kInline]; } small;
+        struct { uint32_t cache; uint32_t* heap; } big;
+    } u_{{kNoNode, {}}};
 };
 
 /// Mutex lists of clusters. A cluster's list index (its handle) lives in its
@@ -107,8 +109,8 @@ public:
         if (hu == kNone || hv == kNone) return false;  // fast path: no list to scan
         NodeList& lu = lists_[hu];
         NodeList& lv = lists_[hv];
-        if (lu.cache != NodeList::kNoNode && uf.find(lu.cache) == rv) return true;
-        if (lv.cache != NodeList::kNoNode && uf.find(lv.cache) == ru) return true;
+        if (lu.cache() != NodeList::kNoNode && uf.find(lu.cache()) == rv) return true;
+        if (lv.cache() != NodeList::kNoNode && uf.find(lv.cache()) == ru) return true;
         NodeList& scan = lu.size() <= lv.size() ? lu : lv;
         const uint32_t other = &scan == &lu ? rv : ru;
         const uint32_t* ids = scan.data();
@@ -118,7 +120,7 @@ public:
         for (uint32_t i = 0; i < n; ++i) {
             if (i + kAhead < n) uf.prefetch(ids[i + kAhead]);
             if (uf.find(ids[i]) == other) {
-                scan.cache = ids[i];
+                scan.set_cache(ids[i]);
                 return true;
             }
         }
