@@ -76,7 +76,7 @@ void mutex_watershed_loop(const Id* ids, std::size_t n, UnionFind& uf, MutexList
             if (!(pv & UnionFind::kRootFlag)) uf.prefetch(pv);
         }
         if (k + kSetPrefetchDistance < n) {
-            // Roots a few edges ahead are cached by now: prefetch their mutex sets.
+            // Roots a few edges ahead are cached by now: prefetch their mutex lists.
             const Edge soon = decode(ids[k + kSetPrefetchDistance]);
             mutexes.prefetch(uf.payload(uf.find(soon.u)));
             mutexes.prefetch(uf.payload(uf.find(soon.v)));
