@@ -1,0 +1,42 @@
+"""The ``spoco`` command line: one module per subcommand.
+
+Each subcommand module defines ``add_parser(subparsers)`` and sets ``func`` on
+its parser; ``func(args) -> int`` runs it. Errors a user can fix (bad paths,
+missing keys, shape mismatches) are raised as :class:`CLIError` and printed as
+one line, without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Subcommand modules, in the order ``spoco --help`` lists them.
+SUBCOMMANDS = ("demo", "info")
+
+
+class CLIError(Exception):
+    """An error in the user's input, reported as ``spoco <cmd>: error: <message>``."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="spoco", description="Instance segmentation with pixel embeddings "
+                                "trained from sparse object annotations (SPOCO).")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"{__name__}.{name}").add_parser(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (CLIError, FileNotFoundError, KeyError, ValueError, TypeError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"spoco {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
