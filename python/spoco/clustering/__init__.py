@@ -7,6 +7,7 @@ from .._validation import float_array, is_int, is_tensor, positive_float
 from .mws import (embedding_affinities, mutex_watershed, mutex_watershed_embeddings, mutex_watershed_graph,
                   remove_small_segments)
 from .offsets import default_offsets
+from .postprocess import merge_close_segments, postprocess, remove_background, segment
 from ._dispatch import POINT_METHODS, check_method_args, cluster_points, per_class
 from .consistency import consistency_clustering, consistent_clusters
 from .hdbscan import hdbscan_clustering
@@ -16,7 +17,8 @@ from .meanshift_merge import meanshift_merge_clustering, merge_close_clusters
 __all__ = ["cluster", "mutex_watershed", "mutex_watershed_embeddings", "mutex_watershed_graph",
            "embedding_affinities", "default_offsets", "remove_small_segments", "METHODS",
            "hdbscan_clustering", "meanshift_clustering", "mean_shift", "consistency_clustering",
-           "meanshift_merge_clustering", "consistent_clusters", "merge_close_clusters"]
+           "meanshift_merge_clustering", "consistent_clusters", "merge_close_clusters", "segment", "postprocess",
+           "remove_background", "merge_close_segments"]
 
 METHODS = ("mws",) + POINT_METHODS
 

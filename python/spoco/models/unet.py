@@ -1,0 +1,149 @@
+"""U-Net embedding networks as in the paper's Tables 6–8.
+
+Encoder: ConvBlocks with ``f_maps · 2^l`` channels separated by 2× max-pooling;
+decoder: nearest-neighbour 2× upsampling, concatenation with the encoder output of
+the same level, ConvBlock; a final 1×1 convolution maps to the D embedding channels.
+A ConvBlock (Fig. 7) is two (3×3[×3] convolution → normalisation → ReLU) layers.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+_NORMS = ("batch", "group", "none")
+
+
+def receptive_field(depth: int, kernel: int = 3, convs_per_block: int = 2) -> int:
+    """Receptive field (pixels along one axis) of the bottleneck features of a U-Net
+    with ``depth`` levels (``depth - 1`` poolings)."""
+    rf, jump = 1, 1
+    for level in range(depth):
+        rf += convs_per_block * (kernel - 1) * jump
+        if level < depth - 1:  # 2x2 max-pool: one more input pixel at the current jump, then stride 2
+            rf += jump
+            jump *= 2
+    return rf
+
+
+def choose_depth(patch_shape, max_depth: int = 7) -> int:
+    """The smallest depth whose bottleneck receptive field covers the largest patch
+    axis (the paper's rule, A.1), at least 2 and at most ``max_depth``; the patch's
+    smallest axis limits the number of poolings."""
+    largest, smallest = max(patch_shape), min(patch_shape)
+    depth = 2
+    while depth < max_depth and receptive_field(depth) < largest and smallest >= 2 ** depth:
+        depth += 1
+    return depth
+
+
+class ConvBlock(nn.Sequential):
+    """Two (conv 3×3 → norm → ReLU) layers (the paper's ConvBlock / ConvBlockBN / ConvBlockGN)."""
+
+    def __init__(self, ndim: int, in_channels: int, out_channels: int, norm: str, groups: int):
+        conv = nn.Conv2d if ndim == 2 else nn.Conv3d
+        layers = []
+        for c_in in (in_channels, out_channels):
+            # The convolution's bias is redundant before a normalisation layer.
+            layers.append(conv(c_in, out_channels, 3, padding=1, bias=norm == "none"))
+            if norm == "batch":
+                layers.append((nn.BatchNorm2d if ndim == 2 else nn.BatchNorm3d)(out_channels))
+            elif norm == "group":
+                layers.append(nn.GroupNorm(min(groups, out_channels), out_channels))
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+class UNet(nn.Module):
+    """U-Net mapping ``(B, in_channels, *spatial)`` images to ``(B, out_channels, *spatial)``
+    pixel embeddings (2D or 3D).
+
+    Parameters
+    ----------
+    ndim : 2 or 3
+    in_channels : int
+        Image channels.
+    out_channels : int
+        Embedding dimension D (the paper uses 16).
+    f_maps : int
+        Channels of the first level; level l has ``f_maps * 2**l``.
+    depth : int, optional
+        Number of levels (poolings + 1). Default: chosen from ``patch_shape`` with
+        :func:`choose_depth`, or 4 without a patch shape.
+    patch_shape : tuple of ints, optional
+        Training patch shape, used to choose the depth.
+    norm : "batch" | "group" | "none"
+        Normalisation in the ConvBlocks (paper: batch for 2D natural images, group
+        for 3D and electron microscopy).
+    groups : int
+        Groups of GroupNorm.
+
+    Inputs of any size are accepted: they are padded (reflect) to a multiple of
+    ``2**(depth-1)`` and the output is cropped back.
+    """
+
+    def __init__(self, ndim: int, in_channels: int = 1, out_channels: int = 16, *, f_maps: int = 16,
+                 depth: int | None = None, patch_shape=None, norm: str = "batch", groups: int = 8):
+        super().__init__()
+        if ndim not in (2, 3):
+            raise ValueError(f"ndim must be 2 or 3, got {ndim!r}")
+        if norm not in _NORMS:
+            raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("f_maps", f_maps)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if depth is None:
+            depth = choose_depth(patch_shape) if patch_shape is not None else 4
+        if not isinstance(depth, int) or depth < 1:
+            raise ValueError(f"depth must be a positive integer, got {depth!r}")
+        self.ndim, self.depth = ndim, depth
+        self.config = dict(ndim=ndim, in_channels=in_channels, out_channels=out_channels, f_maps=f_maps,
+                           depth=depth, norm=norm, groups=groups)
+        widths = [f_maps * 2 ** level for level in range(depth)]
+        self.encoders = nn.ModuleList(
+            ConvBlock(ndim, c_in, c_out, norm, groups) for c_in, c_out in zip([in_channels] + widths[:-1], widths))
+        self.decoders = nn.ModuleList(
+            ConvBlock(ndim, widths[level] + widths[level + 1], widths[level], norm, groups)
+            for level in reversed(range(depth - 1)))
+        self.head = (nn.Conv2d if ndim == 2 else nn.Conv3d)(widths[0], out_channels, 1)
+
+    @property
+    def divisor(self) -> int:
+        """Input sizes that are multiples of this need no padding; tiles should start at multiples of it."""
+        return 2 ** (self.depth - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != self.ndim + 2:
+            raise ValueError(f"input must have shape (B, C, *spatial) with {self.ndim} spatial axes, "
+                             f"got shape {tuple(x.shape)}")
+        spatial = x.shape[2:]
+        pad = [(-s) % self.divisor for s in spatial]
+        if any(pad):
+            # F.pad takes (last axis before, after, ...); pad only at the end of each axis.
+            mode = "reflect" if all(p < s for p, s in zip(pad, spatial)) else "replicate"
+            x = F.pad(x, [v for p in reversed(pad) for v in (0, p)], mode=mode)
+        skips = []
+        for level, encoder in enumerate(self.encoders):
+            if level:
+                x = F.max_pool2d(x, 2) if self.ndim == 2 else F.max_pool3d(x, 2)
+            x = encoder(x)
+            skips.append(x)
+        for decoder, skip in zip(self.decoders, reversed(skips[:-1])):
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+            x = decoder(torch.cat([skip, x], dim=1))
+        x = self.head(x)
+        return x[(..., *[slice(0, s) for s in spatial])]
+
+
+class UNet2D(UNet):
+    """2D U-Net (Tables 6 and 8); see :class:`UNet` for the parameters."""
+
+    def __init__(self, in_channels: int = 1, out_channels: int = 16, **kwargs):
+        super().__init__(2, in_channels, out_channels, **kwargs)
+
+
+class UNet3D(UNet):
+    """3D U-Net (Table 7; group normalisation by default); see :class:`UNet` for the parameters."""
+
+    def __init__(self, in_channels: int = 1, out_channels: int = 16, *, norm: str = "group", **kwargs):
+        super().__init__(3, in_channels, out_channels, norm=norm, **kwargs)

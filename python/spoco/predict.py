@@ -1,0 +1,124 @@
+"""Tiled prediction of pixel embeddings for images and volumes of any size.
+
+The image is cut into tiles; each tile is predicted with a ``halo`` of context on
+every side and only its core is kept (the overlap-tile strategy of the original
+U-Net): away from the image border every output pixel sees at least ``halo`` pixels
+of real context, so tiles agree with a whole-image prediction up to the network's
+far-field influence. Tiles start at multiples of the network's pooling factor, which
+keeps the U-Net's pooling grid aligned with the whole-image one. Each core is
+written once, so ``out`` may be an HDF5/zarr dataset larger than memory.
+
+Networks with GroupNorm (the 3D default) normalise over each tile, so their tiled
+output depends on the tile size: use tiles at least as large as the training patches.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+
+from .data.normalize import normalize, percentile_range
+
+
+def select_device(device: str | None = None) -> torch.device:
+    """``device`` if given, else the first available of cuda, mps, cpu."""
+    if device not in (None, "auto"):
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+def tile_grid(spatial, core, halo):
+    """Yield ``(core_slices, window_slices)`` covering ``spatial``: cores of shape
+    ``core`` (clipped at the end) and windows = core ± halo clipped to the image."""
+    starts = [range(0, s, c) for s, c in zip(spatial, core)]
+    for start in itertools.product(*starts):
+        core_sl = tuple(slice(b, min(b + c, s)) for b, c, s in zip(start, core, spatial))
+        win_sl = tuple(slice(max(c.start - h, 0), min(c.stop + h, s)) for c, h, s in zip(core_sl, halo, spatial))
+        yield core_sl, win_sl
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, image, *, tile_shape=None, halo=None, device=None, out=None,
+            progress: bool = False, norm_range=None) -> np.ndarray:
+    """Embeddings ``(D, *spatial)`` float32 of one image.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Maps ``(1, C, *spatial)`` to ``(1, D, *spatial)``; put in eval mode here.
+        A ``divisor`` attribute (the U-Net's pooling factor) aligns the tiles.
+    image : array-like ``(C, *spatial)`` or ``(*spatial)`` with ``model.ndim`` spatial axes
+        Raw intensities (numpy, memmap, h5py/zarr dataset); normalised per channel
+        with :func:`spoco.data.normalize.normalize` (percentiles of the whole image).
+    tile_shape : ints, optional
+        Core of each tile. Default: the whole image in one tile.
+    halo : ints, optional
+        Context added on every side of a core (default: 16 per axis, 0 without tiling).
+    out : array-like ``(D, *spatial)``, optional
+        Written core by core (e.g. an HDF5/zarr dataset); returned.
+    norm_range : (lo, hi), optional
+        Intensity range for normalisation (default: percentiles of ``image``).
+    """
+    ndim = getattr(model, "ndim", None)
+    if ndim is not None and image.ndim == ndim:
+        image = image[None] if isinstance(image, np.ndarray) else _AddChannel(image)
+    if ndim is not None and image.ndim != ndim + 1:
+        raise ValueError(f"image must have shape (C, *spatial) or (*spatial) with {ndim} spatial axes, "
+                         f"got shape {tuple(image.shape)}")
+    spatial = tuple(int(s) for s in image.shape[1:])
+    if min(spatial) < 1:
+        raise ValueError(f"image is empty (shape {tuple(image.shape)})")
+    divisor = int(getattr(model, "divisor", 1))
+    if tile_shape is None:
+        core, halo = spatial, (0,) * len(spatial)
+    else:
+        core = _spatial_arg(tile_shape, "tile_shape", len(spatial))
+        halo = _spatial_arg(16 if halo is None else halo, "halo", len(spatial), minimum=0)
+        # Aligned tiles: cores and halos in multiples of the pooling factor.
+        core = tuple(min(_round_up(c, divisor), _round_up(s, divisor)) for c, s in zip(core, spatial))
+        halo = tuple(_round_up(h, divisor) for h in halo)
+    lo, hi = norm_range if norm_range is not None else percentile_range(image)
+    device = select_device(device) if not isinstance(device, torch.device) else device
+    model.eval()
+    tiles = list(tile_grid(spatial, core, halo))
+    if progress:
+        from tqdm import tqdm
+        tiles = tqdm(tiles, desc="predict", unit="tile")
+    for core_sl, win_sl in tiles:
+        window = normalize(image[(slice(None),) + win_sl], lo, hi)
+        emb = model(torch.from_numpy(window)[None].to(device))[0].float().cpu().numpy()
+        if out is None:
+            out = np.zeros((emb.shape[0],) + spatial, dtype=np.float32)
+        inner = tuple(slice(c.start - w.start, c.stop - w.start) for c, w in zip(core_sl, win_sl))
+        out[(slice(None),) + core_sl] = emb[(slice(None),) + inner]
+    return out
+
+
+class _AddChannel:
+    """A lazy ``(1, *spatial)`` view of a lazy ``(*spatial)`` array (h5py/zarr)."""
+
+    def __init__(self, array):
+        self.array, self.shape, self.ndim = array, (1,) + tuple(array.shape), array.ndim + 1
+
+    def __getitem__(self, index):
+        return np.asarray(self.array[index[1:]])[None]
+
+
+def _spatial_arg(value, name, ndim, minimum=1):
+    values = (value,) * ndim if np.isscalar(value) else tuple(value)
+    if len(values) != ndim or not all(isinstance(v, (int, np.integer)) and v >= minimum for v in values):
+        raise ValueError(f"{name} must be {ndim} integers >= {minimum} (or one), got {value!r}")
+    return tuple(int(v) for v in values)

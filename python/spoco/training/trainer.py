@@ -1,0 +1,239 @@
+"""The SPOCO trainer: U-Net f + EMA g-network, SPOCOLoss, Adam with ReduceLROnPlateau,
+validation by clustering and scoring, atomic checkpoints, resume, torchrun/DDP."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from .. import metrics
+from ..clustering.postprocess import segment
+from ..ema import EMANet, unwrap
+from ..losses import TERMS, SPOCOLoss
+from ..models import UNet
+from ..predict import predict, select_device
+from . import distributed as dist_utils
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
+
+
+
+def build_model(config: TrainConfig, in_channels: int) -> UNet:
+    """The U-Net of ``config`` (batch norm in 2D, group norm in 3D unless set)."""
+    norm = config.norm or ("batch" if config.ndim == 2 else "group")
+    return UNet(config.ndim, in_channels, config.embedding_dim, f_maps=config.f_maps, depth=config.depth,
+                patch_shape=config.patch_shape, norm=norm)
+
+
+def model_from_checkpoint(state: dict, *, network: str = "f") -> UNet:
+    """The U-Net stored in a checkpoint; ``network="g"`` gives the EMA network's weights."""
+    if network not in ("f", "g"):
+        raise ValueError(f"network must be 'f' or 'g', got {network!r}")
+    try:
+        model = UNet(**state["model_config"])
+        model.load_state_dict(state["model"] if network == "f" else state["ema"]["g"])
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise ValueError(f"checkpoint does not hold a valid spoco model ({str(err).splitlines()[0]})") from None
+    return model
+
+
+class Trainer:
+    """Trains ``f`` with :class:`spoco.SPOCOLoss` and keeps ``g`` as its EMA.
+
+    Parameters
+    ----------
+    config : TrainConfig
+    train_data : torch Dataset
+        Items are dicts with ``image_f``, ``image_g`` (float ``(C, *patch)``) and
+        ``labels`` (int64 ``(*patch)``, 0 = unlabeled), e.g. :class:`spoco.data.InstanceDataset`.
+    val_data : list of (image ``(C, *spatial)``, labels ``(*spatial)``), optional
+        Densely labelled images; validation predicts, segments (mutex watershed +
+        ``config``'s post-processing) and scores them; the best checkpoint is kept by
+        mean AP@0.5 and the learning rate drops when it stops improving.
+    out_dir : path
+        Receives ``last.pt``, ``best.pt``, ``train_log.csv``, ``val_log.csv``, ``config.yaml``.
+    device : str, optional
+        Default: cuda, then mps, then cpu.
+    resume : bool
+        Continue from ``out_dir/last.pt`` (model, EMA, optimizer, scheduler, iteration).
+    init_from : path, optional
+        Fine-tune: start from this checkpoint's weights with a fresh optimizer
+        (the paper's transfer setting uses ``lr=2e-5``).
+    """
+
+    def __init__(self, config: TrainConfig, train_data, val_data=None, *, out_dir, device=None,
+                 resume: bool = False, init_from=None, progress: bool = True):
+        config.check()
+        self.config, self.train_data, self.val_data = config, train_data, list(val_data or [])
+        self.out_dir, self.progress = Path(out_dir), progress
+        self.rank, self.world, self.device = dist_utils.init_from_env(select_device(device))
+        in_channels = int(train_data[0]["image_f"].shape[0])
+        torch.manual_seed(config.seed)
+        self.model = build_model(config, in_channels).to(self.device)
+        self.ema = EMANet(self.model, momentum=config.momentum)
+        self.net = self.model
+        if self.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="max", factor=config.lr_factor, patience=config.lr_patience)
+        gen = torch.Generator(device=self.device).manual_seed(config.seed * 1000 + self.rank)
+        weights = dict(config.loss)
+        if not config.consistency:
+            weights["consistency_weight"] = 0.0
+        self.criterion = SPOCOLoss(sparse=config.sparse, delta_v=config.delta_v, delta_d=config.delta_d,
+                                   generator=gen, **weights)
+        self.use_g = config.sparse and config.consistency
+        self.iteration, self.best_score, self.epoch = 0, -math.inf, 0
+        self.autocast = self.device.type == "cuda" and config.amp
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast and not torch.cuda.is_bf16_supported())
+        if resume:
+            self.load_state_dict(load_checkpoint(self.out_dir / "last.pt", map_location=self.device))
+        elif init_from is not None:
+            state = load_checkpoint(init_from, map_location=self.device)
+            self.model.load_state_dict(model_from_checkpoint(state).state_dict())
+            self.ema.g.load_state_dict(self.model.state_dict())
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        return {"model_config": self.model.config, "model": self.model.state_dict(),
+                "ema": self.ema.state_dict() | {"g": self.ema.g.state_dict()},
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "iteration": self.iteration, "epoch": self.epoch,
+                "best_score": self.best_score, "config": self.config.to_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            ema_state = {k: v for k, v in state["ema"].items() if k != "g"}
+            self.ema.load_state_dict(ema_state)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.iteration, self.epoch = int(state["iteration"]), int(state["epoch"])
+            self.best_score = float(state["best_score"])
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise ValueError(f"checkpoint does not match this model/config ({str(err).splitlines()[0]})") from None
+
+    def save(self, name: str) -> None:
+        if self.rank == 0:
+            save_checkpoint(self.out_dir / name, self.state_dict())
+
+    # -------------------------------------------------------------- training
+    def _batches(self):
+        """Endless stream of batches; each epoch reshuffles (sharded across ranks)."""
+        cfg = self.config
+        worker_init = getattr(self.train_data, "worker_init_fn", None)
+        while True:
+            if self.world > 1:
+                sampler = DistributedSampler(self.train_data, seed=cfg.seed, drop_last=True)
+                sampler.set_epoch(self.epoch)
+                kw = dict(sampler=sampler)
+            else:
+                kw = dict(shuffle=True, generator=torch.Generator().manual_seed(cfg.seed + self.epoch))
+            if hasattr(self.train_data, "set_epoch"):
+                self.train_data.set_epoch(self.epoch)
+            loader = DataLoader(self.train_data, batch_size=cfg.batch_size, drop_last=True, num_workers=cfg.workers,
+                                worker_init_fn=worker_init, persistent_workers=False, **kw)
+            if len(loader) == 0:
+                raise ValueError(f"the training set yields {len(self.train_data)} samples per epoch per process, "
+                                 f"fewer than batch_size={cfg.batch_size}")
+            yield from loader
+            self.epoch += 1
+
+    def train_step(self, batch) -> dict:
+        self.net.train()
+        self.ema.train()
+        x_f = batch["image_f"].to(self.device, non_blocking=True)
+        labels = batch["labels"].to(self.device, non_blocking=True)
+        ctx = (torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+               if self.autocast else contextlib.nullcontext())
+        with ctx:
+            f = self.net(x_f)
+            g = self.ema(batch["image_g"].to(self.device, non_blocking=True)) if self.use_g else None
+        loss, terms = self.criterion(f.float(), labels, None if g is None else g.float(), return_terms=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.ema.update()
+        self.iteration += 1
+        return {k: float(v) for k, v in terms.items()}
+
+    def fit(self) -> dict:
+        """Train until ``max_iters`` or the learning rate falls below ``min_lr``.
+        Returns ``{"iterations", "best_score", "seconds"}``."""
+        cfg = self.config
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            import yaml
+            (self.out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        start = time.perf_counter()
+        bar = None
+        if self.progress and self.rank == 0:
+            from tqdm import tqdm
+            bar = tqdm(total=cfg.max_iters, initial=self.iteration, desc="train", unit="it", dynamic_ncols=True)
+        batches = self._batches()
+        while self.iteration < cfg.max_iters and self.optimizer.param_groups[0]["lr"] >= cfg.min_lr:
+            terms = self.train_step(next(batches))
+            if self.rank == 0 and (self.iteration % cfg.log_every == 0 or self.iteration == 1):
+                self._log("train_log.csv", {"iteration": self.iteration, "lr": self.optimizer.param_groups[0]["lr"],
+                                            **{k: terms.get(k, 0.0) for k in ("total",) + TERMS}})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{terms['total']:.3f}")
+            if bar is not None:
+                bar.update(1)
+            if self.iteration % cfg.val_every == 0 or self.iteration == cfg.max_iters:
+                self._validate_and_checkpoint()
+        if bar is not None:
+            bar.close()
+        dist_utils.barrier()
+        return {"iterations": self.iteration, "best_score": self.best_score,
+                "seconds": time.perf_counter() - start}
+
+    def _validate_and_checkpoint(self) -> None:
+        improved = False
+        if self.val_data:
+            score = math.nan
+            if self.rank == 0:
+                scores = self.validate()
+                score = scores["ap50"]
+                self._log("val_log.csv", {"iteration": self.iteration, **scores})
+            # Every rank steps its scheduler with rank 0's score, so the learning rates agree.
+            score = dist_utils.broadcast_float(score, self.device)
+            self.scheduler.step(score)
+            improved = score > self.best_score
+            self.best_score = max(self.best_score, score)
+        if improved:
+            self.save("best.pt")
+        self.save("last.pt")
+        dist_utils.barrier()
+
+    def validate(self, network: str = "f") -> dict:
+        """Mean SBD, |DiC|, AP@0.5 and adapted Rand error of the segmentations of the
+        validation images (f, or the EMA network g with ``network="g"``)."""
+        model = unwrap(self.model) if network == "f" else self.ema.g
+        cfg = self.config
+        rows = []
+        for image, labels in self.val_data:
+            emb = predict(model, image, device=self.device)
+            seg = segment(emb, delta_d=cfg.delta_d, background=cfg.background, merge_distance=cfg.merge_distance,
+                          background_radius=cfg.delta_v, min_size=cfg.min_size)
+            rows.append(metrics.evaluate(np.asarray(labels), seg))
+        return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
+
+    def _log(self, name: str, row: dict) -> None:
+        path = self.out_dir / name
+        new = not path.exists()
+        with open(path, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)

@@ -1,0 +1,60 @@
+"""Checkpoints are written atomically and never execute code when read."""
+import os
+import pickle
+
+import pytest
+import torch
+
+from spoco.training import load_checkpoint, save_checkpoint
+
+
+def test_round_trip(tmp_path):
+    state = {"model": {"w": torch.arange(5.0)}, "iteration": 7, "config": {"lr": 1e-4, "patch": [8, 8]}}
+    save_checkpoint(tmp_path / "a" / "ck.pt", state)
+    loaded = load_checkpoint(tmp_path / "a" / "ck.pt")
+    assert loaded["iteration"] == 7 and loaded["config"] == state["config"]
+    assert torch.equal(loaded["model"]["w"], state["model"]["w"])
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["ck.pt"]  # no temporary left
+
+
+def test_failed_write_keeps_previous_file(tmp_path):
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, {"iteration": 1})
+
+    class Unsaveable:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle")
+    with pytest.raises(RuntimeError):
+        save_checkpoint(path, {"iteration": 2, "bad": Unsaveable()})
+    assert load_checkpoint(path)["iteration"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_tampered_file_does_not_execute_code(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"format": "spoco-checkpoint-1", "payload": _Exploit()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="not a readable spoco checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not (tmp_path / "pwned").exists()
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps(_Exploit(), protocol=2))
+    with pytest.raises(ValueError, match="not a readable spoco checkpoint"):
+        load_checkpoint(tmp_path / "evil.pkl")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_corrupt_and_foreign_files(tmp_path):
+    save_checkpoint(tmp_path / "ck.pt", {"iteration": 3})
+    data = (tmp_path / "ck.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="not a readable spoco checkpoint"):
+        load_checkpoint(tmp_path / "cut.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a spoco checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pt")

@@ -1,0 +1,131 @@
+"""The trainer learns, checkpoints, resumes, fine-tunes and runs under torchrun (gloo)."""
+import csv
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TinySet, make_images
+from spoco.training import TrainConfig, Trainer, load_checkpoint, model_from_checkpoint
+
+
+def _config(**kw):
+    base = dict(patch_shape=(48, 48), batch_size=4, f_maps=8, embedding_dim=8, log_every=10, val_every=1000,
+                lr=1e-3, min_size=10, background="largest")
+    return TrainConfig(**{**base, **kw})
+
+
+def _rows(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_overfits_tiny_set(tiny_data, tmp_path):
+    train, _ = tiny_data
+    torch.manual_seed(0)
+    trainer = Trainer(_config(max_iters=300, val_every=300, sparse=False), TinySet(train, 1.0), train[:4],
+                      out_dir=tmp_path, progress=False)
+    before = trainer.validate()
+    result = trainer.fit()
+    after = _rows(tmp_path / "val_log.csv")[-1]
+    losses = [float(r["total"]) for r in _rows(tmp_path / "train_log.csv")]
+    assert result["iterations"] == 300
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:3])
+    assert float(after["ap50"]) > before["ap50"] + 0.3, (before, after)
+    assert (tmp_path / "best.pt").exists() and (tmp_path / "last.pt").exists()
+    assert result["best_score"] == pytest.approx(float(after["ap50"]))
+
+
+def test_sparse_training_logs_every_term(tiny_data, tmp_path):
+    train, _ = tiny_data
+    Trainer(_config(max_iters=20, log_every=5), TinySet(train, 0.3), None, out_dir=tmp_path, progress=False).fit()
+    rows = _rows(tmp_path / "train_log.csv")
+    assert [int(r["iteration"]) for r in rows] == [1, 5, 10, 15, 20]
+    for term in ("pull", "push", "reg", "instance", "unlabeled_push", "consistency"):
+        assert all(np.isfinite(float(r[term])) for r in rows)
+    assert any(float(r["consistency"]) > 0 for r in rows)
+    assert (tmp_path / "last.pt").exists() and not (tmp_path / "best.pt").exists()
+
+
+def _same_tensors(a, b):
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_tensors(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_tensors(x, y) for x, y in zip(a, b))
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    return a == b
+
+
+def test_checkpoint_resume_restores_state(tiny_data, tmp_path):
+    train, val = tiny_data
+    cfg = _config(max_iters=12, val_every=6)
+    first = Trainer(cfg, TinySet(train), val[:1], out_dir=tmp_path, progress=False)
+    first.fit()
+    saved = first.state_dict()
+    resumed = Trainer(cfg, TinySet(train), val[:1], out_dir=tmp_path, progress=False, resume=True)
+    assert _same_tensors(resumed.state_dict(), saved)
+    assert resumed.iteration == 12
+    resumed.config.max_iters = 15
+    resumed.fit()
+    assert resumed.iteration == 15
+    assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 15
+
+
+def test_finetune_starts_from_weights_with_new_lr(tiny_data, tmp_path):
+    train, _ = tiny_data
+    src = Trainer(_config(max_iters=5), TinySet(train), None, out_dir=tmp_path / "src", progress=False)
+    src.fit()
+    tuned = Trainer(_config(max_iters=5, lr=2e-5), TinySet(train), None, out_dir=tmp_path / "ft", progress=False,
+                    init_from=tmp_path / "src" / "last.pt")
+    assert _same_tensors(tuned.model.state_dict(), src.model.state_dict())
+    assert tuned.iteration == 0 and tuned.optimizer.param_groups[0]["lr"] == 2e-5
+    model = model_from_checkpoint(load_checkpoint(tmp_path / "src" / "last.pt"), network="g")
+    assert _same_tensors(model.state_dict(), src.ema.g.state_dict())
+
+
+def test_resume_with_other_model_gives_clear_error(tiny_data, tmp_path):
+    train, _ = tiny_data
+    Trainer(_config(max_iters=2), TinySet(train), None, out_dir=tmp_path, progress=False).fit()
+    with pytest.raises(ValueError, match="does not match"):
+        Trainer(_config(max_iters=2, f_maps=4), TinySet(train), None, out_dir=tmp_path, progress=False, resume=True)
+
+
+def test_lr_drops_on_plateau_and_stops_below_min_lr(tiny_data, tmp_path):
+    train, val = tiny_data
+    cfg = _config(max_iters=1000, val_every=1, lr_patience=0, lr=1e-5, min_lr=1e-6, lr_factor=0.2)
+    result = Trainer(cfg, TinySet(train), val[:1], out_dir=tmp_path, progress=False).fit()
+    # lr 1e-5 -> 2e-6 -> 4e-7 < min_lr after at most a few non-improving validations.
+    assert result["iterations"] < 20
+
+
+_DDP_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from conftest import TinySet, make_images
+from spoco.training import TrainConfig, Trainer
+torch.set_num_threads(1)
+train = make_images(8, seed=1)
+cfg = TrainConfig(patch_shape=(48, 48), batch_size=2, f_maps=4, embedding_dim=4, max_iters=4, val_every=2,
+                  log_every=1)
+t = Trainer(cfg, TinySet(train), train[:1], out_dir={out!r}, progress=False, device="cpu")
+t.fit()
+w = torch.cat([p.detach().flatten() for p in t.model.parameters()])
+torch.save(w, {out!r} + f"/weights_{{t.rank}}.pt")
+"""
+
+
+def test_torchrun_two_gloo_processes(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(_DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    w0, w1 = torch.load(tmp_path / "weights_0.pt"), torch.load(tmp_path / "weights_1.pt")
+    assert torch.equal(w0, w1)  # DDP keeps the replicas identical
+    assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 4
+    assert len(_rows(tmp_path / "train_log.csv")) == 4  # only rank 0 logs
