@@ -28,6 +28,8 @@ import numbers
 import numpy as np
 from scipy import ndimage
 
+from .augment import smooth_field as smooth_noise
+
 _KINDS = ("boundary", "intensity")
 # Default object diameters (pixels) by flavour and dimensionality.
 _SIZES = {"boundary": {2: 24.0, 3: 14.0}, "intensity": {2: 20.0, 3: 12.0}}
@@ -97,22 +99,6 @@ def synthetic_images(n: int, shape, *, kind: str = "boundary", rng=None, **param
 
 
 # ---- shared pieces -------------------------------------------------------------
-
-def smooth_noise(shape, sigma: float, rng) -> np.ndarray:
-    """Gaussian random field of unit std and correlation length ``sigma`` (pixels),
-    float32. Large sigmas are made on a coarse grid and zoomed (same look, much
-    cheaper than a wide Gaussian filter)."""
-    factor = max(1, int(sigma // 2))
-    coarse = tuple(max(2, -(-s // factor) + 3) for s in shape)
-    field = rng.standard_normal(coarse).astype(np.float32)
-    field = ndimage.gaussian_filter(field, sigma / factor, mode="wrap", truncate=3.0)
-    if factor > 1:
-        field = ndimage.zoom(field, factor, order=1, grid_mode=False)
-    field = field[tuple(slice(0, s) for s in shape)]
-    field -= field.mean()
-    field /= field.std() + 1e-9
-    return field
-
 
 def _n_objects(p, shape, rng, area_fraction=1.0) -> int:
     n = p["n_objects"]
