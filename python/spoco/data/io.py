@@ -190,7 +190,9 @@ def write_array(path, array, key: str | None = None, chunks=None) -> Path:
     if suffix in TIFF:
         import tifffile
 
-        tifffile.imwrite(path, array)  # uncompressed, so that open_array can memory-map it
+        # Uncompressed, so that open_array can memory-map it; grey pages, so that
+        # (3, Y, X) stays channels-first and is never stored as RGB.
+        tifffile.imwrite(path, array, photometric="minisblack")
     elif suffix in PLAIN:
         _write_plain(path, array, suffix)
     elif suffix in HDF5:
