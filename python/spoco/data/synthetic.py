@@ -87,3 +87,8 @@ def _view(labels, centres, spread, background_texture, rng) -> np.ndarray:
         tex *= background_texture / (tex.std() + 1e-9)
         emb += tex * (labels == 0)
     return emb.astype(np.float32)
+
+
+from ._phantoms import synthetic_images  # noqa: E402  (images with labels: boundary / intensity flavours)
+
+__all__ = ["random_instances", "synthetic_embeddings", "synthetic_embedding_views", "synthetic_images"]

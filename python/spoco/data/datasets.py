@@ -1,0 +1,215 @@
+"""Training samples for SPOCO: random patches of (partially) labelled images, each
+as two views f and g with shared geometry and independent photometric noise.
+
+Randomness: SPOCO@p sparsification is drawn once, at construction, from
+``(seed, image index)`` (:func:`spoco.sampling.sparsify`). Every sample is drawn
+from ``np.random.SeedSequence([seed, epoch, index, worker seed])``: the worker
+seed is ``torch.utils.data.get_worker_info().seed`` inside a DataLoader worker
+(PyTorch makes it differ between workers and, unless the loader's generator is
+seeded, between epochs) and 0 in the main process. Call :meth:`set_epoch` at the
+start of every epoch so that ``num_workers=0`` and persistent workers also see new
+augmentations; with ``torch.manual_seed`` (or a seeded DataLoader ``generator``)
+everything is reproducible.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import torch
+
+from ..sampling import sparsify
+from . import io
+from .augment import GeometricAugment, PhotometricAugment, normalize_image
+
+_MAX_ANCHORS = 100_000  # labelled positions remembered per image for patch placement
+
+
+class InstanceDataset(torch.utils.data.Dataset):
+    """Random training patches of instance-labelled images, as SPOCO's two views.
+
+    Parameters
+    ----------
+    images : list of arrays ``(C, *spatial)`` or ``(*spatial)`` (then C = 1);
+        all with the same C and 2 or 3 spatial axes
+    labels : list of integer arrays ``(*spatial)``; 0 = unlabelled (and background),
+        objects > 0
+    patch_shape : spatial patch size; an image smaller than it is padded (image with
+        its 1st-percentile value, labels with 0 = unlabelled)
+    fraction : p of SPOCO@p: keep ``round(p·n)`` objects per image (≥ 1), the rest
+        become 0; None keeps the labels as they are (already partial labels stay so)
+    seed : int, fixes the sparsification and, with the epoch, every sample
+    augment : bool or ``(GeometricAugment, PhotometricAugment)``; False only crops
+        (then ``image_f`` equals ``image_g``)
+    length : samples per epoch (default ``len(images)``); sample i uses image
+        ``i % len(images)``
+    normalize : per-image robust normalisation (:func:`normalize_image`,
+        percentiles 1 → 0 and 99.8 → 1, per channel); False uses values as given
+    names : one name per image for error messages (default ``images[i]``)
+
+    Items are dicts ``{"image_f": float32 (C, *patch), "image_g": float32 (C, *patch),
+    "labels": int64 (*patch)}``. Patches are centred on a labelled pixel with
+    probability 0.8, else anywhere.
+    """
+
+    def __init__(self, images, labels, *, patch_shape, fraction=None, seed=0, augment=True, length=None,
+                 normalize=True, names=None):
+        self.patch_shape = _patch_shape(patch_shape)
+        if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        if len(images) != len(labels):
+            raise ValueError(f"got {len(images)} images but {len(labels)} label images")
+        if len(images) == 0:
+            raise ValueError("images is empty: a dataset needs at least one image")
+        names = [f"images[{i}]" for i in range(len(images))] if names is None else [str(n) for n in names]
+        if len(names) != len(images):
+            raise ValueError(f"got {len(names)} names for {len(images)} images")
+        if length is None:
+            length = len(images)
+        if not isinstance(length, numbers.Integral) or isinstance(length, bool) or length < 1:
+            raise ValueError(f"length must be a positive integer, got {length!r}")
+        if augment is True:
+            augment = (GeometricAugment(), PhotometricAugment())
+        self.geometric, self.photometric = augment if augment else (None, None)
+        self.seed, self.length, self.epoch, self.names = int(seed), int(length), 0, names
+        self.images, self.labels, self._anchors = [], [], []
+        channels = None
+        for i, (img, lab, name) in enumerate(zip(images, labels, names)):
+            img, lab = self._check(img, lab, name)
+            if channels is not None and img.shape[0] != channels:
+                raise ValueError(f"{name}: {img.shape[0]} channels, but {names[0]} has {channels}")
+            channels = img.shape[0]
+            img = normalize_image(img) if normalize else img.astype(np.float32)
+            if fraction is not None:
+                lab = sparsify(lab, fraction, self.seed, image_index=i)
+            img, lab = self._pad(img, lab)
+            self.images.append(img)
+            self.labels.append(lab)
+            self._anchors.append(_anchors(lab, np.random.default_rng([self.seed, i])))
+
+    # ---- construction helpers ------------------------------------------------------
+
+    def _check(self, img, lab, name):
+        img, lab = np.asarray(img), np.asarray(lab)
+        nd = len(self.patch_shape)
+        if img.ndim == nd:
+            img = img[None]
+        if img.ndim != nd + 1:
+            raise ValueError(f"{name}: image of shape {img.shape} is neither (*spatial) nor (C, *spatial) "
+                             f"for a {nd}D patch_shape {self.patch_shape}")
+        if lab.shape != img.shape[1:]:
+            raise ValueError(f"{name}: labels of shape {lab.shape} do not match the image's spatial shape "
+                             f"{img.shape[1:]}")
+        if lab.dtype == np.bool_ or not np.issubdtype(lab.dtype, np.integer):
+            raise TypeError(f"{name}: labels must be integers, got dtype {lab.dtype}")
+        if not np.issubdtype(img.dtype, np.number) or img.dtype == np.bool_:
+            raise TypeError(f"{name}: image must be numeric, got dtype {img.dtype}")
+        lo, hi = (int(lab.min()), int(lab.max())) if lab.size else (0, 0)
+        if lo < 0:
+            raise ValueError(f"{name}: labels contain negative values ({lo}); use 0 for unlabelled pixels")
+        if hi == 0:
+            raise ValueError(f"{name}: labels contain no objects (all 0)")
+        return img, lab.astype(np.int32 if hi < 2 ** 31 else np.int64, copy=False)
+
+    def _pad(self, img, lab):
+        short = [max(0, p - s) for p, s in zip(self.patch_shape, lab.shape)]
+        if not any(short):
+            return img, lab
+        width = [(d // 2, d - d // 2) for d in short]
+        fill = float(np.percentile(img, 1))
+        img = np.pad(img, [(0, 0)] + width, constant_values=fill)
+        return img, np.pad(lab, width)
+
+    # ---- alternative constructors ---------------------------------------------------
+
+    @classmethod
+    def from_files(cls, image_paths, label_paths, key=None, label_key=None, **kw):
+        """Read pairs of files with :func:`spoco.data.io.read_array` (``key`` and
+        ``label_key``: dataset keys for HDF5/zarr, or ``"file.h5:key"`` paths).
+        Error messages name the files."""
+        image_paths, label_paths = list(image_paths), list(label_paths)
+        if len(image_paths) != len(label_paths):
+            raise ValueError(f"got {len(image_paths)} image files but {len(label_paths)} label files")
+        images = [io.read_array(p, key) for p in image_paths]
+        labels = [io.read_array(p, label_key) for p in label_paths]
+        kw.setdefault("names", [f"{p} / {q}" for p, q in zip(image_paths, label_paths)])
+        return cls(images, labels, **kw)
+
+    @classmethod
+    def from_folders(cls, image_dir, label_dir, **kw):
+        """Pairs of files with the same name (without suffix) in two folders
+        (:func:`spoco.data.io.list_pairs`): ``images/a.tif`` with ``labels/a.tif``."""
+        pairs = io.list_pairs(image_dir, label_dir)
+        return cls.from_files([p for p, _ in pairs], [q for _, q in pairs], **kw)
+
+    # ---- sampling ----------------------------------------------------------------------
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use a new set of random patches and augmentations (call once per epoch)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _generators(self, index):
+        info = torch.utils.data.get_worker_info()
+        worker_seed = 0 if info is None else int(info.seed) % 2 ** 63
+        ss = np.random.SeedSequence([self.seed, self.epoch, int(index), worker_seed])
+        return [np.random.default_rng(s) for s in ss.spawn(4)]
+
+    def __getitem__(self, index):
+        if not -self.length <= index < self.length:
+            raise IndexError(f"index {index} out of range for a dataset of length {self.length}")
+        index %= self.length
+        k = index % len(self.images)
+        img, lab = self.images[k], self.labels[k]
+        rng_crop, rng_geo, rng_f, rng_g = self._generators(index)
+        if self.geometric is None:
+            window = self.patch_shape
+            scale = 1.0
+        else:
+            scale = self.geometric.draw_scale(rng_geo)
+            # Read enough around the patch for zooming out and deforming; never more
+            # than the image (then edge pixels repeat).
+            window = tuple(min(s, int(np.ceil(p / scale)) + 2 * self.geometric.margin)
+                           for p, s in zip(self.patch_shape, lab.shape))
+        sl = _window(lab.shape, window, self._anchors[k], rng_crop)
+        img, lab = img[(slice(None),) + sl], lab[sl]
+        if self.geometric is not None:
+            img, lab = self.geometric(img, lab, rng_geo, output_shape=self.patch_shape, scale=scale)
+        f = g = img
+        if self.photometric is not None:
+            f, g = self.photometric(img, rng_f), self.photometric(img, rng_g)
+        return {"image_f": torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32)),
+                "image_g": torch.from_numpy(np.ascontiguousarray(g, dtype=np.float32)),
+                "labels": torch.from_numpy(np.ascontiguousarray(lab, dtype=np.int64))}
+
+
+def _patch_shape(patch_shape) -> tuple:
+    try:
+        shape = tuple(patch_shape)
+    except TypeError:
+        raise ValueError(f"patch_shape must be 2 or 3 positive ints, got {patch_shape!r}") from None
+    if len(shape) not in (2, 3) or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0
+                                           for s in shape):
+        raise ValueError(f"patch_shape must be 2 or 3 positive ints, got {patch_shape!r}")
+    return tuple(int(s) for s in shape)
+
+
+def _anchors(labels, rng) -> np.ndarray:
+    """Flat indices of up to ``_MAX_ANCHORS`` random labelled pixels."""
+    idx = np.flatnonzero(labels)
+    if idx.size > _MAX_ANCHORS:
+        idx = rng.choice(idx, _MAX_ANCHORS, replace=False)
+    return idx
+
+
+def _window(shape, window, anchors, rng) -> tuple:
+    """Slices of a ``window``-sized box inside ``shape``, centred on a random
+    labelled pixel with probability 0.8 (shifted to fit), else placed uniformly."""
+    if anchors.size and rng.random() < 0.8:
+        centre = np.unravel_index(anchors[rng.integers(anchors.size)], shape)
+        start = [min(max(0, c - w // 2), s - w) for c, w, s in zip(centre, window, shape)]
+    else:
+        start = [int(rng.integers(0, s - w + 1)) for w, s in zip(window, shape)]
+    return tuple(slice(a, a + w) for a, w in zip(start, window))

@@ -1,0 +1,276 @@
+"""Reading and writing images, label images and volumes.
+
+Formats by suffix:
+
+===============  ==========  ========================================================
+suffix           library     key
+===============  ==========  ========================================================
+.tif .tiff       tifffile    none (the whole file; ImageJ hyperstacks as stored)
+.png .jpg .jpeg  imageio     none; colour images are returned channels-first (C, Y, X)
+.h5 .hdf5 .hdf   h5py        required: the dataset's path inside the file
+.zarr            zarr        optional when the store is an array, required for a group
+===============  ==========  ========================================================
+
+A key can also be given inside the path, after the file name: ``"raw.h5:volumes/raw"``
+equals ``read_array("raw.h5", key="volumes/raw")`` (for container formats only, so
+Windows drive letters are unaffected; when both are given they must agree). This is
+how the command line takes keys.
+
+Errors name the path (and key): ``FileNotFoundError`` for a missing file,
+``KeyError`` for a missing key (listing the keys that exist), ``ValueError`` for an
+unsupported suffix or a missing required key.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+TIFF = (".tif", ".tiff")
+PLAIN = (".png", ".jpg", ".jpeg")
+HDF5 = (".h5", ".hdf5", ".hdf")
+ZARR = (".zarr",)
+SUFFIXES = TIFF + PLAIN + HDF5 + ZARR
+_CONTAINERS = HDF5 + ZARR
+
+
+def split_key(path, key=None) -> tuple[Path, str | None]:
+    """``(file path, key)`` from a path that may end in ``":key"`` (container formats
+    only). Raises ValueError if the path's key and ``key`` disagree."""
+    text = os.fspath(path)
+    head, sep, tail = text.rpartition(":")
+    if sep and Path(head).suffix.lower() in _CONTAINERS and not Path(text).exists():
+        if key is not None and key != tail:
+            raise ValueError(f"{text!r}: key {tail!r} in the path differs from key={key!r}")
+        return Path(head), tail or None
+    return Path(text), key
+
+
+def _suffix(path: Path) -> str:
+    s = path.suffix.lower()
+    if s not in SUFFIXES:
+        raise ValueError(f"{path}: unsupported file type {s or '(no suffix)'!r}; "
+                         f"supported: {', '.join(SUFFIXES)}")
+    return s
+
+
+def _existing(path: Path) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    return path
+
+
+def _h5_keys(f) -> list:
+    import h5py
+
+    keys = []
+    f.visititems(lambda name, obj: keys.append(name) if isinstance(obj, h5py.Dataset) else None)
+    return keys
+
+
+def _h5_dataset(f, path, key):
+    import h5py
+
+    if key is None:
+        raise ValueError(f"{path}: HDF5 files need a key (the dataset path); datasets in the file: {_h5_keys(f)}")
+    obj = f.get(key)
+    if not isinstance(obj, h5py.Dataset):
+        raise KeyError(f"{path}: no dataset {key!r}; datasets in the file: {_h5_keys(f)}")
+    return obj
+
+
+def _zarr_node(path, key):
+    import zarr
+
+    try:
+        node = zarr.open(store=str(path), mode="r")
+    except Exception as exc:  # noqa: BLE001 - zarr raises several types for unreadable stores
+        raise ValueError(f"{path}: not a readable zarr store ({exc})") from exc
+    if key:
+        if not isinstance(node, zarr.Group) or key not in node:
+            raise KeyError(f"{path}: no array {key!r}; arrays in the store: {_zarr_keys(node)}")
+        node = node[key]
+    if isinstance(node, zarr.Group):
+        what = "needs a key" if key is None else f"key {key!r} is a group and needs a longer key"
+        raise ValueError(f"{path}: the zarr store {what}; arrays in the store: {_zarr_keys(node)}")
+    return node
+
+
+def _zarr_keys(node) -> list:
+    import zarr
+
+    if not isinstance(node, zarr.Group):
+        return []
+    keys = []
+    for name, child in node.members(max_depth=None) if hasattr(node, "members") else node.arrays(recurse=True):
+        if isinstance(child, zarr.Array):
+            keys.append(name)
+    return sorted(keys)
+
+
+def read_array(path, key: str | None = None) -> np.ndarray:
+    """Read a whole image, label image or volume into memory.
+
+    Parameters
+    ----------
+    path : str or Path; suffix selects the format (see the module docstring);
+        ``"file.h5:key"`` / ``"store.zarr:key"`` carry the key in the path
+    key : str, optional; dataset path inside HDF5 (required) or zarr (for groups)
+
+    Returns
+    -------
+    np.ndarray as stored (dtype kept), except that colour png/jpg images become
+    channels-first ``(C, Y, X)``.
+    """
+    path, key = split_key(path, key)
+    suffix = _suffix(path)
+    _existing(path)
+    if suffix in TIFF:
+        import tifffile
+
+        return np.asarray(tifffile.imread(path))
+    if suffix in PLAIN:
+        import imageio.v3 as iio
+
+        arr = np.asarray(iio.imread(path))
+        return np.moveaxis(arr, -1, 0) if arr.ndim == 3 else arr
+    if suffix in HDF5:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            return _h5_dataset(f, path, key)[()]
+    return np.asarray(_zarr_node(path, key)[...])
+
+
+def open_array(path, key: str | None = None):
+    """A lazy array-like for data larger than memory: an ``h5py.Dataset`` (the file
+    stays open while the dataset is referenced), a ``zarr.Array``, or for
+    uncompressed tif a read-only ``np.memmap``. Compressed tif and png/jpg are read
+    into memory. Slicing any of them gives numpy arrays; ``.shape`` and ``.dtype``
+    are available without reading."""
+    path, key = split_key(path, key)
+    suffix = _suffix(path)
+    _existing(path)
+    if suffix in TIFF:
+        import tifffile
+
+        try:
+            return tifffile.memmap(path, mode="r")
+        except ValueError:  # compressed or tiled: not memory-mappable
+            return read_array(path)
+    if suffix in HDF5:
+        import h5py
+
+        f = h5py.File(path, "r")
+        try:
+            return _h5_dataset(f, path, key)
+        except (KeyError, ValueError):
+            f.close()
+            raise
+    if suffix in ZARR:
+        return _zarr_node(path, key)
+    return read_array(path)
+
+
+def write_array(path, array, key: str | None = None, chunks=None) -> Path:
+    """Write ``array`` to ``path`` (format from the suffix) and return the file path.
+
+    tif: any shape and dtype, uncompressed (memory-mappable by :func:`open_array`). png/jpg: 2D ``(Y, X)`` or
+    channels-first colour ``(C, Y, X)`` with C in {3, 4}; uint8 (png also uint16).
+    HDF5: ``key`` required; an existing file is kept and the dataset replaced;
+    gzip-compressed, chunked by ``chunks`` (default: automatic). zarr: without
+    ``key`` the store is one array (replaced), with ``key`` an array inside a group.
+    """
+    path, key = split_key(path, key)
+    suffix = _suffix(path)
+    array = np.asarray(array)
+    if not path.parent.exists():
+        raise FileNotFoundError(f"{path}: the folder {path.parent} does not exist")
+    if suffix in TIFF:
+        import tifffile
+
+        # Uncompressed, so that open_array can memory-map it; grey pages, so that
+        # (3, Y, X) stays channels-first and is never stored as RGB.
+        tifffile.imwrite(path, array, photometric="minisblack")
+    elif suffix in PLAIN:
+        _write_plain(path, array, suffix)
+    elif suffix in HDF5:
+        import h5py
+
+        if key is None:
+            raise ValueError(f"{path}: writing HDF5 needs a key (the dataset path)")
+        with h5py.File(path, "a") as f:
+            if key in f:
+                del f[key]
+            chunk = tuple(chunks) if chunks is not None else (True if array.size else None)
+            f.create_dataset(key, data=array, chunks=chunk, compression="gzip" if array.size else None)
+    else:
+        _write_zarr(path, array, key, chunks)
+    return path
+
+
+def _write_plain(path, array, suffix):
+    import imageio.v3 as iio
+
+    colour = array.ndim == 3 and array.shape[0] in (3, 4)
+    if not (array.ndim == 2 or colour):
+        raise ValueError(f"{path}: {suffix} holds (Y, X) or (C, Y, X) with C in 3 or 4, got shape {array.shape}")
+    allowed = (np.uint8, np.uint16) if suffix == ".png" else (np.uint8,)
+    if array.dtype not in allowed:
+        raise ValueError(f"{path}: {suffix} holds {', '.join(np.dtype(t).name for t in allowed)} only, "
+                         f"got {array.dtype}; use tif for other types")
+    iio.imwrite(path, np.moveaxis(array, 0, -1) if colour else array)
+
+
+def _write_zarr(path, array, key, chunks):
+    import zarr
+
+    chunks = tuple(chunks) if chunks is not None else True
+    if key is None:
+        out = zarr.open_array(store=str(path), mode="w", shape=array.shape, dtype=array.dtype,
+                              chunks=chunks if chunks is not True else None)
+    else:
+        group = zarr.open_group(store=str(path), mode="a")
+        parent, _, name = key.rpartition("/")
+        if parent:
+            group = group.require_group(parent)
+        if name in group:
+            del group[name]
+        kwargs = dict(shape=array.shape, dtype=array.dtype)
+        if chunks is not True:
+            kwargs["chunks"] = chunks
+        create = group.create_array if hasattr(group, "create_array") else group.create_dataset
+        out = create(name, **kwargs)
+    if array.size:
+        out[...] = array
+
+
+def list_pairs(image_dir, label_dir) -> list[tuple[Path, Path]]:
+    """Image/label file pairs of two folders, matched by file name without suffix
+    (``a.tif`` with ``a.png`` is a pair), sorted by name.
+
+    Raises FileNotFoundError for a missing folder, ValueError for a folder with no
+    supported files or for files that have no partner (all listed)."""
+    found = []
+    for name, folder in (("image_dir", image_dir), ("label_dir", label_dir)):
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{name} {folder}: no such folder")
+        files = {}
+        for p in sorted(folder.iterdir()):
+            if p.suffix.lower() in SUFFIXES and not p.name.startswith("."):
+                if p.stem in files:
+                    raise ValueError(f"{name} {folder}: two files named {p.stem!r} ({files[p.stem].name}, {p.name})")
+                files[p.stem] = p
+        if not files:
+            raise ValueError(f"{name} {folder}: no image files ({', '.join(SUFFIXES)})")
+        found.append(files)
+    images, labels = found
+    missing = sorted(set(images) ^ set(labels))
+    if missing:
+        lonely = [str(images.get(s) or labels.get(s)) for s in missing]
+        raise ValueError(f"{len(missing)} file(s) without a partner in {image_dir} / {label_dir} "
+                         f"(pairs are matched by name without suffix): {', '.join(lonely[:10])}"
+                         + (" ..." if len(lonely) > 10 else ""))
+    return [(images[s], labels[s]) for s in sorted(images)]
