@@ -118,7 +118,9 @@ class _AddChannel:
 
 
 def _spatial_arg(value, name, ndim, minimum=1):
-    values = (value,) * ndim if np.isscalar(value) else tuple(value)
+    values = tuple(value) if not np.isscalar(value) else (value,)
+    if len(values) == 1:
+        values = values * ndim
     if len(values) != ndim or not all(isinstance(v, (int, np.integer)) and v >= minimum for v in values):
         raise ValueError(f"{name} must be {ndim} integers >= {minimum} (or one), got {value!r}")
     return tuple(int(v) for v in values)

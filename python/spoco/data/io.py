@@ -274,3 +274,38 @@ def list_pairs(image_dir, label_dir) -> list[tuple[Path, Path]]:
                          f"(pairs are matched by name without suffix): {', '.join(lonely[:10])}"
                          + (" ..." if len(lonely) > 10 else ""))
     return [(images[s], labels[s]) for s in sorted(images)]
+
+
+def create_array(path, shape, dtype, key: str | None = None, chunks=None):
+    """An empty HDF5 dataset or zarr array to be filled block by block (outputs larger
+    than memory); an existing dataset of that key is replaced. HDF5 needs ``key``.
+    The HDF5 file stays open while the returned dataset is referenced."""
+    path, key = split_key(path, key)
+    suffix = _suffix(path)
+    shape = tuple(int(s) for s in shape)
+    chunks = tuple(int(c) for c in chunks) if chunks is not None else None
+    if not path.parent.exists():
+        raise FileNotFoundError(f"{path}: the folder {path.parent} does not exist")
+    if suffix in HDF5:
+        import h5py
+
+        if key is None:
+            raise ValueError(f"{path}: writing HDF5 needs a key (the dataset path)")
+        f = h5py.File(path, "a")
+        if key in f:
+            del f[key]
+        return f.create_dataset(key, shape=shape, dtype=dtype, chunks=chunks or True)
+    if suffix in ZARR:
+        import zarr
+
+        if key is None:
+            return zarr.open_array(store=str(path), mode="w", shape=shape, dtype=dtype, chunks=chunks)
+        group = zarr.open_group(store=str(path), mode="a")
+        parent, _, name = key.rpartition("/")
+        if parent:
+            group = group.require_group(parent)
+        if name in group:
+            del group[name]
+        create = group.create_array if hasattr(group, "create_array") else group.create_dataset
+        return create(name, shape=shape, dtype=dtype, **({"chunks": chunks} if chunks else {}))
+    raise ValueError(f"{path}: block-wise output needs an HDF5 (.h5) or zarr (.zarr) path")

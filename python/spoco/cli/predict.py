@@ -1,0 +1,80 @@
+"""``spoco predict``: embeddings of images or volumes with a trained network, tile by tile."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import CLIError
+
+EMB_KEY = "embeddings"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "predict", help="predict pixel embeddings with a trained checkpoint (tiled, any image size)",
+        description="Predict embeddings (D, *spatial) of one image/volume or of every image in a folder with a "
+        "checkpoint written by spoco train. Large inputs are processed in tiles with a halo of context and "
+        "written tile by tile, so neither input nor output has to fit in memory. Output: HDF5 (.h5) or zarr "
+        "(.zarr) with the embeddings under --out-key; for a folder input, --out is a folder receiving "
+        "<name>.h5 per image.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint (.pt) from spoco train")
+    p.add_argument("--input", required=True, help="image file (tif/png/h5/zarr; 'file.h5:key' or --key) or folder")
+    p.add_argument("--key", help="dataset key of the input inside HDF5/zarr files")
+    p.add_argument("--out", required=True, help="output .h5/.zarr file, or folder for a folder input")
+    p.add_argument("--out-key", default=EMB_KEY, help=f"dataset key of the embeddings (default {EMB_KEY})")
+    p.add_argument("--network", choices=("f", "g"), default="f",
+                   help="f: the trained network (default); g: its moving average")
+    p.add_argument("--tile-shape", type=int, nargs="+", help="tile core size per axis (default: whole image)")
+    p.add_argument("--halo", type=int, nargs="+", help="context added around each tile (default 16 per axis)")
+    p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: best available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _inputs(args):
+    from ..data import io
+
+    src = Path(io.split_key(args.input)[0])
+    if src.is_dir() and src.suffix.lower() != ".zarr":
+        files = sorted(p for p in src.iterdir() if p.suffix.lower() in io.SUFFIXES and not p.name.startswith("."))
+        if not files:
+            raise CLIError(f"--input {src}: no image files ({', '.join(io.SUFFIXES)})")
+        out = Path(args.out)
+        if out.suffix.lower() in io.SUFFIXES:
+            raise CLIError(f"--input is a folder, so --out must be a folder, got {out}")
+        return [(f, out / (f.stem + ".h5")) for f in files]
+    return [(args.input, Path(args.out))]
+
+
+def predict_file(model, src, dst: Path, *, key, out_key, tile_shape, halo, device, progress) -> None:
+    """Predict one input file into an HDF5/zarr output dataset, written tile by tile."""
+    from ..data import io
+    from ..predict import predict
+
+    image = io.open_array(src, key)
+    if image.ndim not in (model.ndim, model.ndim + 1):
+        raise CLIError(f"{src}: shape {tuple(image.shape)} does not fit a {model.ndim}D network "
+                       f"(expected {model.ndim} spatial axes, optionally channels first)")
+    spatial = tuple(image.shape[-model.ndim:])
+    shape = (model.config["out_channels"],) + spatial
+    chunks = (shape[0],) + tuple(min(s, 64 if model.ndim == 3 else 512) for s in spatial)
+    if dst.suffix.lower() not in io.HDF5 + io.ZARR:
+        raise CLIError(f"--out must end in .h5 or .zarr, got {dst}")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    out = io.create_array(dst, shape, "float32", key=out_key, chunks=chunks)
+    predict(model, image, out=out, tile_shape=tile_shape, halo=halo, device=device, progress=progress)
+
+
+def run(args) -> int:
+    from ..predict import select_device
+    from ..training import load_checkpoint, model_from_checkpoint
+
+    model = model_from_checkpoint(load_checkpoint(args.checkpoint), network=args.network)
+    device = select_device(args.device)
+    model.to(device)
+    jobs = _inputs(args)
+    for src, dst in jobs:
+        predict_file(model, src, dst, key=args.key, out_key=args.out_key, tile_shape=args.tile_shape,
+                     halo=args.halo, device=device, progress=not args.quiet)
+        if not args.quiet:
+            print(f"{src} -> {dst}:{args.out_key}")
+    return 0

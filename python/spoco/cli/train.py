@@ -1,0 +1,99 @@
+"""``spoco train``: train an embedding network on a folder of images and (partial) label images."""
+from __future__ import annotations
+
+from . import CLIError
+
+# Flags that override config keys of the same name (None = not given).
+_OVERRIDES = ("fraction", "patch_shape", "batch_size", "max_iters", "lr", "val_every", "embedding_dim", "f_maps",
+              "depth", "norm", "workers", "seed", "momentum", "background", "min_size", "merge_distance")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train an embedding network (SPOCO loss + EMA g-network)",
+        description="Train a U-Net embedding network with the SPOCO loss on pairs of images and label images "
+        "matched by file name. Labels: 0 = unlabeled (or background), objects > 0; objects that are not painted "
+        "stay 0 (sparse, positive-unlabeled supervision). Writes last.pt, best.pt (best validation AP@0.5), "
+        "config.yaml, train_log.csv (every loss term) and val_log.csv to --out. Options override --config.")
+    p.add_argument("--images", required=True, help="folder of training images (tif/png/h5/zarr)")
+    p.add_argument("--labels", required=True, help="folder of label images with the same file names")
+    p.add_argument("--val-images", help="folder of validation images (densely labelled); enables best.pt")
+    p.add_argument("--val-labels", help="folder of validation label images")
+    p.add_argument("--key", help="dataset key of the images inside HDF5/zarr files")
+    p.add_argument("--label-key", help="dataset key of the labels inside HDF5/zarr files")
+    p.add_argument("--out", required=True, help="run folder for checkpoints and logs")
+    p.add_argument("--config", help="YAML file with TrainConfig keys (see spoco.training.TrainConfig)")
+    p.add_argument("--fraction", type=float, help="SPOCO@p: keep this fraction of the objects of each image "
+                   "(default: use the labels as they are)")
+    p.add_argument("--dense", action="store_true", help="labels are dense: 0 is background, not unlabeled")
+    p.add_argument("--no-consistency", action="store_true", help="train without the g-network consistency term")
+    p.add_argument("--patch-shape", type=int, nargs="+", help="training patch (2 or 3 sizes; default 128 128)")
+    p.add_argument("--batch-size", type=int, help="images per step (default 4)")
+    p.add_argument("--iters", dest="max_iters", type=int, help="maximum optimizer steps (default 10000)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 2e-4)")
+    p.add_argument("--val-every", type=int, help="validate and checkpoint every N steps (default 500)")
+    p.add_argument("--embedding-dim", type=int, help="embedding dimension D (default 16)")
+    p.add_argument("--f-maps", type=int, help="channels of the first U-Net level (default 16)")
+    p.add_argument("--depth", type=int, help="U-Net levels (default: receptive field covers the patch)")
+    p.add_argument("--norm", choices=("batch", "group", "none"), help="normalisation (default: batch 2D, group 3D)")
+    p.add_argument("--momentum", type=float, help="EMA momentum of the g-network (default 0.999)")
+    p.add_argument("--background", choices=("none", "largest", "embedding"),
+                   help="background rule of the validation segmentation (see spoco segment)")
+    p.add_argument("--min-size", type=int, help="smallest object kept in validation segmentations (pixels)")
+    p.add_argument("--merge-distance", type=float, help="merge touching segments with closer mean embeddings")
+    p.add_argument("--workers", type=int, help="data loading processes (default 0)")
+    p.add_argument("--samples-per-epoch", type=int, help="random patches per epoch (default: 4 per image)")
+    p.add_argument("--seed", type=int, help="seed of sampling, augmentation and initialisation (default 0)")
+    p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: best available)")
+    p.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
+    p.add_argument("--finetune", metavar="CHECKPOINT", help="start from this checkpoint's weights (new optimizer)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def build_config(args):
+    from ..training import TrainConfig
+
+    config = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
+    values = config.to_dict()
+    for name in _OVERRIDES:
+        value = getattr(args, name, None)
+        if value is not None:
+            values[name] = value
+    if args.dense:
+        values["sparse"] = False
+    if args.no_consistency:
+        values["consistency"] = False
+    return TrainConfig.from_dict(values)
+
+
+def read_pairs(image_dir, label_dir, key, label_key):
+    """Validation pairs ``[(image, labels)]`` read from two folders."""
+    from ..data import io
+
+    return [(io.read_array(p, key), io.read_array(q, label_key)) for p, q in io.list_pairs(image_dir, label_dir)]
+
+
+def run(args) -> int:
+    from ..data import InstanceDataset
+    from ..training import Trainer
+
+    if args.resume and args.finetune:
+        raise CLIError("--resume and --finetune exclude each other")
+    if (args.val_images is None) != (args.val_labels is None):
+        raise CLIError("--val-images and --val-labels go together")
+    config = build_config(args)
+    train = InstanceDataset.from_folders(args.images, args.labels, key=args.key, label_key=args.label_key,
+                                         patch_shape=config.patch_shape, fraction=config.fraction, seed=config.seed,
+                                         augment=config.augment, length=1)
+    train.length = args.samples_per_epoch or 4 * len(train.images)
+    val = None
+    if args.val_images:
+        val = read_pairs(args.val_images, args.val_labels, args.key, args.label_key)  # raw: predict() normalises
+    trainer = Trainer(config, train, val, out_dir=args.out, device=args.device, resume=args.resume,
+                      init_from=args.finetune, progress=not args.quiet)
+    result = trainer.fit()
+    if trainer.rank == 0:
+        best = f", best validation AP@0.5 {result['best_score']:.3f}" if val else ""
+        print(f"trained {result['iterations']} steps in {result['seconds']:.0f} s{best}; checkpoints in {args.out}")
+    return 0

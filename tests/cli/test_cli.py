@@ -1,0 +1,104 @@
+"""The command line on tiny data, as a user runs it (subprocesses), including errors."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from spoco.data import read_array, synthetic_images, write_array
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def spoco(*args, cwd, ok=True):
+    proc = subprocess.run([sys.executable, "-m", "spoco", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=ENV, timeout=600)
+    if ok:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    images, labels = synthetic_images(6, (48, 48), kind="intensity", rng=3)
+    for sub in ("images", "labels", "val_images", "val_labels"):
+        (root / sub).mkdir()
+    for i in range(6):
+        kind = "val_" if i >= 4 else ""
+        write_array(root / f"{kind}images/img{i}.tif", images[i, 0])
+        write_array(root / f"{kind}labels/img{i}.tif", labels[i].astype(np.uint16))
+    write_array(root / "seg.h5", labels[0], key="seg")
+    return root
+
+
+def test_train_predict_evaluate(folders):
+    spoco("train", "--images", "images", "--labels", "labels", "--val-images", "val_images", "--val-labels",
+          "val_labels", "--out", "run", "--fraction", "0.5", "--patch-shape", "48", "48", "--iters", "4",
+          "--val-every", "2", "--f-maps", "4", "--embedding-dim", "4", "--quiet", cwd=folders)
+    for name in ("last.pt", "best.pt", "config.yaml", "train_log.csv", "val_log.csv"):
+        assert (folders / "run" / name).exists(), name
+    spoco("predict", "--checkpoint", "run/best.pt", "--input", "val_images", "--out", "emb", "--tile-shape", "32",
+          "--halo", "8", "--quiet", cwd=folders)
+    emb = read_array(folders / "emb" / "img4.h5", "embeddings")
+    assert emb.shape == (4, 48, 48) and np.isfinite(emb).all()
+    spoco("predict", "--checkpoint", "run/last.pt", "--input", "val_images/img5.tif", "--out", "one.zarr",
+          "--network", "g", "--quiet", cwd=folders)
+    assert read_array(folders / "one.zarr", "embeddings").shape == (4, 48, 48)
+    proc = spoco("evaluate", "--gt", "val_labels", "--pred", "val_labels", "--csv", "scores.csv", cwd=folders)
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].split() == ["image", "sbd", "abs_dic", "ap50", "map", "are", "n_gt", "n_pred"]
+    assert lines[-1].split()[:4] == ["mean", "1.000", "0.000", "1.000"]
+    assert (folders / "scores.csv").read_text().count("\n") == 3
+
+
+def test_config_file_and_flag_override(folders):
+    (folders / "cfg.yaml").write_text("patch_shape: [32, 32]\nf_maps: 4\nembedding_dim: 3\nmax_iters: 2\n")
+    spoco("train", "--images", "images", "--labels", "labels", "--out", "run_cfg", "--config", "cfg.yaml",
+          "--embedding-dim", "5", "--quiet", cwd=folders)
+    text = (folders / "run_cfg" / "config.yaml").read_text()
+    assert "embedding_dim: 5" in text and "f_maps: 4" in text and "max_iters: 2" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--images", "missing", "--labels", "labels", "--out", "r"], "missing: no such folder"),
+    (["train", "--images", "images", "--labels", "labels", "--out", "r", "--config", "nope.yaml"],
+     "config file not found"),
+    (["train", "--images", "images", "--labels", "labels", "--out", "r", "--patch-shape", "8", "8", "8"],
+     "for a 3D patch_shape (8, 8, 8)"),
+    (["train", "--images", "images", "--labels", "labels", "--out", "r", "--resume"], "checkpoint not found"),
+    (["predict", "--checkpoint", "none.pt", "--input", "images", "--out", "e"], "checkpoint not found"),
+    (["predict", "--checkpoint", "labels/img0.tif", "--input", "images", "--out", "e"],
+     "not a readable spoco checkpoint"),
+    (["evaluate", "--gt", "labels", "--pred", "labels/img0.tif"], "both be files or both be folders"),
+    (["evaluate", "--gt", "labels/img0.tif", "--pred", "seg.h5", "--pred-key", "x"], "'x'"),
+])
+def test_errors_are_one_line(folders, args, message):
+    proc = spoco(*args, cwd=folders, ok=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_bad_config_keys(folders):
+    (folders / "bad.yaml").write_text("patch_shape: [32, 32]\nlearning_rate: 0.1\n")
+    proc = spoco("train", "--images", "images", "--labels", "labels", "--out", "r", "--config", "bad.yaml",
+                 cwd=folders, ok=False)
+    assert proc.returncode == 2 and "unknown config keys: learning_rate" in proc.stderr
+
+
+def test_help_explains_every_option():
+    from spoco.cli import SUBCOMMANDS, build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(sub.choices) == set(SUBCOMMANDS)
+    for name, cmd in sub.choices.items():
+        assert cmd.description, name
+        for action in cmd._actions:
+            assert action.help, f"spoco {name} {action.option_strings}: no help text"
+    out = subprocess.run([sys.executable, "-m", "spoco", "train", "--help"], capture_output=True, text=True,
+                         env=ENV).stdout
+    assert "--fraction" in out and "SPOCO@p" in out
