@@ -124,6 +124,9 @@ def test_parameters_change_the_images(seed):
     (dict(n=1, shape=(32,)), "shape must"),
     (dict(n=1, shape=(4, 32)), "shape must"),
     (dict(n=1, shape=(32, 32), kind="nuclei"), "kind must be one of"),
+    (dict(n=1, shape=(32, 32), n_objects=(5, 2)), "n_objects"),
+    (dict(n=1, shape=(32, 32), n_objects=0), "n_objects"),
+    (dict(n=1, shape=(32, 32), object_size=-3), "object_size"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

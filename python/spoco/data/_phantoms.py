@@ -87,6 +87,13 @@ def synthetic_images(n: int, shape, *, kind: str = "boundary", rng=None, **param
     p = {**_DEFAULTS[kind], **params}
     if p["object_size"] is None:
         p["object_size"] = _SIZES[kind][len(shape)]
+    if not isinstance(p["object_size"], numbers.Real) or not p["object_size"] > 0:
+        raise ValueError(f"object_size must be a positive number of pixels, got {p['object_size']!r}")
+    count = p["n_objects"]
+    pair = isinstance(count, (tuple, list)) and len(count) == 2
+    if not (count is None or (isinstance(count, numbers.Integral) and count >= 1)
+            or (pair and all(isinstance(c, numbers.Integral) for c in count) and 1 <= count[0] <= count[1])):
+        raise ValueError(f"n_objects must be None, a positive int or (low, high) with 1 <= low <= high, got {count!r}")
     rng = np.random.default_rng(rng)
     make = _boundary if kind == "boundary" else _intensity
     images = np.empty((n, 1) + shape, dtype=np.float32)

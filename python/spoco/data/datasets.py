@@ -9,7 +9,9 @@ seed is ``torch.utils.data.get_worker_info().seed`` inside a DataLoader worker
 seeded, between epochs) and 0 in the main process. Call :meth:`set_epoch` at the
 start of every epoch so that ``num_workers=0`` and persistent workers also see new
 augmentations; with ``torch.manual_seed`` (or a seeded DataLoader ``generator``)
-everything is reproducible.
+everything is reproducible. ``persistent_workers=True`` keeps the workers' copies of
+the dataset (and their seeds) across epochs, so ``set_epoch`` does not reach them
+and every epoch repeats the first: keep the default, non-persistent workers.
 """
 from __future__ import annotations
 
