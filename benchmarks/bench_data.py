@@ -3,7 +3,9 @@ training samples (spoco.data.InstanceDataset, two augmented views), timed (media
 of --repeat runs after one warm-up, single process); and how hard the synthetic
 images are: AP@0.5 of Otsu thresholding + connected components (best polarity,
 objects < 20 px dropped) against a watershed seeded inside the true objects (an
-upper reference: what the image holds once the objects are found), 2D 128x128.
+upper reference: what the image holds once the objects are found), 2D 128x128;
+per image means of the objects, the thresholding's components, merges (components
+holding most of two or more objects) and spurious components (mostly background).
 
     python benchmarks/bench_data.py
 """
@@ -26,13 +28,24 @@ from spoco.metrics import average_precision
 
 
 def otsu_ap(x, gt):
+    """AP@0.5 of the better thresholding side, and for that side: components,
+    components holding most of >= 2 true objects (merges), components mostly on
+    background (spurious)."""
     x = ndimage.gaussian_filter(x, 1.0)
     t = threshold_otsu(x)
-    best = 0.0
+    best = (-1.0,)
     for fg in (x > t, x <= t):
         cc = connected_components(fg, connectivity=1)
         cc[np.bincount(cc.ravel())[cc] < 20] = 0
-        best = max(best, average_precision(gt, cc, 0.5))
+        ap = average_precision(gt, cc, 0.5)
+        if ap > best[0]:
+            table = np.zeros((cc.max() + 1, gt.max() + 1))
+            np.add.at(table, (cc.ravel(), gt.ravel()), 1)
+            table = table[np.unique(cc[cc > 0])]
+            share = table[:, 1:] / np.maximum(table[:, 1:].sum(0), 1)
+            merges = int(((share > 0.5).sum(1) >= 2).sum())
+            spurious = int((table[:, 0] > 0.5 * table.sum(1)).sum())
+            best = (ap, len(table), merges, spurious)
     return best
 
 
@@ -78,13 +91,16 @@ def main(argv=None):
         print(f"| InstanceDataset sample (f, g, labels) | {shape} | {patch} | {ms:.1f} | - |")
     print()
     print(f"AP@0.5 on {args.images} images of 128x128 per kind (mean, min-max over images)")
-    print("| kind | Otsu + connected components | seeded watershed (reference) |")
-    print("|---|---|---|")
+    print("| kind | objects | Otsu + connected components | components | merges | spurious | seeded watershed (reference) |")
+    print("|---|---|---|---|---|---|---|")
     for kind in ("boundary", "intensity"):
         img, lab = synthetic_images(args.images, (128, 128), kind=kind, rng=123)
-        o = [otsu_ap(x, y) for x, y in zip(img[:, 0], lab)]
+        o = np.array([otsu_ap(x, y) for x, y in zip(img[:, 0], lab)])
         w = [seeded_ap(x, y) for x, y in zip(img[:, 0], lab)]
-        print(f"| {kind} | {np.mean(o):.3f} ({min(o):.2f}-{max(o):.2f}) | {np.mean(w):.3f} ({min(w):.2f}-{max(w):.2f}) |")
+        ap, comps, merges, spurious = o.T
+        print(f"| {kind} | {lab.reshape(len(lab), -1).max(1).mean():.1f} | {ap.mean():.3f} ({ap.min():.2f}-{ap.max():.2f}) "
+              f"| {comps.mean():.1f} | {merges.mean():.1f} | {spurious.mean():.1f} "
+              f"| {np.mean(w):.3f} ({min(w):.2f}-{max(w):.2f}) |")
 
 
 if __name__ == "__main__":
