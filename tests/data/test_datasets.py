@@ -145,7 +145,8 @@ def test_errors_name_the_file(tmp_path):
     io.write_array(tmp_path / "a_lab.tif", np.ones((20, 21), np.uint16))
     io.write_array(tmp_path / "empty.tif", np.zeros((20, 20), np.uint16))
     io.write_array(tmp_path / "neg.tif", -np.ones((20, 20), np.int32))
-    io.write_array(tmp_path / "float.tif", np.ones((20, 20), np.float32))
+    io.write_array(tmp_path / "float.tif", np.full((20, 20), 1.5, np.float32))
+    io.write_array(tmp_path / "whole.tif", np.ones((20, 20), np.float32))  # integer ids stored as floats
     kw = dict(patch_shape=(16, 16))
     for label_file, err, match in [("a_lab.tif", ValueError, r"a_lab\.tif.*\(20, 21\) do not match.*\(20, 20\)"),
                                    ("empty.tif", ValueError, r"empty\.tif.*no objects"),
@@ -153,6 +154,8 @@ def test_errors_name_the_file(tmp_path):
                                    ("float.tif", TypeError, r"float\.tif.*integers")]:
         with pytest.raises(err, match=match):
             InstanceDataset.from_files([tmp_path / "a.tif"], [tmp_path / label_file], **kw)
+    ds = InstanceDataset.from_files([tmp_path / "a.tif"], [tmp_path / "whole.tif"], **kw)
+    assert ds[0]["labels"].dtype == torch.int64 and ds[0]["labels"].max() == 1
     y = np.ones((20, 20), np.int64)
     with pytest.raises(ValueError, match="images\\[1\\]: 2 channels, but images\\[0\\] has 1"):
         InstanceDataset([np.zeros((20, 20)), np.zeros((2, 20, 20))], [y, y], **kw)
