@@ -135,6 +135,11 @@ def test_from_folders_and_files(tmp_path, seed):
                                    [f"{tmp_path / 'all.h5'}:labels/{i}" for i in range(2)],
                                    patch_shape=(32, 32), seed=4)
     assert all(_same(a[i], c[i]) for i in range(2))
+    io.write_array(tmp_path / "im.zarr", img[0], key="raw")
+    io.write_array(tmp_path / "lb.zarr", lab[0])
+    z = InstanceDataset.from_files([tmp_path / "im.zarr"], [tmp_path / "lb.zarr"], key="raw", patch_shape=(32, 32),
+                                   seed=4)
+    assert _same(z[0], b[0])
     d = InstanceDataset.from_files([tmp_path / "all.h5"], [tmp_path / "all.h5"], key="raw/1", label_key="labels/1",
                                    patch_shape=(32, 32))
     np.testing.assert_array_equal(d.labels[0], lab[1])
