@@ -32,6 +32,8 @@ def test_shapes_dtypes_and_consecutive_labels(kind, shape, seed):
         # Every object is one connected piece.
         n_pieces = connected_components(lab[i], background=0, connectivity=1).max()
         assert n_pieces == k, f"seed {seed}: {n_pieces} pieces for {k} objects"
+        if kind == "boundary":  # the outside of the tissue is one region
+            assert connected_components(lab[i] == 0, connectivity=1).max() <= 1, f"seed {seed}"
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -10,7 +10,8 @@ Two flavours, after the paper's datasets:
     has the same intensity distribution, so only the membranes separate cells.
     Labels are *dense inside the tissue*: a membrane pixel belongs to the cell on
     its side of the border (as in the ovules ground truth, which has no boundary
-    class); outside the tissue is background 0 (dark, with a bright tissue outline).
+    class); outside the tissue, one connected region of about ``background`` of the
+    image, is background 0 (dark, with a bright tissue outline).
 
 ``"intensity"`` (nuclei, like the paper's flower-pot and EM backgrounds)
     Bright, irregular blobs of varied size and brightness, clumped so that many
@@ -213,6 +214,14 @@ def _boundary(shape, p, rng):
             np.maximum(np.bincount(cell.ravel(), minlength=n + 1), 1)
         keep = share >= 0.5
         keep[0] = False
+        # One connected outside, like an organ in the field of view: cells cut
+        # off in smaller outside pockets go back into the tissue.
+        from skimage.measure import label as connected
+
+        outside = connected(~keep[cell], connectivity=1)
+        if outside.max() > 1:
+            largest = np.bincount(outside.ravel())[1:].argmax() + 1
+            keep[np.unique(cell[(outside > 0) & (outside != largest)])] = True
         cell = np.where(keep[cell], cell, 0)
     labels = _relabel(cell, min_size=max(4, int(0.1 * size ** len(shape) / 2)))
 
