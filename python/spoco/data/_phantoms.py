@@ -60,7 +60,8 @@ def synthetic_images(n: int, shape, *, kind: str = "boundary", rng=None, **param
         default from the area: about 20 objects at 128×128), ``noise`` (Gaussian
         noise std relative to the brightest structure), ``blur`` (PSF sigma,
         pixels), ``shading`` (amplitude of the smooth illumination field).
-        Boundary: ``background`` (fraction of the image outside the tissue),
+        Boundary: ``background`` (target fraction of the image outside the tissue;
+        whole cells and one connected region leave about 0.15 for the default 0.2),
         ``membrane_width`` (pixels), ``faint_membranes`` (0 = uniform membranes,
         1 = many nearly invisible membrane stretches). Intensity: ``touching``
         (0..1, how clumped the nuclei are), ``texture`` (background structure
