@@ -32,6 +32,8 @@ def test_shapes_dtypes_and_consecutive_labels(kind, shape, seed):
         # Every object is one connected piece.
         n_pieces = connected_components(lab[i], background=0, connectivity=1).max()
         assert n_pieces == k, f"seed {seed}: {n_pieces} pieces for {k} objects"
+        if kind == "boundary":  # the outside of the tissue is one region
+            assert connected_components(lab[i] == 0, connectivity=1).max() <= 1, f"seed {seed}"
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -124,6 +126,9 @@ def test_parameters_change_the_images(seed):
     (dict(n=1, shape=(32,)), "shape must"),
     (dict(n=1, shape=(4, 32)), "shape must"),
     (dict(n=1, shape=(32, 32), kind="nuclei"), "kind must be one of"),
+    (dict(n=1, shape=(32, 32), n_objects=(5, 2)), "n_objects"),
+    (dict(n=1, shape=(32, 32), n_objects=0), "n_objects"),
+    (dict(n=1, shape=(32, 32), object_size=-3), "object_size"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -10,7 +10,8 @@ Two flavours, after the paper's datasets:
     has the same intensity distribution, so only the membranes separate cells.
     Labels are *dense inside the tissue*: a membrane pixel belongs to the cell on
     its side of the border (as in the ovules ground truth, which has no boundary
-    class); outside the tissue is background 0 (dark, with a bright tissue outline).
+    class); outside the tissue, one connected region of about ``background`` of the
+    image, is background 0 (dark, with a bright tissue outline).
 
 ``"intensity"`` (nuclei, like the paper's flower-pot and EM backgrounds)
     Bright, irregular blobs of varied size and brightness, clumped so that many
@@ -59,7 +60,8 @@ def synthetic_images(n: int, shape, *, kind: str = "boundary", rng=None, **param
         default from the area: about 20 objects at 128×128), ``noise`` (Gaussian
         noise std relative to the brightest structure), ``blur`` (PSF sigma,
         pixels), ``shading`` (amplitude of the smooth illumination field).
-        Boundary: ``background`` (fraction of the image outside the tissue),
+        Boundary: ``background`` (target fraction of the image outside the tissue;
+        whole cells and one connected region leave about 0.15 for the default 0.2),
         ``membrane_width`` (pixels), ``faint_membranes`` (0 = uniform membranes,
         1 = many nearly invisible membrane stretches). Intensity: ``touching``
         (0..1, how clumped the nuclei are), ``texture`` (background structure
@@ -87,6 +89,13 @@ def synthetic_images(n: int, shape, *, kind: str = "boundary", rng=None, **param
     p = {**_DEFAULTS[kind], **params}
     if p["object_size"] is None:
         p["object_size"] = _SIZES[kind][len(shape)]
+    if not isinstance(p["object_size"], numbers.Real) or not p["object_size"] > 0:
+        raise ValueError(f"object_size must be a positive number of pixels, got {p['object_size']!r}")
+    count = p["n_objects"]
+    pair = isinstance(count, (tuple, list)) and len(count) == 2
+    if not (count is None or (isinstance(count, numbers.Integral) and count >= 1)
+            or (pair and all(isinstance(c, numbers.Integral) for c in count) and 1 <= count[0] <= count[1])):
+        raise ValueError(f"n_objects must be None, a positive int or (low, high) with 1 <= low <= high, got {count!r}")
     rng = np.random.default_rng(rng)
     make = _boundary if kind == "boundary" else _intensity
     images = np.empty((n, 1) + shape, dtype=np.float32)
@@ -206,6 +215,14 @@ def _boundary(shape, p, rng):
             np.maximum(np.bincount(cell.ravel(), minlength=n + 1), 1)
         keep = share >= 0.5
         keep[0] = False
+        # One connected outside, like an organ in the field of view: cells cut
+        # off in smaller outside pockets go back into the tissue.
+        from skimage.measure import label as connected
+
+        outside = connected(~keep[cell], connectivity=1)
+        if outside.max() > 1:
+            largest = np.bincount(outside.ravel())[1:].argmax() + 1
+            keep[np.unique(cell[(outside > 0) & (outside != largest)])] = True
         cell = np.where(keep[cell], cell, 0)
     labels = _relabel(cell, min_size=max(4, int(0.1 * size ** len(shape) / 2)))
 

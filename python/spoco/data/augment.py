@@ -31,15 +31,23 @@ def normalize_image(image, *, low: float = 1.0, high: float = 99.8) -> np.ndarra
 
 def smooth_field(shape, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Smooth Gaussian random field of unit std, correlation length ``sigma``
-    pixels, float32; made on a coarse grid and zoomed when ``sigma`` is large."""
+    pixels, float32; made on a coarse grid and linearly upsampled when ``sigma``
+    is large (same look, far cheaper than a wide filter on the full grid)."""
     factor = max(1, int(sigma // 2))
-    coarse = tuple(max(2, -(-s // factor) + 3) for s in shape)
+    coarse = tuple(-(-s // factor) + 2 for s in shape)
     field = ndimage.gaussian_filter(rng.standard_normal(coarse).astype(np.float32), sigma / factor,
                                     mode="wrap", truncate=3.0)
-    if factor > 1:
-        field = ndimage.zoom(field, factor, order=1, grid_mode=False)
-    field = field[tuple(slice(0, s) for s in shape)]
+    for axis, s in enumerate(shape):
+        field = _upsample(field, axis, factor, s)
     return (field - field.mean()) / (field.std() + 1e-9)
+
+
+def _upsample(field, axis, factor, size):
+    """Linear interpolation along ``axis`` at positions ``i / factor``, i < size."""
+    pos = np.arange(size, dtype=np.float32) / factor
+    lo = pos.astype(np.int64)
+    w = (pos - lo).reshape((-1,) + (1,) * (field.ndim - axis - 1))
+    return np.take(field, lo, axis=axis) * (1 - w) + np.take(field, lo + 1, axis=axis) * w
 
 
 def warp(image, labels, output_shape, *, scale=1.0, displacement=None, order: int = 1):

@@ -9,7 +9,9 @@ seed is ``torch.utils.data.get_worker_info().seed`` inside a DataLoader worker
 seeded, between epochs) and 0 in the main process. Call :meth:`set_epoch` at the
 start of every epoch so that ``num_workers=0`` and persistent workers also see new
 augmentations; with ``torch.manual_seed`` (or a seeded DataLoader ``generator``)
-everything is reproducible.
+everything is reproducible. ``persistent_workers=True`` keeps the workers' copies of
+the dataset (and their seeds) across epochs, so ``set_epoch`` does not reach them
+and every epoch repeats the first: keep the default, non-persistent workers.
 """
 from __future__ import annotations
 
@@ -32,15 +34,15 @@ class InstanceDataset(torch.utils.data.Dataset):
     ----------
     images : list of arrays ``(C, *spatial)`` or ``(*spatial)`` (then C = 1);
         all with the same C and 2 or 3 spatial axes
-    labels : list of integer arrays ``(*spatial)``; 0 = unlabelled (and background),
-        objects > 0
+    labels : list of integer arrays ``(*spatial)`` (floats holding integers are
+        accepted); 0 = unlabelled (and background), objects > 0
     patch_shape : spatial patch size; an image smaller than it is padded (image with
         its 1st-percentile value, labels with 0 = unlabelled)
     fraction : p of SPOCO@p: keep ``round(p·n)`` objects per image (≥ 1), the rest
         become 0; None keeps the labels as they are (already partial labels stay so)
     seed : int, fixes the sparsification and, with the epoch, every sample
-    augment : bool or ``(GeometricAugment, PhotometricAugment)``; False only crops
-        (then ``image_f`` equals ``image_g``)
+    augment : True (default transforms), False (crops only; then ``image_f`` equals
+        ``image_g``) or a pair ``(GeometricAugment or None, PhotometricAugment or None)``
     length : samples per epoch (default ``len(images)``); sample i uses image
         ``i % len(images)``
     normalize : per-image robust normalisation (:func:`normalize_image`,
@@ -100,8 +102,10 @@ class InstanceDataset(torch.utils.data.Dataset):
         if lab.shape != img.shape[1:]:
             raise ValueError(f"{name}: labels of shape {lab.shape} do not match the image's spatial shape "
                              f"{img.shape[1:]}")
+        if np.issubdtype(lab.dtype, np.floating) and lab.size and np.array_equal(lab, np.round(lab)):
+            lab = lab.astype(np.int64)  # integer ids stored as floats (some tools write label tifs so)
         if lab.dtype == np.bool_ or not np.issubdtype(lab.dtype, np.integer):
-            raise TypeError(f"{name}: labels must be integers, got dtype {lab.dtype}")
+            raise TypeError(f"{name}: labels must be integers (or floats with integer values), got dtype {lab.dtype}")
         if not np.issubdtype(img.dtype, np.number) or img.dtype == np.bool_:
             raise TypeError(f"{name}: image must be numeric, got dtype {img.dtype}")
         lo, hi = (int(lab.min()), int(lab.max())) if lab.size else (0, 0)
