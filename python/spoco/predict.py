@@ -18,7 +18,7 @@ import itertools
 import numpy as np
 import torch
 
-from .data.normalize import normalize, percentile_range
+from .data.normalize import normalize_image, percentile_range
 
 
 def select_device(device: str | None = None) -> torch.device:
@@ -62,7 +62,8 @@ def predict(model: torch.nn.Module, image, *, tile_shape=None, halo=None, device
         A ``divisor`` attribute (the U-Net's pooling factor) aligns the tiles.
     image : array-like ``(C, *spatial)`` or ``(*spatial)`` with ``model.ndim`` spatial axes
         Raw intensities (numpy, memmap, h5py/zarr dataset); normalised per channel
-        with :func:`spoco.data.normalize.normalize` (percentiles of the whole image).
+        with :func:`spoco.data.normalize_image` (percentiles of the whole image,
+        as in training).
     tile_shape : ints, optional
         Core of each tile. Default: the whole image in one tile.
     halo : ints, optional
@@ -98,7 +99,7 @@ def predict(model: torch.nn.Module, image, *, tile_shape=None, halo=None, device
         from tqdm import tqdm
         tiles = tqdm(tiles, desc="predict", unit="tile")
     for core_sl, win_sl in tiles:
-        window = normalize(image[(slice(None),) + win_sl], lo, hi)
+        window = normalize_image(image[(slice(None),) + win_sl], lo=lo, hi=hi)
         emb = model(torch.from_numpy(window)[None].to(device))[0].float().cpu().numpy()
         if out is None:
             out = np.zeros((emb.shape[0],) + spatial, dtype=np.float32)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from spoco.data.augment import GeometricAugment, PhotometricAugment, normalize_image, warp
+from spoco.data.augment import GeometricAugment, PhotometricAugment, warp
+from spoco.data.normalize import normalize_image
 
 
 def checkerboard(shape, block, rng):

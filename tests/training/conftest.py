@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from spoco.data.normalize import normalize
+from spoco.data.normalize import normalize_image
 from spoco.data.synthetic import random_instances
 from spoco.sampling import sparsify
 
@@ -16,7 +16,7 @@ def make_images(n, shape=(48, 48), n_objects=8, seed=0):
         labels = random_instances(shape, n_objects, rng=rng)
         border = ndimage.morphological_gradient(labels, size=3) > 0
         image = (labels > 0) * 1.0 - 0.8 * border + rng.normal(0, 0.1, shape)
-        out.append((normalize(image[None].astype(np.float32)), labels))
+        out.append((normalize_image(image[None].astype(np.float32)), labels))
     return out
 
 

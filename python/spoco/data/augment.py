@@ -19,16 +19,6 @@ import numpy as np
 from scipy import ndimage
 
 
-def normalize_image(image, *, low: float = 1.0, high: float = 99.8) -> np.ndarray:
-    """Robust per-channel normalisation of a channels-first image ``(C, *spatial)``:
-    percentile ``low`` maps to 0 and ``high`` to 1 (outliers such as hot pixels do
-    not set the scale), float32. A constant channel becomes 0."""
-    x = np.asarray(image, dtype=np.float32)
-    axes = tuple(range(1, x.ndim))
-    lo, hi = np.percentile(x, [low, high], axis=axes, keepdims=True)
-    return ((x - lo) / np.maximum(hi - lo, 1e-6)).astype(np.float32)
-
-
 def smooth_field(shape, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Smooth Gaussian random field of unit std, correlation length ``sigma``
     pixels, float32; made on a coarse grid and linearly upsampled when ``sigma``

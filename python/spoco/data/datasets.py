@@ -22,7 +22,8 @@ import torch
 
 from ..sampling import sparsify
 from . import io
-from .augment import GeometricAugment, PhotometricAugment, normalize_image
+from .augment import GeometricAugment, PhotometricAugment
+from .normalize import normalize_image
 
 _MAX_ANCHORS = 100_000  # labelled positions remembered per image for patch placement
 
