@@ -69,7 +69,7 @@ def cluster_blockwise(emb, *, block_shape, halo, out=None, threads=None, delta_d
         block's own pixel grid). ``mask`` may be any array-like (*spatial);
         ``min_size`` applies to the stitched objects.
     stitch_containment : float in [0.5, 1]
-        Two blocks' segments in the slab around a face (``halo`` on each side) are
+        Two blocks' segments in the slab around a face (``ceil(halo / 2)`` on each side) are
         one object when each is the other's largest overlap there, or when this
         fraction of the smaller one lies within the other.
     progress : bool
