@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from .clustering.blockwise import COMPLETE_ATTR
+from .clustering.blockwise import COMPLETE_ATTR, set_complete
 
 __all__ = ["file_format", "open_array", "create_array", "check_complete", "write_tif", "IncompleteArrayError"]
 
@@ -96,7 +96,11 @@ def _h5_datasets(f) -> list:
 
 
 def create_array(path, key: str, shape, dtype, chunks):
-    """Create (or replace) dataset ``key`` in an HDF5 file or zarr group for writing."""
+    """Create (or replace) dataset ``key`` in an HDF5 file or zarr group for writing.
+
+    The new array is marked ``spoco_complete = False`` until its writer marks it
+    complete, so a run that fails or is killed before that never looks finished.
+    """
     fmt = file_format(path)
     if fmt == "tif":
         raise ValueError("tif files are written whole (write_tif), not block by block")
@@ -109,12 +113,15 @@ def create_array(path, key: str, shape, dtype, chunks):
         f = h5py.File(path, "a")
         if key in f:
             del f[key]
-        return f.create_dataset(key, shape=tuple(shape), dtype=dtype, chunks=chunks, compression="gzip",
-                                compression_opts=1)
-    import zarr
+        arr = f.create_dataset(key, shape=tuple(shape), dtype=dtype, chunks=chunks, compression="gzip",
+                               compression_opts=1)
+    else:
+        import zarr
 
-    group = zarr.open_group(path, mode="a")
-    return group.create_array(key, shape=tuple(shape), dtype=dtype, chunks=chunks, overwrite=True)
+        group = zarr.open_group(path, mode="a")
+        arr = group.create_array(key, shape=tuple(shape), dtype=dtype, chunks=chunks, overwrite=True)
+    set_complete(arr, False)
+    return arr
 
 
 def write_tif(path, labels: np.ndarray) -> None:

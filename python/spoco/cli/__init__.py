@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order ``spoco --help`` lists them.
-SUBCOMMANDS = ("demo", "info")
+SUBCOMMANDS = ("segment", "demo", "info")
 
 
 class CLIError(Exception):
