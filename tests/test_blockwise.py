@@ -14,13 +14,13 @@ import textwrap
 import h5py
 import numpy as np
 import pytest
+from scipy.spatial import cKDTree
 import torch
 import zarr
 
 import spoco
 from spoco.clustering import default_offsets, remove_small_segments
 from spoco.clustering.blocks import BlockGrid, match_face, resolve
-from spoco.data.synthetic import random_instances
 from spoco.io import IncompleteArrayError, check_complete, open_array
 from spoco.metrics import adapted_rand_error
 
@@ -266,7 +266,9 @@ _OUT_OF_CORE_CHILD = textwrap.dedent("""
 
 def test_out_of_core_zarr_under_memory_limit(rng, seed, tmp_path):
     shape, dim = (32, 128, 256), 32
-    labels = random_instances(shape, 20, rng=rng)
+    # Voronoi cells of 20 random points (cheaper than random_instances at this size)
+    points = np.stack(np.meshgrid(*map(np.arange, shape), indexing="ij"), -1).reshape(-1, 3)
+    labels = cKDTree(rng.uniform(0, 1, (20, 3)) * shape).query(points)[1].reshape(shape)
     centres = rng.normal(size=(labels.max() + 1, dim)) * (2.5 * 2.0 * 1.5 / np.sqrt(dim))
     path = str(tmp_path / "vol.zarr")
     z = zarr.open_group(path, mode="w").create_array("emb", shape=(dim,) + shape, chunks=(dim, 16, 32, 32),
@@ -299,3 +301,17 @@ def test_cuda_tensor_matches_cpu(volume, rng, seed):
     assert adapted_rand_error(ref, got)[0] <= 1e-3, f"seed {seed}"  # GPU float rounding may flip exact ties
     got16 = spoco.cluster_blockwise(torch.from_numpy(emb).cuda().half(), **kw)
     assert got16.shape == ref.shape and adapted_rand_error(ref, got16)[0] <= 0.01, f"seed {seed}"
+
+
+def test_affinity_path_of_torch_blocks_matches_embedding_path(volume, rng, seed):
+    """The GPU path (Eq. 12 affinities by the torch op, then MWS on them) equals the
+    on-the-fly path; run here with the op's CPU kernel."""
+    from spoco.clustering.blocks import MWSOptions, block_mws, block_mws_affinities
+    from spoco.clustering.blockwise import _device_affinities
+
+    _, emb = volume(rng, (20, 30, 40), 8)
+    off, n_att = default_offsets(3, (3, 9))
+    opts = MWSOptions(off, n_att, 2.0, None, False, 0)
+    got = block_mws_affinities(_device_affinities(torch.from_numpy(emb).half(), opts), opts)
+    np.testing.assert_array_equal(got, block_mws(emb.astype(np.float16).astype(np.float32), opts),
+                                  err_msg=f"seed {seed}")

@@ -215,15 +215,16 @@ def read_block(emb, slices) -> np.ndarray:
 def segment_ext(emb_ext, opts: MWSOptions, mask_ext, core_in_ext):
     """Mutex watershed of one ext region, fragments numbered (:func:`.blocks.number_fragments`)."""
     if is_tensor(emb_ext) and emb_ext.device.type == "cuda":
-        labels = block_mws_affinities(_cuda_affinities(emb_ext, opts), opts, mask_ext)
+        labels = block_mws_affinities(_device_affinities(emb_ext, opts), opts, mask_ext)
     else:
         labels = block_mws(emb_ext if isinstance(emb_ext, np.ndarray) else float_array(emb_ext, "emb"), opts,
                            mask_ext)
     return number_fragments(labels, core_in_ext)
 
 
-def _cuda_affinities(emb_ext, opts: MWSOptions) -> np.ndarray:
-    """Eq. 12 affinities of a CUDA block, computed on its GPU; only they cross to the host."""
+def _device_affinities(emb_ext, opts: MWSOptions) -> np.ndarray:
+    """Eq. 12 affinities ``(C, *ext)`` of a torch block, computed on its device (the GPU for
+    CUDA tensors); only they cross to the host."""
     import torch
 
     from ..ops import embedding_affinities as affinities_op
