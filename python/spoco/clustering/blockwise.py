@@ -32,7 +32,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 import numpy as np
 
-from .._validation import (float_array, int_arg, is_int, is_tensor, offsets_array, positive_float,
+from .._validation import (as_numpy, float_array, int_arg, is_int, is_tensor, offsets_array, positive_float,
                            positive_int_tuple)
 from .blocks import (BlockGrid, MWSOptions, block_lut, block_mws, block_mws_affinities, match_face,
                      number_fragments, resolve, slab_items)
@@ -323,7 +323,7 @@ class _Run:
             emb_ext = self.emb[(slice(None),) + ext]
         else:
             emb_ext = read_block(self.emb, ext)
-        mask_ext = None if self.mask is None else np.asarray(self.mask[ext])
+        mask_ext = None if self.mask is None else as_numpy(self.mask[ext], "mask")
         numbered, k = segment_ext(emb_ext, self.opts, mask_ext, core_in_ext)
         del emb_ext
         fits(self.out, k)
