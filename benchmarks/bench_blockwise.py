@@ -16,8 +16,10 @@ axis), halo 27.
 Each configuration runs in its own subprocess; "peak MiB" is the peak RSS of
 that process (``ru_maxrss``), "work MiB" the peak minus the RSS after imports
 (whole volume: includes its float32 input held in memory; block-wise: the input
-stays on disk). "ARE vs whole" is the adapted Rand error of the block-wise
-labels against the whole-volume labels.
+stays on disk). cpu/wall is the process's CPU time over its wall time during
+the call: with 2 threads it stays near 1 when the machine has no free second
+core. "ARE vs whole" is the adapted Rand error of the block-wise labels against
+the whole-volume labels.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ src = root["emb"]
 if cfg["mode"] == "whole":
     emb = np.asarray(src[:], dtype=np.float32)
     base = rss() - emb.nbytes / 2**20  # count the in-memory input as work
+    cpu0 = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
     t = time.perf_counter()
     labels = spoco.cluster(emb, threads=cfg["threads"])
     wall = time.perf_counter() - t
@@ -52,12 +55,14 @@ else:
     out = root.create_array(cfg["name"], shape=src.shape[1:], chunks=tuple(cfg["block"]), dtype="u4",
                             overwrite=True)
     base = rss()
+    cpu0 = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
     t = time.perf_counter()
     spoco.cluster_blockwise(src, block_shape=tuple(cfg["block"]), halo=cfg["halo"], out=out,
                             threads=cfg["threads"])
     wall = time.perf_counter() - t
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"wall": wall, "peak": peak, "work": peak - base}))
+usage = resource.getrusage(resource.RUSAGE_SELF)
+peak = usage.ru_maxrss / 1024
+print(json.dumps({"wall": wall, "peak": peak, "work": peak - base, "cpu": usage.ru_utime + usage.ru_stime - cpu0}))
 """
 
 
@@ -196,11 +201,11 @@ def main():
             r = run_child(dict(path=path, mode="blockwise", threads=th, block=block, halo=27, name=name))
             are = None if whole is None else adapted_rand_error(whole, root[name][:])[0]
             rows.append((label, th, r, are))
-    print("| method | threads | wall s | M voxels/s | peak MiB | work MiB | ARE vs whole |")
-    print("|---|---|---|---|---|---|---|")
+    print("| method | threads | wall s | cpu/wall | M voxels/s | peak MiB | work MiB | ARE vs whole |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, th, r, are in rows:
-        print(f"| {name} | {th} | {r['wall']:.2f} | {n_vox / r['wall'] / 1e6:.2f} | {r['peak']:.0f} | "
-              f"{r['work']:.0f} | {'-' if are is None else f'{are:.4f}'} |")
+        print(f"| {name} | {th} | {r['wall']:.2f} | {r['cpu'] / r['wall']:.2f} | {n_vox / r['wall'] / 1e6:.2f} | "
+              f"{r['peak']:.0f} | {r['work']:.0f} | {'-' if are is None else f'{are:.4f}'} |")
     wh = {th: r["wall"] for name, th, r, _ in rows if name.startswith("whole")}
     print()
     for label in dict.fromkeys(name for name, *_ in rows if name.startswith("block")):

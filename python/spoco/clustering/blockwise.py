@@ -63,7 +63,8 @@ def cluster_blockwise(emb, *, block_shape, halo, out=None, threads=None, delta_d
         Written block by block (and returned). Default: an int64 numpy array.
     threads : int, optional
         Blocks segmented at the same time (default: the usable CPUs). Memory grows
-        with it; the result does not depend on it.
+        with it; the result does not depend on it. Dask arrays ignore it: the
+        active Dask scheduler runs the blocks.
     delta_d, offsets, n_attractive, strides, randomize_strides, seed, mask, min_size :
         As in :func:`spoco.cluster` (``strides`` and the random strides apply to each
         block's own pixel grid). ``mask`` may be any array-like (*spatial);
@@ -83,7 +84,8 @@ def cluster_blockwise(emb, *, block_shape, halo, out=None, threads=None, delta_d
     spatial, ndim = _emb_spatial(emb)
     grid, opts = _setup(spatial, ndim, block_shape, halo, delta_d, offsets, n_attractive, strides,
                         randomize_strides, seed)
-    min_size = int_arg(min_size, "min_size", 0) if is_int(min_size) else _bad_min_size(min_size)
+    if not is_int(min_size) or min_size < 0:
+        raise ValueError(f"min_size must be a non-negative integer, got {min_size!r}")
     containment = _containment(stitch_containment)
     if mask is not None and tuple(mask.shape) != spatial:
         raise ValueError(f"mask must have shape {spatial}, got {tuple(mask.shape)}")
@@ -93,8 +95,8 @@ def cluster_blockwise(emb, *, block_shape, halo, out=None, threads=None, delta_d
     if _is_dask(emb):
         from .blockwise_dask import cluster_dask
 
-        return cluster_dask(emb, grid, opts, out=out, mask=mask, min_size=min_size, containment=containment)
-    return _Run(emb, grid, opts, out, mask, n_threads, containment, bool(progress)).run(min_size)
+        return cluster_dask(emb, grid, opts, out=out, mask=mask, min_size=int(min_size), containment=containment)
+    return _Run(emb, grid, opts, out, mask, n_threads, containment, bool(progress)).run(int(min_size))
 
 
 # ---------------------------------------------------------------------------- argument checks
@@ -146,10 +148,6 @@ def _setup(spatial, ndim, block_shape, halo, delta_d, offsets, n_attractive, str
     opts = MWSOptions(o, n_attractive, positive_float(delta_d, "delta_d"), strides, bool(randomize_strides),
                       int(seed))
     return BlockGrid(tuple(spatial), block, tuple(int(h) for h in halo)), opts
-
-
-def _bad_min_size(min_size):
-    raise ValueError(f"min_size must be a non-negative integer, got {min_size!r}")
 
 
 def _containment(t):
