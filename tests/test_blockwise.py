@@ -315,3 +315,12 @@ def test_affinity_path_of_torch_blocks_matches_embedding_path(volume, rng, seed)
     got = block_mws_affinities(_device_affinities(torch.from_numpy(emb).half(), opts), opts)
     np.testing.assert_array_equal(got, block_mws(emb.astype(np.float16).astype(np.float32), opts),
                                   err_msg=f"seed {seed}")
+
+
+def test_one_block_is_whole_volume_mws(volume, rng, seed):
+    """A block covering the volume: exactly ``spoco.cluster`` (same ids, min_size, mask)."""
+    labels, emb = volume(rng, (40, 50), 8, background_texture=0.3)
+    off, n_att = default_offsets(2, (3, 9))
+    kw = dict(offsets=off, n_attractive=n_att, min_size=20, mask=labels != 1)
+    np.testing.assert_array_equal(spoco.cluster_blockwise(emb, block_shape=(64, 64), halo=9, **kw),
+                                  spoco.cluster(emb, **kw), err_msg=f"seed {seed}")
