@@ -104,3 +104,21 @@ def torch_single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# ---- data generators of the block-wise clustering tests ----------------------
+from spoco.data.synthetic import synthetic_embeddings  # noqa: E402
+
+
+def make_volume(rng, shape, n_objects: int, *, dim: int = 8, background_texture: float = 0.0):
+    """Instances ``(*shape)`` (warped Voronoi cells, 30 % background, objects large
+    enough to cross several block faces) and their float32 embeddings ``(dim, *shape)``."""
+    labels = random_instances(shape, n_objects, rng=rng)
+    emb = synthetic_embeddings(labels, dim, rng=rng, background_texture=background_texture)
+    return labels, emb
+
+
+@pytest.fixture(scope="session")
+def volume():
+    """``make_volume`` as a fixture."""
+    return make_volume

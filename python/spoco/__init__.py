@@ -5,9 +5,9 @@ __version__ = "0.1.0"
 from . import _core  # noqa: E402  (the compiled core must import first)
 from . import sampling  # noqa: E402
 from ._config import show_config  # noqa: E402
-from .clustering import cluster  # noqa: E402
+from .clustering import cluster, cluster_blockwise  # noqa: E402
 from . import metrics  # noqa: E402
 from .ema import EMANet  # noqa: E402
 from .losses import SPOCOLoss  # noqa: E402
 
-__all__ = ["EMANet", "SPOCOLoss", "__version__", "cluster", "metrics", "sampling", "show_config"]
+__all__ = ["EMANet", "SPOCOLoss", "__version__", "cluster", "cluster_blockwise", "metrics", "sampling", "show_config"]

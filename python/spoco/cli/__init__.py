@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order ``spoco --help`` lists them.
-SUBCOMMANDS = ("demo", "train", "predict", "evaluate", "info")
+SUBCOMMANDS = ("demo", "train", "predict", "segment", "evaluate", "info")
 
 
 class CLIError(Exception):

@@ -7,6 +7,7 @@ from .._validation import float_array, is_int, is_tensor, positive_float
 from .mws import (embedding_affinities, mutex_watershed, mutex_watershed_embeddings, mutex_watershed_graph,
                   remove_small_segments)
 from .offsets import default_offsets
+from .blockwise import cluster_blockwise
 from .postprocess import merge_close_segments, postprocess, remove_background, segment
 from ._dispatch import POINT_METHODS, check_method_args, cluster_points, per_class
 from .consistency import consistency_clustering, consistent_clusters
@@ -14,7 +15,7 @@ from .hdbscan import hdbscan_clustering
 from .meanshift import mean_shift, meanshift_clustering
 from .meanshift_merge import meanshift_merge_clustering, merge_close_clusters
 
-__all__ = ["cluster", "mutex_watershed", "mutex_watershed_embeddings", "mutex_watershed_graph",
+__all__ = ["cluster", "cluster_blockwise", "mutex_watershed", "mutex_watershed_embeddings", "mutex_watershed_graph",
            "embedding_affinities", "default_offsets", "remove_small_segments", "METHODS",
            "hdbscan_clustering", "meanshift_clustering", "mean_shift", "consistency_clustering",
            "meanshift_merge_clustering", "consistent_clusters", "merge_close_clusters", "segment", "postprocess",

@@ -1,0 +1,108 @@
+"""``spoco segment``: pixel embeddings on disk -> instance labels on disk, block by block.
+
+The work is in :func:`segment_array` (array in, labels out); ``run`` only opens
+files and checks arguments, so further steps (post-processing of the labels)
+can be added to ``segment_array`` and exposed as flags here.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import CLIError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "segment", help="cluster pixel embeddings into instances (block-wise mutex watershed)",
+        description="Cluster pixel embeddings (D, [Z,] Y, X) from an HDF5/zarr dataset or a tif into instance "
+        "labels with the block-wise mutex watershed: bounded memory, any volume size. Example: "
+        "spoco segment emb.zarr --key emb --block-shape 64 256 256 --halo 27 --out labels.zarr --out-key labels")
+    p.add_argument("input", help="embeddings: .h5/.hdf5, .zarr (with --key) or .tif, channels first")
+    p.add_argument("--key", help="dataset key of the embeddings in an HDF5 file / zarr group")
+    p.add_argument("--out", required=True, help="output labels: .h5/.hdf5, .zarr (with --out-key) or .tif")
+    p.add_argument("--out-key", default="labels", help="dataset key of the labels (default: labels)")
+    p.add_argument("--block-shape", type=int, nargs="+", required=True, metavar="N",
+                   help="block core size, one integer per spatial axis (or one for all)")
+    p.add_argument("--halo", type=int, nargs="+", default=None, metavar="N",
+                   help="context around every block, at least the longest offset (default: the longest offset)")
+    p.add_argument("--threads", type=int, default=None, help="blocks processed at once (default: all CPUs)")
+    p.add_argument("--delta-d", type=float, default=2.0, help="push margin of the loss (Eq. 12; default 2.0)")
+    p.add_argument("--long-range", type=int, nargs="+", default=[3, 9, 27], metavar="R",
+                   help="repulsive offsets along every axis (default: 3 9 27)")
+    p.add_argument("--strides", type=int, nargs="+", default=None, metavar="S",
+                   help="keep every S-th repulsive edge (one per axis or one for all)")
+    p.add_argument("--randomize-strides", action="store_true", help="keep repulsive edges at random instead")
+    p.add_argument("--min-size", type=int, default=0, help="objects smaller than this (pixels) become 0")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def segment_array(emb, *, block_shape, halo=None, out=None, threads=None, delta_d=2.0, long_range=(3, 9, 27),
+                  strides=None, randomize_strides=False, min_size=0, progress=True):
+    """Instance labels of embeddings ``emb (D, *spatial)`` (any array-like), written to ``out``
+    (an integer array of ``spatial`` shape) or returned as an int64 numpy array.
+
+    ``halo`` defaults to the longest offset; other arguments as in
+    :func:`spoco.cluster_blockwise`.
+    """
+    from ..clustering import cluster_blockwise, default_offsets
+
+    ndim = len(emb.shape) - 1
+    if ndim not in (2, 3):
+        raise CLIError(f"the embeddings must have shape (D, Y, X) or (D, Z, Y, X), got {tuple(emb.shape)}")
+    if any(r < 1 for r in long_range):
+        raise CLIError(f"--long-range must be positive, got {list(long_range)}")
+    offsets, n_att = default_offsets(ndim, tuple(long_range))
+    if halo is None:
+        halo = int(np.abs(offsets).max())
+    return cluster_blockwise(emb, block_shape=_per_axis(block_shape, ndim, "--block-shape"),
+                             halo=_per_axis(halo, ndim, "--halo"), out=out, threads=threads, delta_d=delta_d,
+                             offsets=offsets, n_attractive=n_att,
+                             strides=None if strides is None else _per_axis(strides, ndim, "--strides"),
+                             randomize_strides=randomize_strides, min_size=min_size, progress=progress)
+
+
+def _per_axis(values, ndim, flag):
+    if isinstance(values, int):
+        return (values,) * ndim
+    values = list(values)
+    if len(values) == 1:
+        values = values * ndim
+    if len(values) != ndim:
+        raise CLIError(f"{flag} needs 1 or {ndim} integers (one per spatial axis), got {len(values)}")
+    if any(v < 0 for v in values) or (flag != "--halo" and any(v < 1 for v in values)):
+        raise CLIError(f"{flag} must be positive, got {values}")
+    return tuple(values)
+
+
+def run(args) -> int:
+    from ..io import IncompleteArrayError, create_array, file_format, open_array, write_tif
+
+    try:
+        emb = open_array(args.input, args.key)
+    except IncompleteArrayError as err:
+        raise CLIError(str(err)) from None
+    if not np.issubdtype(np.dtype(emb.dtype), np.floating):
+        raise CLIError(f"{args.input}: the embeddings must be floats, got dtype {emb.dtype}")
+    out_format = file_format(args.out)
+    spatial = tuple(emb.shape[1:])
+    if out_format == "tif":
+        labels = segment_array(emb, **_options(args))
+        write_tif(args.out, labels.astype(np.uint32 if labels.max() < 2**32 else np.int64))
+        print(f"wrote {int(labels.max())} objects to {args.out}")
+        return 0
+    chunks = _per_axis(args.block_shape, len(spatial), "--block-shape")  # fails before the output exists
+    out = create_array(args.out, args.out_key, spatial, np.uint32, chunks)
+    try:
+        segment_array(emb, out=out, **_options(args))
+    finally:
+        if hasattr(getattr(out, "file", None), "close"):  # h5py
+            out.file.close()
+    print(f"wrote labels of shape {spatial} to {args.out}:{args.out_key}")
+    return 0
+
+
+def _options(args) -> dict:
+    return dict(block_shape=args.block_shape, halo=args.halo, threads=args.threads, delta_d=args.delta_d,
+                long_range=tuple(args.long_range), strides=args.strides, randomize_strides=args.randomize_strides,
+                min_size=args.min_size, progress=not args.no_progress)
