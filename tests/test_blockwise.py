@@ -21,7 +21,7 @@ import zarr
 import spoco
 from spoco.clustering import default_offsets, remove_small_segments
 from spoco.clustering.blocks import BlockGrid, match_face, resolve
-from spoco.io import IncompleteArrayError, check_complete, open_array
+from spoco.data.io import IncompleteArrayError, check_complete, open_array
 from spoco.metrics import adapted_rand_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,7 +14,7 @@ import zarr
 import spoco
 from spoco.cli import main
 from spoco.clustering import default_offsets
-from spoco.io import open_array
+from spoco.data.io import open_array
 
 BLOCKS = ["--block-shape", "10", "24", "24", "--halo", "9", "--long-range", "3", "9"]
 
@@ -53,7 +53,7 @@ def test_segment_zarr_and_hdf5_subprocess(files):
         [tmp / "emb.h5", "--key", "nope", *BLOCKS, "--out", tmp / "x.zarr"])
     assert codes == [0, 0, 2], errs
     assert "segment" in errs[0] and errs[1] == ""  # a progress bar, unless --no-progress
-    assert errs[2].strip() == f"spoco segment: error: {tmp / 'emb.h5'} has no dataset 'nope'; datasets: pred/emb"
+    assert errs[2].strip() == f"spoco segment: error: {tmp / 'emb.h5'}: no dataset 'nope'; datasets in the file: ['pred/emb']"
     np.testing.assert_array_equal(open_array(str(tmp / "lab.zarr"), "seg")[:], expected16)
     with h5py.File(tmp / "lab.h5", "r") as f:
         np.testing.assert_array_equal(f["labels"][:], expected)
@@ -70,14 +70,14 @@ def test_segment_tif_in_process(files, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["missing.zarr", "--key", "emb", "--block-shape", "8"], "no such file: "),
-    (["{tmp}/emb.zarr", "--key", "nope", "--block-shape", "8"], "has no array 'nope'; arrays: emb"),
-    (["{tmp}/emb.zarr", "--block-shape", "8"], "give the dataset key (--key)"),
+    (["missing.zarr", "--key", "emb", "--block-shape", "8"], "missing.zarr: no such file or directory"),
+    (["{tmp}/emb.zarr", "--key", "nope", "--block-shape", "8"], "no array 'nope'; arrays in the store: ['emb']"),
+    (["{tmp}/emb.zarr", "--block-shape", "8"], "the zarr store needs a key; arrays in the store: ['emb']"),
     (["{tmp}/emb.zarr", "--key", "emb", "--block-shape", "8", "8"], "--block-shape needs 1 or 3 integers"),
     (["{tmp}/emb.zarr", "--key", "emb", "--block-shape", "0"], "--block-shape must be positive"),
     (["{tmp}/emb.zarr", "--key", "emb", "--block-shape", "8", "--halo", "5"],
      "halo must be at least the longest offset along every axis, (19, 27, 27), got (5, 5, 5)"),
-    (["{tmp}/emb.txt", "--block-shape", "8"], "cannot tell the format"),
+    (["{tmp}/emb.txt", "--block-shape", "8"], "unsupported file type '.txt'"),
 ])
 def test_segment_errors_are_one_line(files, capsys, args, message):
     tmp, _, _ = files

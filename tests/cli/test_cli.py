@@ -46,11 +46,34 @@ def test_train_predict_evaluate(folders):
     spoco("predict", "--checkpoint", "run/last.pt", "--input", "val_images/img5.tif", "--out", "one.zarr",
           "--network", "g", "--quiet", cwd=folders)
     assert read_array(folders / "one.zarr", "embeddings").shape == (4, 48, 48)
-    proc = spoco("evaluate", "--gt", "val_labels", "--pred", "val_labels", "--csv", "scores.csv", cwd=folders)
+    # The README's chain: a folder of embeddings -> a folder of label tifs -> scores.
+    spoco("segment", "emb", "--key", "embeddings", "--out", "seg", "--min-size", "5",
+          "--no-progress", cwd=folders)
+    seg = read_array(folders / "seg" / "img4.tif")
+    assert seg.shape == (48, 48) and seg.dtype == np.uint32 and seg.max() >= 1
+    proc = spoco("evaluate", "--gt", "val_labels", "--pred", "seg", "--csv", "scores.csv", cwd=folders)
     lines = proc.stdout.strip().splitlines()
     assert lines[0].split() == ["image", "sbd", "abs_dic", "ap50", "map", "are", "n_gt", "n_pred"]
-    assert lines[-1].split()[:4] == ["mean", "1.000", "0.000", "1.000"]
+    assert [line.split()[0] for line in lines[1:]] == ["img4", "img5", "mean"]
     assert (folders / "scores.csv").read_text().count("\n") == 3
+    proc = spoco("evaluate", "--gt", "val_labels", "--pred", "val_labels", cwd=folders)
+    assert proc.stdout.strip().splitlines()[-1].split()[:4] == ["mean", "1.000", "0.000", "1.000"]
+
+
+def test_segment_postprocessing_matches_library(folders, tmp_path):
+    from spoco.clustering import segment
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(3, 30, 40)).astype(np.float32)
+    write_array(tmp_path / "e.h5", emb, key="emb")
+    spoco("segment", str(tmp_path / "e.h5"), "--key", "emb", "--out", str(tmp_path / "s.h5"), "--background",
+          "embedding", "--background-radius", "1.0", "--merge-distance", "0.8", "--min-size", "3", "--no-progress",
+          cwd=folders)
+    expected = segment(emb, background="embedding", background_radius=1.0, merge_distance=0.8, min_size=3)
+    np.testing.assert_array_equal(read_array(tmp_path / "s.h5", "labels"), expected)
+    proc = spoco("segment", str(tmp_path / "e.h5"), "--key", "emb", "--out", str(tmp_path / "b.h5"),
+                 "--block-shape", "16", "--background", "largest", cwd=folders, ok=False)
+    assert proc.returncode == 2 and "omit --block-shape" in proc.stderr
 
 
 def test_config_file_and_flag_override(folders):

@@ -60,8 +60,9 @@ def predict_file(model, src, dst: Path, *, key, out_key, tile_shape, halo, devic
     if dst.suffix.lower() not in io.HDF5 + io.ZARR:
         raise CLIError(f"--out must end in .h5 or .zarr, got {dst}")
     dst.parent.mkdir(parents=True, exist_ok=True)
-    out = io.create_array(dst, shape, "float32", key=out_key, chunks=chunks)
+    out = io.create_array(dst, shape, "float32", key=out_key, chunks=chunks)  # marked incomplete until done
     predict(model, image, out=out, tile_shape=tile_shape, halo=halo, device=device, progress=progress)
+    io.set_complete(out, True)
 
 
 def run(args) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..clustering.postprocess import BACKGROUND_MODES
 from . import CLIError
 
 
@@ -17,12 +18,14 @@ def add_parser(sub) -> None:
         description="Cluster pixel embeddings (D, [Z,] Y, X) from an HDF5/zarr dataset or a tif into instance "
         "labels with the block-wise mutex watershed: bounded memory, any volume size. Example: "
         "spoco segment emb.zarr --key emb --block-shape 64 256 256 --halo 27 --out labels.zarr --out-key labels")
-    p.add_argument("input", help="embeddings: .h5/.hdf5, .zarr (with --key) or .tif, channels first")
+    p.add_argument("input", help="embeddings (D, [Z,] Y, X): .h5/.hdf5 or .zarr (with --key) or .tif, or a folder "
+                   "of such files (e.g. the output of spoco predict); then --out is a folder of label tifs")
     p.add_argument("--key", help="dataset key of the embeddings in an HDF5 file / zarr group")
     p.add_argument("--out", required=True, help="output labels: .h5/.hdf5, .zarr (with --out-key) or .tif")
     p.add_argument("--out-key", default="labels", help="dataset key of the labels (default: labels)")
-    p.add_argument("--block-shape", type=int, nargs="+", required=True, metavar="N",
-                   help="block core size, one integer per spatial axis (or one for all)")
+    p.add_argument("--block-shape", type=int, nargs="+", default=None, metavar="N",
+                   help="block core size, one integer per spatial axis (or one for all); default: the whole "
+                   "array at once, in memory")
     p.add_argument("--halo", type=int, nargs="+", default=None, metavar="N",
                    help="context around every block, at least the longest offset (default: the longest offset)")
     p.add_argument("--threads", type=int, default=None, help="blocks processed at once (default: all CPUs)")
@@ -33,6 +36,14 @@ def add_parser(sub) -> None:
                    help="keep every S-th repulsive edge (one per axis or one for all)")
     p.add_argument("--randomize-strides", action="store_true", help="keep repulsive edges at random instead")
     p.add_argument("--min-size", type=int, default=0, help="objects smaller than this (pixels) become 0")
+    p.add_argument("--background", choices=BACKGROUND_MODES, default="none",
+                   help="networks trained on sparse labels have no background class: 'largest' makes the "
+                   "largest segment background, 'embedding' also every segment whose mean embedding is within "
+                   "--background-radius of it (default: none)")
+    p.add_argument("--background-radius", type=float, default=0.5,
+                   help="embedding distance for --background embedding (default 0.5 = delta_v)")
+    p.add_argument("--merge-distance", type=float, default=0.0,
+                   help="merge touching segments whose mean embeddings are closer than this (default 0: off)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -45,14 +56,12 @@ def segment_array(emb, *, block_shape, halo=None, out=None, threads=None, delta_
     ``halo`` defaults to the longest offset; other arguments as in
     :func:`spoco.cluster_blockwise`.
     """
-    from ..clustering import cluster_blockwise, default_offsets
+    from ..clustering import cluster_blockwise
 
     ndim = len(emb.shape) - 1
     if ndim not in (2, 3):
         raise CLIError(f"the embeddings must have shape (D, Y, X) or (D, Z, Y, X), got {tuple(emb.shape)}")
-    if any(r < 1 for r in long_range):
-        raise CLIError(f"--long-range must be positive, got {list(long_range)}")
-    offsets, n_att = default_offsets(ndim, tuple(long_range))
+    offsets, n_att = _offsets(ndim, long_range)
     if halo is None:
         halo = int(np.abs(offsets).max())
     return cluster_blockwise(emb, block_shape=_per_axis(block_shape, ndim, "--block-shape"),
@@ -76,30 +85,82 @@ def _per_axis(values, ndim, flag):
 
 
 def run(args) -> int:
-    from ..io import IncompleteArrayError, create_array, file_format, open_array, write_tif
+    from pathlib import Path
 
-    try:
-        emb = open_array(args.input, args.key)
-    except IncompleteArrayError as err:
-        raise CLIError(str(err)) from None
-    if not np.issubdtype(np.dtype(emb.dtype), np.floating):
-        raise CLIError(f"{args.input}: the embeddings must be floats, got dtype {emb.dtype}")
-    out_format = file_format(args.out)
-    spatial = tuple(emb.shape[1:])
-    if out_format == "tif":
-        labels = segment_array(emb, **_options(args))
-        write_tif(args.out, labels.astype(np.uint32 if labels.max() < 2**32 else np.int64))
-        print(f"wrote {int(labels.max())} objects to {args.out}")
+    from ..data import io
+
+    src = Path(io.split_key(args.input)[0])
+    if src.is_dir() and src.suffix.lower() != ".zarr":
+        files = sorted(p for p in src.iterdir() if p.suffix.lower() in io.SUFFIXES and not p.name.startswith("."))
+        if not files:
+            raise CLIError(f"{src}: no embedding files ({', '.join(io.SUFFIXES)})")
+        out_dir = Path(args.out)
+        if out_dir.suffix.lower() in io.SUFFIXES:
+            raise CLIError(f"the input is a folder, so --out must be a folder, got {out_dir}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            segment_file(f, args.key, out_dir / (f.stem + ".tif"), None, args)
         return 0
-    chunks = _per_axis(args.block_shape, len(spatial), "--block-shape")  # fails before the output exists
-    out = create_array(args.out, args.out_key, spatial, np.uint32, chunks)
-    try:
-        segment_array(emb, out=out, **_options(args))
-    finally:
-        if hasattr(getattr(out, "file", None), "close"):  # h5py
-            out.file.close()
-    print(f"wrote labels of shape {spatial} to {args.out}:{args.out_key}")
+    segment_file(args.input, args.key, Path(args.out), args.out_key, args)
     return 0
+
+
+def segment_file(src, key, out: Path, out_key, args) -> None:
+    """Segment one embedding file into ``out`` (tif written whole; HDF5/zarr block by block)."""
+    from ..clustering import segment
+    from ..data import io
+
+    if out.suffix.lower() not in io.TIFF + io.HDF5 + io.ZARR:
+        raise CLIError(f"--out must be a .tif, .h5 or .zarr path, got {out}")
+    emb = io.open_array(src, key)
+    if not np.issubdtype(np.dtype(emb.dtype), np.floating):
+        raise CLIError(f"{src}: the embeddings must be floats, got dtype {emb.dtype}")
+    spatial = tuple(emb.shape[1:])
+    postprocessing = args.background != "none" or args.merge_distance > 0
+    if args.block_shape is None:
+        if len(spatial) not in (2, 3):
+            raise CLIError(f"the embeddings must have shape (D, Y, X) or (D, Z, Y, X), got {tuple(emb.shape)}")
+        offsets, n_att = _offsets(len(spatial), args.long_range)
+        labels = segment(np.asarray(emb), background=args.background, background_radius=args.background_radius,
+                         merge_distance=args.merge_distance, min_size=args.min_size, delta_d=args.delta_d,
+                         offsets=offsets, n_attractive=n_att, threads=args.threads,
+                         strides=None if args.strides is None else _per_axis(args.strides, len(spatial), "--strides"),
+                         randomize_strides=args.randomize_strides)
+        _write_labels(out, out_key, labels)
+    elif postprocessing:
+        raise CLIError("--background and --merge-distance apply to segmentation in memory; omit --block-shape")
+    elif out.suffix.lower() in io.TIFF:
+        _write_labels(out, out_key, segment_array(emb, **_options(args)))
+    else:
+        chunks = _per_axis(args.block_shape, len(spatial), "--block-shape")  # fails before the output exists
+        labels_out = io.create_array(out, spatial, np.uint32, key=out_key, chunks=chunks)
+        try:
+            segment_array(emb, out=labels_out, **_options(args))
+        finally:
+            if hasattr(getattr(labels_out, "file", None), "close"):  # h5py
+                labels_out.file.close()
+    if not args.no_progress:
+        print(f"{src} -> {out}" + (f":{out_key}" if out.suffix.lower() not in io.TIFF else ""))
+
+
+def _offsets(ndim, long_range):
+    from ..clustering import default_offsets
+
+    if any(r < 1 for r in long_range):
+        raise CLIError(f"--long-range must be positive, got {list(long_range)}")
+    return default_offsets(ndim, tuple(long_range))
+
+
+def _write_labels(out: Path, out_key, labels: np.ndarray) -> None:
+    from ..data import io
+
+    labels = labels.astype(np.uint32 if labels.max(initial=0) < 2 ** 32 else np.int64)
+    if out.suffix.lower() in io.TIFF:
+        io.write_array(out, labels)
+    else:
+        array = io.create_array(out, labels.shape, labels.dtype, key=out_key)
+        array[...] = labels
+        io.set_complete(array, True)
 
 
 def _options(args) -> dict:

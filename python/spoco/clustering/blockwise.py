@@ -20,7 +20,7 @@ Algorithm (see :mod:`.blocks` for the vocabulary)
 The result depends only on the block grid, never on the thread count.
 ``out`` (zarr/HDF5) gets the attribute ``spoco_complete = False`` before the
 first write and ``True`` after the last one, so an interrupted run is never
-mistaken for a result (:func:`spoco.io.check_complete`).
+mistaken for a result (:func:`spoco.data.io.check_complete`).
 """
 from __future__ import annotations
 
@@ -37,12 +37,9 @@ from .._validation import (as_numpy, float_array, int_arg, is_int, is_tensor, of
 from .blocks import (BlockGrid, MWSOptions, block_lut, block_mws, block_mws_affinities, match_face,
                      number_fragments, resolve, slab_items)
 from .offsets import default_offsets
+from ..data.io import COMPLETE_ATTR, set_complete
 
 __all__ = ["cluster_blockwise", "COMPLETE_ATTR"]
-
-#: Attribute of ``out`` that says whether a block-wise run finished writing it.
-COMPLETE_ATTR = "spoco_complete"
-
 
 def cluster_blockwise(emb, *, block_shape, halo, out=None, threads=None, delta_d: float = 2.0, offsets=None,
                       n_attractive=None, strides=None, randomize_strides: bool = False, seed: int = 0, mask=None,
@@ -181,17 +178,6 @@ def check_out(out, spatial):
 
 def _is_dask(x) -> bool:
     return type(x).__module__.split(".")[0] == "dask"
-
-
-def set_complete(out, value: bool) -> None:
-    """Record whether ``out`` holds a finished result (no-op for arrays without attributes)."""
-    attrs = getattr(out, "attrs", None)
-    if attrs is None:
-        return
-    attrs[COMPLETE_ATTR] = bool(value)
-    f = getattr(out, "file", None)
-    if f is not None and hasattr(f, "flush"):
-        f.flush()
 
 
 def fits(out, value: int) -> None:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from .blocks import BlockGrid, MWSOptions, block_lut, match_face, resolve, slab_items
-from .blockwise import fits, read_block, segment_ext, set_complete
+from ..data.io import set_complete
+from .blockwise import fits, read_block, segment_ext
 
 __all__ = ["cluster_dask"]
 

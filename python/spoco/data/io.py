@@ -34,6 +34,34 @@ ZARR = (".zarr",)
 SUFFIXES = TIFF + PLAIN + HDF5 + ZARR
 _CONTAINERS = HDF5 + ZARR
 
+#: Attribute of an HDF5/zarr output that says whether its writer finished. Outputs
+#: written block by block are created with ``False`` and set to ``True`` at the end,
+#: so an interrupted run never leaves something that looks like a result.
+COMPLETE_ATTR = "spoco_complete"
+
+
+class IncompleteArrayError(ValueError):
+    """An array marked ``spoco_complete = False``: its writer was interrupted."""
+
+
+def set_complete(array, value: bool) -> None:
+    """Record whether ``array`` holds a finished result (no-op for arrays without attributes)."""
+    attrs = getattr(array, "attrs", None)
+    if attrs is None:
+        return
+    attrs[COMPLETE_ATTR] = bool(value)
+    f = getattr(array, "file", None)
+    if f is not None and hasattr(f, "flush"):
+        f.flush()
+
+
+def check_complete(array, name: str = "array") -> None:
+    """Raise :class:`IncompleteArrayError` if ``array`` is marked as an interrupted write."""
+    attrs = getattr(array, "attrs", None)
+    if attrs is not None and COMPLETE_ATTR in attrs and not bool(attrs[COMPLETE_ATTR]):
+        raise IncompleteArrayError(f"{name} is incomplete ({COMPLETE_ATTR}=False): the run that wrote it "
+                                   "was interrupted; run it again")
+
 
 def split_key(path, key=None) -> tuple[Path, str | None]:
     """``(file path, key)`` from a path that may end in ``":key"`` (container formats
@@ -164,12 +192,16 @@ def open_array(path, key: str | None = None):
 
         f = h5py.File(path, "r")
         try:
-            return _h5_dataset(f, path, key)
+            arr = _h5_dataset(f, path, key)
+            check_complete(arr, f"{path}:{key}")
+            return arr
         except (KeyError, ValueError):
             f.close()
             raise
     if suffix in ZARR:
-        return _zarr_node(path, key)
+        arr = _zarr_node(path, key)
+        check_complete(arr, f"{path}:{key}" if key else str(path))
+        return arr
     return read_array(path)
 
 
@@ -192,7 +224,11 @@ def write_array(path, array, key: str | None = None, chunks=None) -> Path:
 
         # Uncompressed, so that open_array can memory-map it; grey pages, so that
         # (3, Y, X) stays channels-first and is never stored as RGB.
-        tifffile.imwrite(path, array, photometric="minisblack")
+        # Written under a temporary name and renamed, so an interrupted write never
+        # leaves a partial file under ``path``.
+        tmp = path.with_name(path.name + ".partial")
+        tifffile.imwrite(tmp, array, photometric="minisblack")
+        os.replace(tmp, path)
     elif suffix in PLAIN:
         _write_plain(path, array, suffix)
     elif suffix in HDF5:
@@ -279,11 +315,19 @@ def list_pairs(image_dir, label_dir) -> list[tuple[Path, Path]]:
 def create_array(path, shape, dtype, key: str | None = None, chunks=None):
     """An empty HDF5 dataset or zarr array to be filled block by block (outputs larger
     than memory); an existing dataset of that key is replaced. HDF5 needs ``key``.
-    The HDF5 file stays open while the returned dataset is referenced."""
+    The array is marked incomplete (:data:`COMPLETE_ATTR` = False) until its writer
+    calls :func:`set_complete`; :func:`open_array` refuses it before that. The HDF5
+    file stays open while the returned dataset is referenced."""
+    array = _create_array(path, shape, dtype, key, chunks)
+    set_complete(array, False)
+    return array
+
+
+def _create_array(path, shape, dtype, key, chunks):
     path, key = split_key(path, key)
     suffix = _suffix(path)
     shape = tuple(int(s) for s in shape)
-    chunks = tuple(int(c) for c in chunks) if chunks is not None else None
+    chunks = tuple(min(int(c), s) for c, s in zip(chunks, shape)) if chunks is not None else None
     if not path.parent.exists():
         raise FileNotFoundError(f"{path}: the folder {path.parent} does not exist")
     if suffix in HDF5:
@@ -294,7 +338,8 @@ def create_array(path, shape, dtype, key: str | None = None, chunks=None):
         f = h5py.File(path, "a")
         if key in f:
             del f[key]
-        return f.create_dataset(key, shape=shape, dtype=dtype, chunks=chunks or True)
+        return f.create_dataset(key, shape=shape, dtype=dtype, chunks=chunks or True, compression="gzip",
+                                compression_opts=1)
     if suffix in ZARR:
         import zarr
 
