@@ -9,5 +9,6 @@ from .clustering import cluster  # noqa: E402
 from . import metrics  # noqa: E402
 from .ema import EMANet  # noqa: E402
 from .losses import SPOCOLoss  # noqa: E402
+from . import adversarial  # noqa: E402
 
-__all__ = ["EMANet", "SPOCOLoss", "__version__", "cluster", "metrics", "sampling", "show_config"]
+__all__ = ["EMANet", "SPOCOLoss", "__version__", "adversarial", "cluster", "metrics", "sampling", "show_config"]

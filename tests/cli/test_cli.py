@@ -83,8 +83,6 @@ def test_train_adversarial(folders):
     (["train", "--images", "images", "--labels", "labels", "--out", "r", "--patch-shape", "8", "8", "8"],
      "for a 3D patch_shape (8, 8, 8)"),
     (["train", "--images", "images", "--labels", "labels", "--out", "r", "--resume"], "checkpoint not found"),
-    (["train", "--images", "images", "--labels", "labels", "--out", "r", "--adversarial", "--adversarial-patch",
-      "16", "16", "16"], "adversarial_patch_shape must be 2 integers"),
     (["predict", "--checkpoint", "none.pt", "--input", "images", "--out", "e"], "checkpoint not found"),
     (["predict", "--checkpoint", "labels/img0.tif", "--input", "images", "--out", "e"],
      "not a readable spoco checkpoint"),

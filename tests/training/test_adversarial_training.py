@@ -1,6 +1,8 @@
 """Training with the adversarial term: config, warm-up, checkpoints and resume."""
 import csv
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -95,3 +97,35 @@ def test_bad_adversarial_config(change, match):
 def test_config_round_trips_through_dict():
     cfg = _config()
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+_DDP_SCRIPT = """
+import torch, torch.distributed as dist
+from spoco.adversarial import AdversarialTerm
+torch.set_num_threads(1)
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+torch.manual_seed(0)
+term = AdversarialTerm(2, patch_shape=(8, 8), sigma2=0.5, warmup=0, critic_steps=2, f_maps=2, levels=2, seed=rank)
+start = [p.detach().clone() for p in term.critic.parameters()]
+f = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(rank), requires_grad=True)
+target = torch.zeros(1, 16, 16, dtype=torch.int64)
+if rank == 0:  # only rank 0 has objects: rank 1 must still join every gradient average
+    target[0, 2:9, 3:12], target[0, 10:15, 1:7] = 1, 2
+loss, _ = term(f, target, iteration=0)
+loss.backward()
+w = torch.cat([p.detach().flatten() for p in term.critic.parameters()])
+moved = any(not torch.equal(p, q) for p, q in zip(term.critic.parameters(), start))
+torch.save((w, moved), {out!r} + f"/critic_{{rank}}.pt")
+dist.destroy_process_group()
+"""
+
+
+def test_critic_stays_in_sync_across_processes(tmp_path):
+    script = tmp_path / "ddp_critic.py"
+    script.write_text(_DDP_SCRIPT.format(out=str(tmp_path)))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (w0, moved0), (w1, moved1) = (torch.load(tmp_path / f"critic_{r}.pt") for r in (0, 1))
+    assert moved0 and moved1 and torch.equal(w0, w1)
