@@ -5,8 +5,10 @@
 The soft mask is the instance term's (Eq. 3): ``S_k(i) = exp(−‖e_i − a_k‖² / 2σ²)``
 with the anchor ``a_k`` drawn by :func:`spoco.ops.anchors.random_instance_anchors`
 (a uniform pixel of object k, ``anchor="random"``) or the object's mean embedding
-(``"mean"``), and the kernel :func:`spoco.ops.reference.loss.soft_mask` with the σ²
-of :func:`~spoco.ops.reference.loss.kernel_sigma2` (:attr:`spoco.SPOCOLoss.sigma2`).
+(``"mean"``; the draws are this function's own, independent of those of a
+:class:`spoco.SPOCOLoss` call on the same batch), and the kernel
+:func:`spoco.ops.reference.loss.soft_mask` with the σ² of
+:func:`~spoco.ops.reference.loss.kernel_sigma2` (:attr:`spoco.SPOCOLoss.sigma2`).
 It is evaluated only on the crop of each object, a box of ``patch_shape`` centred on
 the object's centroid, so the cost is ``O(objects · patch · D)`` and not
 ``O(objects · image)``. Crop pixels outside the image or equal to ``ignore_index``
