@@ -118,7 +118,7 @@ def _labels(rng, B, spatial, ignore=0.05):
 
 def _reference_crops(emb, target, p, sigma2, ignore_index=-1):
     """Full-image soft masks (reference kernel) and truths, cropped (zero padding)."""
-    B, D = emb.shape[:2]
+    D = emb.shape[1]
     spatial = tuple(emb.shape[2:])
     patch = tuple(p.fake.shape[2:])
     fakes, reals = [], []

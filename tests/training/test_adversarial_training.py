@@ -33,6 +33,8 @@ def test_resume_restores_both_optimisers(tiny_data, tmp_path, torch_single_threa
     train, _ = tiny_data
     cfg = _config(max_iters=4, val_every=4)
     first = Trainer(cfg, TinySet(train[:4]), None, out_dir=tmp_path, progress=False)
+    # The critic's soft masks use the instance term's kernel width and anchor rule.
+    assert first.adversarial.sigma2 == first.criterion.sigma2 and first.adversarial.anchor == first.criterion.anchor
     first.fit()
     saved = first.state_dict()
     # Both networks use Adam with β = (0.5, 0.9); the critic took n_critic steps per step after the warm-up.
