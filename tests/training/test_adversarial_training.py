@@ -119,6 +119,7 @@ loss.backward()
 w = torch.cat([p.detach().flatten() for p in term.critic.parameters()])
 moved = any(not torch.equal(p, q) for p, q in zip(term.critic.parameters(), start))
 torch.save((w, moved), {out!r} + f"/critic_{{rank}}.pt")
+dist.barrier()  # no process leaves while the other still talks to it
 dist.destroy_process_group()
 """
 
