@@ -48,12 +48,13 @@ def add_parser(sub) -> None:
     adv = p.add_argument_group("adversarial term (appendix A.1)")
     adv.add_argument("--adversarial", action="store_true", help="add zeta * L_wgan: a WGAN-GP critic learns to tell "
                      "the soft object masks from ground-truth masks and the network learns to fool it")
-    adv.add_argument("--adversarial-weight", type=float, help="zeta, weight of L_wgan (default 0.1)")
-    adv.add_argument("--critic-steps", type=int, help="critic updates per embedding step, n_critic (default 5)")
-    adv.add_argument("--critic-lr", type=float, help="Adam learning rate of the critic (default 1e-4)")
-    adv.add_argument("--adversarial-warmup", type=int, help="steps of plain SPOCO training before the critic and "
-                     "L_wgan start (default 50000, the paper's)")
-    adv.add_argument("--adversarial-patch", dest="adversarial_patch_shape", type=int, nargs="+",
+    adv.add_argument("--adversarial-weight", type=float, metavar="ZETA", help="zeta, weight of L_wgan (default 0.1)")
+    adv.add_argument("--critic-steps", type=int, metavar="N",
+                     help="critic updates per embedding step, n_critic (default 5)")
+    adv.add_argument("--critic-lr", type=float, metavar="LR", help="Adam learning rate of the critic (default 1e-4)")
+    adv.add_argument("--adversarial-warmup", type=int, metavar="STEPS", help="steps of plain SPOCO training before "
+                     "the critic and L_wgan start (default 50000, the paper's)")
+    adv.add_argument("--adversarial-patch", dest="adversarial_patch_shape", type=int, nargs="+", metavar="SIZE",
                      help="crop around each object given to the critic (default 40 64 64 / 64 64, at most the "
                      "training patch)")
     p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: best available)")
