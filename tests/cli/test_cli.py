@@ -1,4 +1,5 @@
 """The command line on tiny data, as a user runs it (subprocesses), including errors."""
+import csv
 import os
 import subprocess
 import sys
@@ -82,6 +83,20 @@ def test_config_file_and_flag_override(folders):
           "--embedding-dim", "5", "--quiet", cwd=folders)
     text = (folders / "run_cfg" / "config.yaml").read_text()
     assert "embedding_dim: 5" in text and "f_maps: 4" in text and "max_iters: 2" in text
+
+
+def test_train_adversarial(folders):
+    spoco("train", "--images", "images", "--labels", "labels", "--out", "run_adv", "--dense", "--patch-shape", "32",
+          "32", "--iters", "3", "--f-maps", "4", "--embedding-dim", "4", "--adversarial", "--adversarial-warmup", "1",
+          "--critic-steps", "2", "--adversarial-weight", "0.5", "--adversarial-patch", "16", "16", "--quiet",
+          cwd=folders)
+    text = (folders / "run_adv" / "config.yaml").read_text()
+    for line in ("adversarial: true", "adversarial_weight: 0.5", "critic_steps: 2", "adversarial_warmup: 1"):
+        assert line in text, line
+    with open(folders / "run_adv" / "train_log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert float(rows[0]["wgan"]) == 0 and all(float(r["wgan"]) != 0 for r in rows[1:])
+    assert all(np.isfinite(float(r["wasserstein"])) for r in rows[1:])
 
 
 @pytest.mark.parametrize("args, message", [

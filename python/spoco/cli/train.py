@@ -5,7 +5,8 @@ from . import CLIError
 
 # Flags that override config keys of the same name (None = not given).
 _OVERRIDES = ("fraction", "patch_shape", "batch_size", "max_iters", "lr", "val_every", "embedding_dim", "f_maps",
-              "depth", "norm", "workers", "seed", "momentum", "background", "min_size", "merge_distance")
+              "depth", "norm", "workers", "seed", "momentum", "background", "min_size", "merge_distance",
+              "adversarial_weight", "critic_steps", "adversarial_warmup", "adversarial_patch_shape", "critic_lr")
 
 
 def add_parser(sub) -> None:
@@ -44,6 +45,18 @@ def add_parser(sub) -> None:
     p.add_argument("--workers", type=int, help="data loading processes (default 0)")
     p.add_argument("--samples-per-epoch", type=int, help="random patches per epoch (default: 4 per image)")
     p.add_argument("--seed", type=int, help="seed of sampling, augmentation and initialisation (default 0)")
+    adv = p.add_argument_group("adversarial term (appendix A.1)")
+    adv.add_argument("--adversarial", action="store_true", help="add zeta * L_wgan: a WGAN-GP critic learns to tell "
+                     "the soft object masks from ground-truth masks and the network learns to fool it")
+    adv.add_argument("--adversarial-weight", type=float, metavar="ZETA", help="zeta, weight of L_wgan (default 0.1)")
+    adv.add_argument("--critic-steps", type=int, metavar="N",
+                     help="critic updates per embedding step, n_critic (default 5)")
+    adv.add_argument("--critic-lr", type=float, metavar="LR", help="Adam learning rate of the critic (default 1e-4)")
+    adv.add_argument("--adversarial-warmup", type=int, metavar="STEPS", help="steps of plain SPOCO training before "
+                     "the critic and L_wgan start (default 50000, the paper's)")
+    adv.add_argument("--adversarial-patch", dest="adversarial_patch_shape", type=int, nargs="+", metavar="SIZE",
+                     help="crop around each object given to the critic (default 40 64 64 / 64 64, at most the "
+                     "training patch)")
     p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: best available)")
     p.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
     p.add_argument("--finetune", metavar="CHECKPOINT", help="start from this checkpoint's weights (new optimizer)")
@@ -64,6 +77,8 @@ def build_config(args):
         values["sparse"] = False
     if args.no_consistency:
         values["consistency"] = False
+    if args.adversarial:
+        values["adversarial"] = True
     return TrainConfig.from_dict(values)
 
 

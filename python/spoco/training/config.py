@@ -38,6 +38,17 @@ class TrainConfig:
     min_lr: float = 1e-6
     max_iters: int = 10000
     amp: bool = True                  # mixed precision on CUDA
+    # adversarial term (appendix A.1): L + ζ·L_wgan with a WGAN-GP critic on object masks
+    adversarial: bool = False
+    adversarial_weight: float = 0.1   # ζ
+    critic_steps: int = 5             # n_critic critic updates per embedding step
+    critic_lr: float = 1e-4
+    adversarial_betas: tuple = (0.5, 0.9)  # Adam β of the critic and, when adversarial, of f
+    adversarial_warmup: int = 50000   # iterations of plain SPOCO training before L_wgan (paper: 50K)
+    adversarial_patch_shape: tuple | None = None  # critic crop; None: Table 9's (40, 64, 64) / (64, 64)
+    adversarial_max_objects: int = 32  # most objects per step shown to the critic (random subset)
+    gp_weight: float = 10.0           # λ of the gradient penalty
+    critic_f_maps: int = 64           # channels of the critic's first block (Table 9: 64)
     # validation and logging
     val_every: int = 500
     log_every: int = 10
@@ -54,6 +65,9 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config keys: {', '.join(unknown)} (valid: {', '.join(sorted(names))})")
         values = dict(values)
+        for name in ("patch_shape", "adversarial_patch_shape", "adversarial_betas"):
+            if values.get(name) is not None:
+                values[name] = tuple(values[name])
         if "patch_shape" in values:
             values["patch_shape"] = tuple(int(v) for v in values["patch_shape"])
         config = cls(**values)
@@ -77,7 +91,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["patch_shape"] = list(self.patch_shape)
+        for name in ("patch_shape", "adversarial_patch_shape", "adversarial_betas"):
+            if d[name] is not None:
+                d[name] = list(d[name])
         return d
 
     def check(self) -> None:
@@ -92,6 +108,37 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0 and min_lr >= 0, got {self.lr}, {self.min_lr}")
         if self.norm not in (None, "batch", "group", "none"):
             raise ValueError(f"norm must be batch, group or none, got {self.norm!r}")
+        self._check_adversarial()
+
+    def _check_adversarial(self) -> None:
+        for name in ("critic_steps", "adversarial_max_objects", "critic_f_maps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.adversarial_warmup, int) or self.adversarial_warmup < 0:
+            raise ValueError(f"adversarial_warmup must be an integer >= 0, got {self.adversarial_warmup!r}")
+        for name in ("adversarial_weight", "gp_weight"):
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
+        if not self.critic_lr > 0:
+            raise ValueError(f"critic_lr must be > 0, got {self.critic_lr!r}")
+        betas = self.adversarial_betas
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"adversarial_betas must be two numbers in [0, 1), got {betas!r}")
+        shape = self.adversarial_patch_shape
+        if shape is not None and (len(shape) != self.ndim or not all(isinstance(p, int) and p >= 8 for p in shape)):
+            raise ValueError(f"adversarial_patch_shape must be {self.ndim} integers >= 8 (the critic pools 3 "
+                             f"times) for patch_shape {tuple(self.patch_shape)}, got {shape!r}")
+
+    @property
+    def critic_patch_shape(self) -> tuple:
+        """The critic's crop: ``adversarial_patch_shape``, or Table 9's crop limited to
+        the training patch (at least 8 per axis, the critic's three poolings)."""
+        if self.adversarial_patch_shape is not None:
+            return tuple(self.adversarial_patch_shape)
+        from ..adversarial import PAPER_PATCH
+
+        return tuple(max(8, min(p, s)) for p, s in zip(PAPER_PATCH[self.ndim], self.patch_shape))
 
     @property
     def ndim(self) -> int:

@@ -6,6 +6,7 @@ import contextlib
 import csv
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from .. import metrics
+from ..adversarial import AdversarialTerm
 from ..clustering.postprocess import segment
 from ..ema import EMANet, unwrap
 from ..losses import TERMS, SPOCOLoss
@@ -46,6 +48,11 @@ def model_from_checkpoint(state: dict, *, network: str = "f") -> UNet:
 class Trainer:
     """Trains ``f`` with :class:`spoco.SPOCOLoss` and keeps ``g`` as its EMA.
 
+    With ``config.adversarial`` the objective is ``L_SO + ζ·L_wgan`` (``L_SSO`` in sparse
+    mode, appendix A.1): an :class:`spoco.adversarial.AdversarialTerm` trains a WGAN-GP
+    critic on the object masks of each batch and returns ``ζ·L_wgan``; both networks use
+    Adam with ``config.adversarial_betas``.
+
     Parameters
     ----------
     config : TrainConfig
@@ -61,7 +68,8 @@ class Trainer:
     device : str, optional
         Default: cuda, then mps, then cpu.
     resume : bool
-        Continue from ``out_dir/last.pt`` (model, EMA, optimizer, scheduler, iteration).
+        Continue from ``out_dir/last.pt`` (model, EMA, optimizer, scheduler, iteration,
+        and with ``config.adversarial`` the critic and its optimizer).
     init_from : path, optional
         Fine-tune: start from this checkpoint's weights with a fresh optimizer
         (the paper's transfer setting uses ``lr=2e-5``).
@@ -81,7 +89,9 @@ class Trainer:
         if self.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        betas = tuple(config.adversarial_betas) if config.adversarial else (0.9, 0.999)  # A.1: β = (0.5, 0.9)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                          betas=betas)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="max", factor=config.lr_factor, patience=config.lr_patience)
         gen = torch.Generator(device=self.device).manual_seed(config.seed * 1000 + self.rank)
@@ -91,6 +101,7 @@ class Trainer:
         self.criterion = SPOCOLoss(sparse=config.sparse, delta_v=config.delta_v, delta_d=config.delta_d,
                                    generator=gen, **weights)
         self.use_g = config.sparse and config.consistency
+        self.adversarial = self._adversarial_term() if config.adversarial else None
         self.iteration, self.best_score, self.epoch = 0, -math.inf, 0
         self.autocast = self.device.type == "cuda" and config.amp
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast and not torch.cuda.is_bf16_supported())
@@ -101,13 +112,28 @@ class Trainer:
             self.model.load_state_dict(model_from_checkpoint(state).state_dict())
             self.ema.g.load_state_dict(self.model.state_dict())
 
+    def _adversarial_term(self) -> AdversarialTerm:
+        cfg = self.config
+        if cfg.adversarial_warmup >= cfg.max_iters:
+            warnings.warn(f"adversarial_warmup={cfg.adversarial_warmup} >= max_iters={cfg.max_iters}: the "
+                          "adversarial term never starts", stacklevel=3)
+        return AdversarialTerm(
+            cfg.ndim, patch_shape=cfg.critic_patch_shape, sigma2=self.criterion.sigma2, anchor=self.criterion.anchor,
+            ignore_index=self.criterion.ignore_index, weight=cfg.adversarial_weight, critic_steps=cfg.critic_steps,
+            gp_weight=cfg.gp_weight, lr=cfg.critic_lr, betas=cfg.adversarial_betas, warmup=cfg.adversarial_warmup,
+            max_objects=cfg.adversarial_max_objects, f_maps=cfg.critic_f_maps, device=self.device,
+            seed=cfg.seed * 1000 + self.rank + 500)
+
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict:
-        return {"model_config": self.model.config, "model": self.model.state_dict(),
-                "ema": self.ema.state_dict() | {"g": self.ema.g.state_dict()},
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "iteration": self.iteration, "epoch": self.epoch,
-                "best_score": self.best_score, "config": self.config.to_dict()}
+        state = {"model_config": self.model.config, "model": self.model.state_dict(),
+                 "ema": self.ema.state_dict() | {"g": self.ema.g.state_dict()},
+                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "scaler": self.scaler.state_dict(), "iteration": self.iteration, "epoch": self.epoch,
+                 "best_score": self.best_score, "config": self.config.to_dict()}
+        if self.adversarial is not None:
+            state["adversarial"] = self.adversarial.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         try:
@@ -119,6 +145,10 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
             self.iteration, self.epoch = int(state["iteration"]), int(state["epoch"])
             self.best_score = float(state["best_score"])
+            if self.adversarial is not None:
+                if "adversarial" not in state:
+                    raise ValueError("the checkpoint holds no critic but the config has adversarial=True")
+                self.adversarial.load_state_dict(state["adversarial"])
         except (KeyError, RuntimeError, ValueError) as err:
             raise ValueError(f"checkpoint does not match this model/config ({str(err).splitlines()[0]})") from None
 
@@ -159,13 +189,23 @@ class Trainer:
             f = self.net(x_f)
             g = self.ema(batch["image_g"].to(self.device, non_blocking=True)) if self.use_g else None
         loss, terms = self.criterion(f.float(), labels, None if g is None else g.float(), return_terms=True)
+        terms = {k: float(v) for k, v in terms.items()}
+        if self.adversarial is not None:  # critic updates, then ζ·L_wgan (appendix A.1)
+            adv_loss, adv_terms = self.adversarial(f.float(), labels, self.iteration)
+            loss = loss + adv_loss
+            terms |= adv_terms
+            terms["total"] = float(loss.detach())
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.ema.update()
         self.iteration += 1
-        return {k: float(v) for k, v in terms.items()}
+        return terms
+
+    @property
+    def _extra_terms(self) -> tuple:
+        return ("wgan", "critic", "wasserstein", "gradient_penalty") if self.adversarial is not None else ()
 
     def fit(self) -> dict:
         """Train until ``max_iters`` or the learning rate falls below ``min_lr``.
@@ -185,7 +225,7 @@ class Trainer:
             terms = self.train_step(next(batches))
             if self.rank == 0 and (self.iteration % cfg.log_every == 0 or self.iteration == 1):
                 self._log("train_log.csv", {"iteration": self.iteration, "lr": self.optimizer.param_groups[0]["lr"],
-                                            **{k: terms.get(k, 0.0) for k in ("total",) + TERMS}})
+                                            **{k: terms.get(k, 0.0) for k in ("total",) + TERMS + self._extra_terms}})
                 if bar is not None:
                     bar.set_postfix(loss=f"{terms['total']:.3f}")
             if bar is not None:
