@@ -1,0 +1,367 @@
+// CPU kernels of the SPOCO loss reductions (Sec. 3.1-3.2): one or two passes over
+// the embeddings, memory O(B N D + B K D), no (K, N) mask.
+//
+// Layouts (all C-contiguous): embeddings (B, D, N), anchors/means (B, K, D), slot
+// (B, N) int64 (cluster slot of a pixel, K or -1 = none), weight (B, N) or null (all 1),
+// n_valid (B,): anchors k >= n_valid[b] of image b are skipped (their outputs are 0).
+//
+// Determinism: pixels are cut into tiles whose size depends only on N and K
+// (reduction_tile); each (image, tile) task writes its own partial sums (double) and
+// the partials are added in tile order. Results are therefore bit-identical for any
+// number of threads.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <stdexcept>
+#include <vector>
+
+#include "core/common.hpp"
+#include "core/loss_terms.hpp"
+
+namespace spoco::loss {
+
+constexpr int64_t kSub = 64;        ///< pixels per inner block (kept in L1 and registers)
+constexpr int64_t kLanes = 16;      ///< independent partial sums per inner block (vectorisable)
+constexpr int64_t kMinTile = 1024;  ///< smallest reduction tile (pixels)
+constexpr int64_t kMaxDim = 64;     ///< largest embedding dimension D
+
+template <class T>
+struct AnchorPixelArgs {
+    const T* emb = nullptr;        ///< (B, D, N) pixel embeddings e
+    const T* anchors = nullptr;    ///< (B, K, D) anchors a_k
+    const T* emb_g = nullptr;      ///< (B, D, N) g-embeddings (consistency only)
+    const T* anchors_g = nullptr;  ///< (B, K, D) g-anchors (consistency only)
+    const int64_t* slot = nullptr; ///< (B, N) object slot of each pixel (soft mask only)
+    const T* weight = nullptr;     ///< (B, N) pixel weights, null = 1
+    const int64_t* n_valid = nullptr;  ///< (B,) anchors in use per image
+    int64_t B = 0, D = 0, N = 0, K = 0;
+    T h = T(0), delta = T(0);      ///< 1/(2 sigma^2) and the unlabeled-push margin
+};
+
+namespace detail {
+
+/// One inner block of pixels copied (zero-padded to kSub) with weights and slots.
+template <class T>
+struct PixelBlock {
+    T e[kMaxDim][kSub];
+    T eg[kMaxDim][kSub];
+    T w[kSub];
+    int64_t slot[kSub];
+
+    void load(const AnchorPixelArgs<T>& a, int64_t b, int64_t p0, int64_t np, bool with_g) {
+        const int64_t N = a.N;
+        for (int64_t d = 0; d < a.D; ++d) {
+            const T* src = a.emb + (b * a.D + d) * N + p0;
+            for (int64_t p = 0; p < kSub; ++p) e[d][p] = p < np ? src[p] : T(0);
+            if (with_g) {
+                const T* sg = a.emb_g + (b * a.D + d) * N + p0;
+                for (int64_t p = 0; p < kSub; ++p) eg[d][p] = p < np ? sg[p] : T(0);
+            }
+        }
+        for (int64_t p = 0; p < kSub; ++p) {
+            w[p] = p < np ? (a.weight ? a.weight[b * N + p0 + p] : T(1)) : T(0);  // padding weighs 0
+            slot[p] = (p < np && a.slot) ? a.slot[b * N + p0 + p] : -1;
+        }
+    }
+};
+
+/// dist[p] = |e_p - a|^2 for the kSub pixels of a block.
+template <class T>
+inline void block_sq_dist(const T (*e)[kSub], const T* a, int64_t D, T* dist) {
+    for (int64_t p = 0; p < kSub; ++p) dist[p] = T(0);
+    for (int64_t d = 0; d < D; ++d) {
+        const T ad = a[d];
+        for (int64_t p = 0; p < kSub; ++p) {
+            const T t = e[d][p] - ad;
+            dist[p] += t * t;
+        }
+    }
+}
+
+/// Sum of kSub values in a fixed order (kLanes independent lanes, then the lanes).
+template <class T>
+inline double block_sum(const T* v) {
+    T lanes[kLanes] = {};
+    for (int64_t j = 0; j < kSub; j += kLanes)
+        for (int64_t l = 0; l < kLanes; ++l) lanes[l] += v[j + l];
+    double s = 0;
+    for (int64_t l = 0; l < kLanes; ++l) s += lanes[l];
+    return s;
+}
+
+inline void check_dims(int64_t B, int64_t D, int64_t N, int64_t K) {
+    if (B < 1 || N < 1 || K < 0 || D < 1 || D > kMaxDim)
+        throw std::invalid_argument("spoco loss kernels: need B >= 1, N >= 1, K >= 0 and 1 <= D <= 64");
+}
+
+/// Add per-(image, tile) partials part[(b * n_tiles + t) * per + j] over t in tile order.
+template <class T>
+void combine_tiles(const std::vector<double>& part, int64_t B, int64_t n_tiles, int64_t per, T* out, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t bj = 0; bj < B * per; ++bj) {
+        const int64_t b = bj / per, j = bj % per;
+        double s = 0;
+        for (int64_t t = 0; t < n_tiles; ++t) s += part[(b * n_tiles + t) * per + j];
+        out[bj] = static_cast<T>(s);
+    }
+}
+
+}  // namespace detail
+
+/// Forward anchor x pixel sums of TERM: out (n_out, B, K) with
+/// out[o, b, k] = sum_i of term_values(d_ki, ...)[o] over every pixel i of image b.
+template <int TERM, class T>
+void anchor_pixel_sums(const AnchorPixelArgs<T>& a, T* out, int threads) {
+    detail::check_dims(a.B, a.D, a.N, a.K);
+    threads = resolve_threads(threads);
+    constexpr int n_out = term_outputs(TERM);
+    constexpr bool with_g = TERM == kConsistency;
+    const int64_t B = a.B, D = a.D, N = a.N, K = a.K;
+    const int64_t tile = reduction_tile(K, kMinTile), n_tiles = (N + tile - 1) / tile;
+    std::vector<double> part(static_cast<size_t>(B * n_tiles * K * n_out), 0.0);  // [b][t][o][k]
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (int64_t task = 0; task < B * n_tiles; ++task) {
+        const int64_t b = task / n_tiles, t = task % n_tiles;
+        const int64_t Kb = std::min<int64_t>(K, std::max<int64_t>(a.n_valid[b], 0));
+        double* acc = part.data() + task * K * n_out;
+        auto blk = std::make_unique<detail::PixelBlock<T>>();
+        T dist[kSub], dist_g[kSub], v[3][kSub];
+        for (int64_t p0 = t * tile; p0 < std::min(N, (t + 1) * tile); p0 += kSub) {
+            blk->load(a, b, p0, std::min(kSub, N - p0), with_g);
+            for (int64_t k = 0; k < Kb; ++k) {
+                detail::block_sq_dist(blk->e, a.anchors + (b * K + k) * D, D, dist);
+                if constexpr (with_g) detail::block_sq_dist(blk->eg, a.anchors_g + (b * K + k) * D, D, dist_g);
+                for (int64_t p = 0; p < kSub; ++p) {
+                    T vals[3];
+                    term_values<TERM, T>(dist[p], with_g ? dist_g[p] : T(0), blk->slot[p] == k, blk->w[p], a.h,
+                                         a.delta, vals);
+                    for (int o = 0; o < n_out; ++o) v[o][p] = vals[o];
+                }
+                for (int o = 0; o < n_out; ++o) acc[o * K + k] += detail::block_sum(v[o]);
+            }
+        }
+    }
+    // part is [b][t][o][k]: combine to [b][o][k], then reorder to (o, b, k)
+    std::vector<T> tmp(static_cast<size_t>(B * n_out * K));
+    detail::combine_tiles(part, B, n_tiles, n_out * K, tmp.data(), threads);
+    for (int64_t b = 0; b < B; ++b)
+        for (int o = 0; o < n_out; ++o)
+            for (int64_t k = 0; k < K; ++k) out[(o * B + b) * K + k] = tmp[(b * n_out + o) * K + k];
+}
+
+/// Backward of anchor_pixel_sums given grad_out (n_out, B, K): grad_emb (B, D, N)
+/// and grad_anchors (B, K, D), either may be null. The g-embeddings get no gradient.
+template <int TERM, class T>
+void anchor_pixel_sums_backward(const AnchorPixelArgs<T>& a, const T* grad_out, T* grad_emb, T* grad_anchors,
+                                int threads) {
+    detail::check_dims(a.B, a.D, a.N, a.K);
+    threads = resolve_threads(threads);
+    constexpr bool with_g = TERM == kConsistency;
+    constexpr bool two = term_outputs(TERM) > 1;
+    const int64_t B = a.B, D = a.D, N = a.N, K = a.K;
+    const int64_t tile = reduction_tile(K, kMinTile), n_tiles = (N + tile - 1) / tile;
+    std::vector<double> part(grad_anchors ? static_cast<size_t>(B * n_tiles * K * D) : 0, 0.0);  // [b][t][k][d]
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (int64_t task = 0; task < B * n_tiles; ++task) {
+        const int64_t b = task / n_tiles, t = task % n_tiles;
+        const int64_t Kb = std::min<int64_t>(K, std::max<int64_t>(a.n_valid[b], 0));
+        double* acc = grad_anchors ? part.data() + task * K * D : nullptr;
+        auto blk = std::make_unique<detail::PixelBlock<T>>();
+        auto ge = std::make_unique<T[]>(static_cast<size_t>(kMaxDim * kSub));
+        T dist[kSub], dist_g[kSub], c[kSub], prod[kSub];
+        for (int64_t p0 = t * tile; p0 < std::min(N, (t + 1) * tile); p0 += kSub) {
+            const int64_t np = std::min(kSub, N - p0);
+            blk->load(a, b, p0, np, with_g);
+            std::fill(ge.get(), ge.get() + D * kSub, T(0));
+            for (int64_t k = 0; k < Kb; ++k) {
+                const T* ak = a.anchors + (b * K + k) * D;
+                detail::block_sq_dist(blk->e, ak, D, dist);
+                if constexpr (with_g) detail::block_sq_dist(blk->eg, a.anchors_g + (b * K + k) * D, D, dist_g);
+                const T g0 = grad_out[b * K + k], g1 = two ? grad_out[(B + b) * K + k] : T(0);
+                for (int64_t p = 0; p < kSub; ++p)
+                    c[p] = term_coef<TERM, T>(dist[p], with_g ? dist_g[p] : T(0), blk->slot[p] == k, blk->w[p], a.h,
+                                              a.delta, g0, g1);
+                for (int64_t d = 0; d < D; ++d) {
+                    const T ad = ak[d];
+                    T* ged = ge.get() + d * kSub;
+                    for (int64_t p = 0; p < kSub; ++p) {
+                        prod[p] = c[p] * (blk->e[d][p] - ad);
+                        ged[p] += prod[p];
+                    }
+                    if (acc) acc[k * D + d] -= 2 * detail::block_sum(prod);
+                }
+            }
+            if (grad_emb)
+                for (int64_t d = 0; d < D; ++d) {
+                    T* dst = grad_emb + (b * D + d) * N + p0;
+                    const T* ged = ge.get() + d * kSub;
+                    for (int64_t p = 0; p < np; ++p) dst[p] = T(2) * ged[p];
+                }
+        }
+    }
+    if (grad_anchors) detail::combine_tiles(part, B, n_tiles, K * D, grad_anchors, threads);
+}
+
+/// Per-slot sums of the embeddings and pixel counts: sums (B, C, D), counts (B, C).
+/// Pixels with slot outside [0, C) belong to no slot.
+template <class T>
+void segment_sum(const T* emb, const int64_t* slot, int64_t B, int64_t D, int64_t N, int64_t C, T* sums, T* counts,
+                 int threads) {
+    detail::check_dims(B, D, N, C);
+    threads = resolve_threads(threads);
+    const int64_t tile = reduction_tile(C, kMinTile), n_tiles = (N + tile - 1) / tile, per = C * (D + 1);
+    std::vector<double> part(static_cast<size_t>(B * n_tiles * per), 0.0);  // [b][t][c][d | count]
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (int64_t task = 0; task < B * n_tiles; ++task) {
+        const int64_t b = task / n_tiles, t = task % n_tiles;
+        double* acc = part.data() + task * per;
+        for (int64_t p = t * tile; p < std::min(N, (t + 1) * tile); ++p) {
+            const int64_t s = slot[b * N + p];
+            if (s < 0 || s >= C) continue;
+            for (int64_t d = 0; d < D; ++d) acc[s * (D + 1) + d] += emb[(b * D + d) * N + p];
+            acc[s * (D + 1) + D] += 1;
+        }
+    }
+    std::vector<T> tmp(static_cast<size_t>(B * per));
+    detail::combine_tiles(part, B, n_tiles, per, tmp.data(), threads);
+    for (int64_t bc = 0; bc < B * C; ++bc) {
+        for (int64_t d = 0; d < D; ++d) sums[bc * D + d] = tmp[bc * (D + 1) + d];
+        counts[bc] = tmp[bc * (D + 1) + D];
+    }
+}
+
+/// grad_emb (B, D, N) of segment_sum: each pixel gets the gradient of its slot's sum.
+template <class T>
+void segment_sum_backward(const T* grad_sums, const int64_t* slot, int64_t B, int64_t D, int64_t N, int64_t C,
+                          T* grad_emb, int threads) {
+    threads = resolve_threads(threads);
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t bd = 0; bd < B * D; ++bd) {
+        const int64_t b = bd / D, d = bd % D;
+        for (int64_t p = 0; p < N; ++p) {
+            const int64_t s = slot[b * N + p];
+            grad_emb[bd * N + p] = (s >= 0 && s < C) ? grad_sums[(b * C + s) * D + d] : T(0);
+        }
+    }
+}
+
+/// Pull sums (Eq. 1): out (B, C) = sum over the pixels of slot k of [|mu_k - e_i| - delta_v]_+^2.
+/// With grad (B, C) given, computes instead grad_emb (B, D, N) and grad_means (B, C, D)
+/// (either may be null) of sum_k grad_k out_k.
+template <class T>
+void pull_sums(const T* emb, const T* means, const int64_t* slot, int64_t B, int64_t D, int64_t N, int64_t C,
+               T delta_v, T* out, const T* grad, T* grad_emb, T* grad_means, int threads) {
+    detail::check_dims(B, D, N, C);
+    threads = resolve_threads(threads);
+    const bool backward = grad != nullptr;
+    const int64_t tile = reduction_tile(C, kMinTile), n_tiles = (N + tile - 1) / tile;
+    const int64_t per = backward ? C * D : C;
+    const bool need_part = !backward || grad_means;
+    std::vector<double> part(need_part ? static_cast<size_t>(B * n_tiles * per) : 0, 0.0);
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (int64_t task = 0; task < B * n_tiles; ++task) {
+        const int64_t b = task / n_tiles, t = task % n_tiles;
+        double* acc = need_part ? part.data() + task * per : nullptr;
+        for (int64_t p = t * tile; p < std::min(N, (t + 1) * tile); ++p) {
+            const int64_t s = slot[b * N + p];
+            if (s < 0 || s >= C) {
+                if (grad_emb)
+                    for (int64_t d = 0; d < D; ++d) grad_emb[(b * D + d) * N + p] = T(0);
+                continue;
+            }
+            const T* mu = means + (b * C + s) * D;
+            T dist = 0;
+            for (int64_t d = 0; d < D; ++d) {
+                const T diff = emb[(b * D + d) * N + p] - mu[d];
+                dist += diff * diff;
+            }
+            if (!backward) {
+                acc[s] += pull_value(dist, delta_v);
+                continue;
+            }
+            const T c = grad[b * C + s] * pull_coef(dist, delta_v);
+            for (int64_t d = 0; d < D; ++d) {
+                const T g = T(2) * c * (emb[(b * D + d) * N + p] - mu[d]);
+                if (grad_emb) grad_emb[(b * D + d) * N + p] = g;
+                if (acc) acc[s * D + d] -= g;
+            }
+        }
+    }
+    if (need_part) detail::combine_tiles(part, B, n_tiles, per, backward ? grad_means : out, threads);
+}
+
+/// Coverage-driven consistency anchors (Eq. 7) of every image: anchor j is the pixel
+/// of largest key (ties: lowest index) among the unlabeled pixels not yet within
+/// sqrt(r2) of an earlier anchor in f or in g; an image stops once fewer than
+/// coverage_stop * |U| (or no) unlabeled pixels are uncovered, or after K anchors.
+/// Writes pix (B, K) (0 where no anchor) and valid (B, K) (a prefix of ones).
+template <class T>
+void consistency_anchors(const T* emb_f, const T* emb_g, const uint8_t* unlabeled, const double* keys, int64_t B,
+                         int64_t D, int64_t N, int64_t K, T r2, double coverage_stop, int64_t* pix, uint8_t* valid,
+                         int threads) {
+    detail::check_dims(B, D, N, K);
+    threads = resolve_threads(threads);
+    constexpr int64_t tile = 4096;
+    const int64_t n_tiles = (N + tile - 1) / tile;
+    struct Best {
+        int64_t left;
+        double key;
+        int64_t idx;
+    };
+    std::vector<uint8_t> free(static_cast<size_t>(N));
+    std::vector<Best> best(static_cast<size_t>(n_tiles));
+    for (int64_t b = 0; b < B; ++b) {
+        const T* ef = emb_f + b * D * N;
+        const T* eg = emb_g + b * D * N;
+        const double* kb = keys + b * N;
+        int64_t n_u = 0, left = 0, p = -1;
+        double pk = -1;
+        for (int64_t i = 0; i < N; ++i) {
+            free[i] = unlabeled[b * N + i] != 0;
+            if (free[i]) {
+                ++n_u;
+                if (kb[i] > pk) pk = kb[i], p = i;
+            }
+        }
+        left = n_u;
+        const double thr = coverage_stop * static_cast<double>(n_u);
+        for (int64_t j = 0; j < K; ++j) {
+            const bool done = left == 0 || static_cast<double>(left) < thr;
+            pix[b * K + j] = done ? 0 : p;
+            valid[b * K + j] = !done;
+            if (done) continue;
+            // mark the pixels covered by anchor p; count the rest and find the next anchor
+#pragma omp parallel for num_threads(threads) schedule(static)
+            for (int64_t t = 0; t < n_tiles; ++t) {
+                Best bt{0, -1.0, -1};
+                T af[kMaxDim], ag[kMaxDim];
+                for (int64_t d = 0; d < D; ++d) af[d] = ef[d * N + p], ag[d] = eg[d * N + p];
+                for (int64_t i = t * tile; i < std::min(N, (t + 1) * tile); ++i) {
+                    if (!free[i]) continue;
+                    T df = 0, dg = 0;
+                    for (int64_t d = 0; d < D; ++d) {
+                        const T x = ef[d * N + i] - af[d], y = eg[d * N + i] - ag[d];
+                        df += x * x;
+                        dg += y * y;
+                    }
+                    if (df <= r2 || dg <= r2) {
+                        free[i] = 0;
+                        continue;
+                    }
+                    ++bt.left;
+                    if (kb[i] > bt.key) bt.key = kb[i], bt.idx = i;
+                }
+                best[t] = bt;
+            }
+            left = 0, pk = -1, p = -1;
+            for (int64_t t = 0; t < n_tiles; ++t) {  // tile order: ties keep the lowest index
+                left += best[t].left;
+                if (best[t].key > pk) pk = best[t].key, p = best[t].idx;
+            }
+        }
+    }
+}
+
+}  // namespace spoco::loss
