@@ -202,7 +202,7 @@ def pull_sums_backward(grad: torch.Tensor, emb: torch.Tensor, means: torch.Tenso
 
 @pull_sums_backward.register_fake
 def _(grad, emb, means, slot, delta_v):
-    return torch.empty_like(emb), torch.empty_like(means)
+    return emb.new_empty(emb.shape), means.new_empty(means.shape)
 
 
 def _pull_setup(ctx, inputs, output):
@@ -303,7 +303,7 @@ def anchor_pixel_sums_backward(grad: torch.Tensor, term: int, anchors: torch.Ten
 
 @anchor_pixel_sums_backward.register_fake
 def _(grad, term, anchors, emb, anchors_g, emb_g, slot, weight, n_valid, h, delta):
-    return torch.empty_like(anchors), torch.empty_like(emb)
+    return anchors.new_empty(anchors.shape), emb.new_empty(emb.shape)
 
 
 def _anchor_pixel_setup(ctx, inputs, output):
@@ -343,7 +343,8 @@ def soft_mask_sums(anchors, emb, slot, weight, sigma2: float, n_valid=None):
     inter : (B, C) ``Σ_i w_i S_k(i) I_k(i)``;  sq : (B, C) ``Σ_i w_i S_k(i)²``
     """
     n_valid = _all_valid(anchors) if n_valid is None else n_valid
-    out = anchor_pixel_sums(TERMS["soft_mask"], anchors, emb, None, None, slot, weight, n_valid, 0.5 / sigma2, 0.0)
+    out = anchor_pixel_sums(TERMS["soft_mask"], anchors.contiguous(), emb.contiguous(), None, None, slot, weight,
+                            n_valid, 0.5 / sigma2, 0.0)
     return out[0], out[1]
 
 
@@ -351,16 +352,17 @@ def unlabeled_push_sums(means, emb, unlabeled, delta_d: float, n_valid=None):
     """Unlabeled push (Eq. 6) summed over pixels: ``(B, C)`` ``Σ_i u_i [δ_d − ‖μ_k − e_i‖]₊²``
     for ``means (B, C, D)``, ``emb (B, D, N)`` and the unlabeled weights ``u (B, N)``."""
     n_valid = _all_valid(means) if n_valid is None else n_valid
-    return anchor_pixel_sums(TERMS["unlabeled_push"], means, emb, None, None, None, unlabeled, n_valid, 0.0,
-                             delta_d)[0]
+    return anchor_pixel_sums(TERMS["unlabeled_push"], means.contiguous(), emb.contiguous(), None, None, None,
+                             unlabeled, n_valid, 0.0, delta_d)[0]
 
 
 def consistency_sums(anchors_f, emb_f, anchors_g, emb_g, weight, sigma2: float, n_valid=None):
     """Dice sums between S^f_k and S^g_k (Eq. 7): ``cross, sq_f, sq_g`` each ``(B, K)``
     (``Σ w S^f S^g``, ``Σ w (S^f)²``, ``Σ w (S^g)²``); g is a constant (no gradient)."""
     n_valid = _all_valid(anchors_f) if n_valid is None else n_valid
-    out = anchor_pixel_sums(TERMS["consistency"], anchors_f, emb_f, anchors_g.detach(), emb_g.detach(), None, weight,
-                            n_valid, 0.5 / sigma2, 0.0)
+    out = anchor_pixel_sums(TERMS["consistency"], anchors_f.contiguous(), emb_f.contiguous(),
+                            anchors_g.detach().contiguous(), emb_g.detach().contiguous(), None, weight, n_valid,
+                            0.5 / sigma2, 0.0)
     return out[0], out[1], out[2].detach()
 
 
@@ -417,7 +419,7 @@ def cluster_slots(target: torch.Tensor, f: torch.Tensor, g: torch.Tensor | None,
         ascending label order), or C for pixels in no cluster
     labels : (B, C) int64, the label of each slot, −1 for slots an image does not use
 
-    C, the most clusters of an image, depends on the data: the op's one host
+    C, the most clusters of an image (at least 1), depends on the data: the op's one host
     synchronisation (its fake implementation gives C as an unbacked size, so
     ``torch.compile(fullgraph=True)`` traces through it). Raises ``ValueError`` for
     non-finite embeddings or negative labels other than ``ignore_index``.
@@ -441,13 +443,15 @@ def cluster_slots(target: torch.Tensor, f: torch.Tensor, g: torch.Tensor | None,
         raise ValueError("g contains NaN or infinite values")
     if host[2]:
         raise ValueError("target contains negative labels other than ignore_index")
-    C = int(host[3])
-    slot = torch.where(seg_ok, seg_slot, C)[inv]
+    n_slots = int(host[3])
+    C = max(n_slots, 1)  # at least one (possibly unused) slot: no shape downstream is ever empty
+    slot = torch.where(seg_ok, seg_slot, n_slots)[inv]
     labels = target.new_full((B, C + 1), -1).scatter_(1, slot, target)[:, :C]
+    slot = torch.where(slot == n_slots, C, slot)
     return slot.contiguous(), labels.contiguous()
 
 
 @cluster_slots.register_fake
 def _(target, f, g, ignore_index, sparse):
-    C = torch.library.get_ctx().new_dynamic_size()
-    return torch.empty_like(target), target.new_empty((target.shape[0], C))
+    C = torch.library.get_ctx().new_dynamic_size(min=1)
+    return target.new_empty(target.shape), target.new_empty((target.shape[0], C))
