@@ -50,7 +50,7 @@ SPOCO_HD float exp_nonpositive(float x) {
     return p * scale;
 }
 
-SPOCO_HD double exp_nonpositive(double x) { return exp(x); }
+SPOCO_HD double exp_nonpositive(double x) { return std::exp(x); }
 
 /// Summands of `term` for one (anchor, pixel): d, d_g squared distances, `own` whether
 /// the pixel belongs to the anchor's object, w the pixel weight, h = 1/(2 sigma^2),
@@ -62,7 +62,7 @@ SPOCO_HD void term_values(T d, T dg, bool own, T w, T h, T delta, T out[3]) {
         out[0] = own ? w * s : T(0);
         out[1] = w * s * s;
     } else if constexpr (TERM == kUnlabeledPush) {
-        const T t = delta - sqrt(d);
+        const T t = delta - std::sqrt(d);
         out[0] = t > T(0) ? w * t * t : T(0);
     } else {
         const T sf = exp_nonpositive(-h * d), sg = exp_nonpositive(-h * dg);
@@ -80,7 +80,7 @@ SPOCO_HD T term_coef(T d, T dg, bool own, T w, T h, T delta, T g0, T g1) {
         const T s = exp_nonpositive(-h * d);
         return -h * w * s * ((own ? g0 : T(0)) + T(2) * g1 * s);
     } else if constexpr (TERM == kUnlabeledPush) {
-        const T r = sqrt(d);  // d[delta - r]_+^2 / d(r^2) = 1 - delta / r; 0 at r = 0 (subgradient)
+        const T r = std::sqrt(d);  // d[delta - r]_+^2 / d(r^2) = 1 - delta / r; 0 at r = 0 (subgradient)
         return (r < delta && r > T(0)) ? g0 * w * (T(1) - delta / r) : T(0);
     } else {
         const T sf = exp_nonpositive(-h * d), sg = exp_nonpositive(-h * dg);
@@ -92,13 +92,13 @@ SPOCO_HD T term_coef(T d, T dg, bool own, T w, T h, T delta, T g0, T g1) {
 /// [sqrt d - delta_v]_+^2, and its derivative with respect to d (1 - delta_v / sqrt d).
 template <class T>
 SPOCO_HD T pull_value(T d, T delta_v) {
-    const T t = sqrt(d) - delta_v;
+    const T t = std::sqrt(d) - delta_v;
     return t > T(0) ? t * t : T(0);
 }
 
 template <class T>
 SPOCO_HD T pull_coef(T d, T delta_v) {
-    const T r = sqrt(d);
+    const T r = std::sqrt(d);
     return r > delta_v ? T(1) - delta_v / r : T(0);
 }
 

@@ -75,11 +75,20 @@ def _contig(x: torch.Tensor | None) -> torch.Tensor | None:
     return None if x is None else x.contiguous()
 
 
-def _cuda_call(dev: torch.device, fn, *args) -> None:
-    """Call a ``spoco._cuda`` launcher on ``dev``'s current stream."""
+def _cuda_call(dev: torch.device, op: str, dims: tuple, launcher: str, *args) -> None:
+    """Call the ``spoco._cuda`` launcher ``loss_<launcher>`` on ``dev``'s current stream.
+
+    ``dims = (B, D, N, K, element size)`` size the scratch memory of ``op``, taken from
+    torch's allocator (stream-ordered, so freeing it right after the asynchronous launch
+    is safe). Deterministic mode = ``torch.are_deterministic_algorithms_enabled()``.
+    """
+    module = cuda_module()
+    deterministic = bool(torch.are_deterministic_algorithms_enabled())
+    nbytes = module.loss_scratch_bytes(op, *dims, deterministic)
     with torch.cuda.device(dev):
+        scratch = torch.empty(max(nbytes, 1), dtype=torch.uint8, device=dev)
         stream = torch.cuda.current_stream(dev).cuda_stream
-        fn(*args, bool(torch.are_deterministic_algorithms_enabled()), dev.index, stream)
+        getattr(module, f"loss_{launcher}")(*args, scratch.data_ptr(), nbytes, deterministic, dev.index, stream)
 
 
 # --------------------------------------------------------------- segment sums (means)
@@ -100,7 +109,7 @@ def segment_sum(emb: torch.Tensor, slot: torch.Tensor, n_slots: int) -> tuple[to
     if emb.device.type == "cpu":
         _core.loss_segment_sum(*args, 0)
     else:
-        _cuda_call(emb.device, cuda_module().loss_segment_sum, *args)
+        _cuda_call(emb.device, "segment_sum", (B, D, N, n_slots, emb.element_size()), "segment_sum", *args)
     return sums, counts
 
 
@@ -122,7 +131,7 @@ def segment_sum_backward(grad_sums: torch.Tensor, slot: torch.Tensor, n_pixels: 
     if out.device.type == "cpu":
         _core.loss_segment_sum_backward(*args, 0)
     else:
-        _cuda_call(out.device, cuda_module().loss_segment_sum_backward, *args)
+        _cuda_call(out.device, "segment_sum", (B, D, n_pixels, C, out.element_size()), "segment_sum_backward", *args)
     return out
 
 
@@ -171,7 +180,7 @@ def pull_sums(emb: torch.Tensor, means: torch.Tensor, slot: torch.Tensor, delta_
     if emb.device.type == "cpu":
         _core.loss_pull_sums(*args, 0)
     else:
-        _cuda_call(emb.device, cuda_module().loss_pull_sums, *args)
+        _cuda_call(emb.device, "pull_sums", (B, D, N, C, emb.element_size()), "pull_sums", *args)
     return out
 
 
@@ -196,7 +205,7 @@ def pull_sums_backward(grad: torch.Tensor, emb: torch.Tensor, means: torch.Tenso
     if emb.device.type == "cpu":
         _core.loss_pull_sums(*args, 0)
     else:
-        _cuda_call(emb.device, cuda_module().loss_pull_sums, *args)
+        _cuda_call(emb.device, "pull_sums_backward", (B, D, N, C, emb.element_size()), "pull_sums", *args)
     return grad_emb, grad_means
 
 
@@ -267,8 +276,8 @@ def anchor_pixel_sums(term: int, anchors: torch.Tensor, emb: torch.Tensor, ancho
     if emb.device.type == "cpu":
         _core.loss_anchor_pixel(term, False, _dtype(emb), *args, out.data_ptr(), 0, 0, 0, 0)
     else:
-        _cuda_call(emb.device, cuda_module().loss_anchor_pixel, term, False, _dtype(emb), *args, out.data_ptr(),
-                   0, 0, 0)
+        _cuda_call(emb.device, "anchor_pixel", (B, emb.shape[1], emb.shape[2], K, emb.element_size()),
+                   "anchor_pixel", term, False, _dtype(emb), *args, out.data_ptr(), 0, 0, 0)
     return out
 
 
@@ -296,8 +305,9 @@ def anchor_pixel_sums_backward(grad: torch.Tensor, term: int, anchors: torch.Ten
         _core.loss_anchor_pixel(term, True, _dtype(emb), *args, 0, grad.data_ptr(), grad_emb.data_ptr(),
                                 grad_anchors.data_ptr(), 0)
     else:
-        _cuda_call(emb.device, cuda_module().loss_anchor_pixel, term, True, _dtype(emb), *args, 0, grad.data_ptr(),
-                   grad_emb.data_ptr(), grad_anchors.data_ptr())
+        _cuda_call(emb.device, "anchor_pixel_backward", (B, emb.shape[1], emb.shape[2], K, emb.element_size()),
+                   "anchor_pixel", term, True, _dtype(emb), *args, 0, grad.data_ptr(), grad_emb.data_ptr(),
+                   grad_anchors.data_ptr())
     return grad_anchors, grad_emb
 
 
@@ -391,7 +401,8 @@ def consistency_anchors(emb_f: torch.Tensor, emb_g: torch.Tensor, unlabeled: tor
     if emb_f.device.type == "cpu":
         _core.loss_consistency_anchors(*args, 0)
     else:
-        _cuda_call(emb_f.device, cuda_module().loss_consistency_anchors, *args)
+        _cuda_call(emb_f.device, "consistency_anchors", (B, D, N, max_anchors, emb_f.element_size()),
+                   "consistency_anchors", *args)
     return pix, valid
 
 
