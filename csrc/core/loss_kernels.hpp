@@ -21,6 +21,7 @@
 #include "core/loss_terms.hpp"
 
 namespace spoco::loss {
+inline namespace SPOCO_LOSS_ISA {
 
 constexpr int64_t kSub = 64;        ///< pixels per inner block (kept in L1 and registers)
 constexpr int64_t kLanes = 16;      ///< independent partial sums per inner block (vectorisable)
@@ -80,12 +81,16 @@ inline void block_sq_dist(const T (*e)[kSub], const T* a, int64_t D, T* dist) {
     }
 }
 
-/// Sum of kSub values in a fixed order (kLanes independent lanes, then the lanes).
+/// lanes[l] += v[j + l] over the kSub values: kLanes independent partial sums (vector adds).
 template <class T>
-inline double block_sum(const T* v) {
-    T lanes[kLanes] = {};
+inline void lane_add(T* lanes, const T* v) {
     for (int64_t j = 0; j < kSub; j += kLanes)
         for (int64_t l = 0; l < kLanes; ++l) lanes[l] += v[j + l];
+}
+
+/// Sum of kLanes partial sums in a fixed order.
+template <class T>
+inline double lane_total(const T* lanes) {
     double s = 0;
     for (int64_t l = 0; l < kLanes; ++l) s += lanes[l];
     return s;
@@ -127,6 +132,8 @@ void anchor_pixel_sums(const AnchorPixelArgs<T>& a, T* out, int threads) {
         const int64_t Kb = std::min<int64_t>(K, std::max<int64_t>(a.n_valid[b], 0));
         double* acc = part.data() + task * K * n_out;
         auto blk = std::make_unique<detail::PixelBlock<T>>();
+        // per-(anchor, output) lane sums over the tile; added up once per tile (horizontal sums are costly)
+        std::vector<T> lanes(static_cast<size_t>(Kb * n_out * kLanes), T(0));
         T dist[kSub], dist_g[kSub], v[3][kSub];
         for (int64_t p0 = t * tile; p0 < std::min(N, (t + 1) * tile); p0 += kSub) {
             blk->load(a, b, p0, std::min(kSub, N - p0), with_g);
@@ -139,9 +146,11 @@ void anchor_pixel_sums(const AnchorPixelArgs<T>& a, T* out, int threads) {
                                          a.delta, vals);
                     for (int o = 0; o < n_out; ++o) v[o][p] = vals[o];
                 }
-                for (int o = 0; o < n_out; ++o) acc[o * K + k] += detail::block_sum(v[o]);
+                for (int o = 0; o < n_out; ++o) detail::lane_add(lanes.data() + (k * n_out + o) * kLanes, v[o]);
             }
         }
+        for (int64_t k = 0; k < Kb; ++k)
+            for (int o = 0; o < n_out; ++o) acc[o * K + k] = detail::lane_total(lanes.data() + (k * n_out + o) * kLanes);
     }
     // part is [b][t][o][k]: combine to [b][o][k], then reorder to (o, b, k)
     std::vector<T> tmp(static_cast<size_t>(B * n_out * K));
@@ -170,6 +179,7 @@ void anchor_pixel_sums_backward(const AnchorPixelArgs<T>& a, const T* grad_out, 
         double* acc = grad_anchors ? part.data() + task * K * D : nullptr;
         auto blk = std::make_unique<detail::PixelBlock<T>>();
         auto ge = std::make_unique<T[]>(static_cast<size_t>(kMaxDim * kSub));
+        std::vector<T> lanes(acc ? static_cast<size_t>(Kb * D * kLanes) : 0, T(0));  // dL/da lane sums over the tile
         T dist[kSub], dist_g[kSub], c[kSub], prod[kSub];
         for (int64_t p0 = t * tile; p0 < std::min(N, (t + 1) * tile); p0 += kSub) {
             const int64_t np = std::min(kSub, N - p0);
@@ -190,7 +200,7 @@ void anchor_pixel_sums_backward(const AnchorPixelArgs<T>& a, const T* grad_out, 
                         prod[p] = c[p] * (blk->e[d][p] - ad);
                         ged[p] += prod[p];
                     }
-                    if (acc) acc[k * D + d] -= 2 * detail::block_sum(prod);
+                    if (acc) detail::lane_add(lanes.data() + (k * D + d) * kLanes, prod);
                 }
             }
             if (grad_emb)
@@ -200,6 +210,8 @@ void anchor_pixel_sums_backward(const AnchorPixelArgs<T>& a, const T* grad_out, 
                     for (int64_t p = 0; p < np; ++p) dst[p] = T(2) * ged[p];
                 }
         }
+        if (acc)
+            for (int64_t kd = 0; kd < Kb * D; ++kd) acc[kd] = -2 * detail::lane_total(lanes.data() + kd * kLanes);
     }
     if (grad_anchors) detail::combine_tiles(part, B, n_tiles, K * D, grad_anchors, threads);
 }
@@ -216,13 +228,18 @@ void segment_sum(const T* emb, const int64_t* slot, int64_t B, int64_t D, int64_
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
     for (int64_t task = 0; task < B * n_tiles; ++task) {
         const int64_t b = task / n_tiles, t = task % n_tiles;
-        double* acc = part.data() + task * per;
-        for (int64_t p = t * tile; p < std::min(N, (t + 1) * tile); ++p) {
-            const int64_t s = slot[b * N + p];
-            if (s < 0 || s >= C) continue;
-            for (int64_t d = 0; d < D; ++d) acc[s * (D + 1) + d] += emb[(b * D + d) * N + p];
-            acc[s * (D + 1) + D] += 1;
+        const int64_t p0 = t * tile, p1 = std::min(N, (t + 1) * tile);
+        std::vector<T> acc(static_cast<size_t>(per), T(0));  // the tile's sums (row reads, scalar scatter)
+        const int64_t* sl = slot + b * N;
+        for (int64_t d = 0; d <= D; ++d) {
+            const T* row = emb + (b * D + std::min(d, D - 1)) * N;
+            for (int64_t p = p0; p < p1; ++p) {
+                const int64_t s = sl[p];
+                if (s >= 0 && s < C) acc[s * (D + 1) + d] += d < D ? row[p] : T(1);
+            }
         }
+        double* out = part.data() + task * per;
+        for (int64_t j = 0; j < per; ++j) out[j] = acc[j];
     }
     std::vector<T> tmp(static_cast<size_t>(B * per));
     detail::combine_tiles(part, B, n_tiles, per, tmp.data(), threads);
@@ -237,10 +254,12 @@ template <class T>
 void segment_sum_backward(const T* grad_sums, const int64_t* slot, int64_t B, int64_t D, int64_t N, int64_t C,
                           T* grad_emb, int threads) {
     threads = resolve_threads(threads);
+    constexpr int64_t block = 1 << 14;
+    const int64_t n_blocks = (N + block - 1) / block;
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t bd = 0; bd < B * D; ++bd) {
-        const int64_t b = bd / D, d = bd % D;
-        for (int64_t p = 0; p < N; ++p) {
+    for (int64_t task = 0; task < B * D * n_blocks; ++task) {
+        const int64_t bd = task / n_blocks, b = bd / D, d = bd % D, p0 = (task % n_blocks) * block;
+        for (int64_t p = p0; p < std::min(N, p0 + block); ++p) {
             const int64_t s = slot[b * N + p];
             grad_emb[bd * N + p] = (s >= 0 && s < C) ? grad_sums[(b * C + s) * D + d] : T(0);
         }
@@ -249,7 +268,8 @@ void segment_sum_backward(const T* grad_sums, const int64_t* slot, int64_t B, in
 
 /// Pull sums (Eq. 1): out (B, C) = sum over the pixels of slot k of [|mu_k - e_i| - delta_v]_+^2.
 /// With grad (B, C) given, computes instead grad_emb (B, D, N) and grad_means (B, C, D)
-/// (either may be null) of sum_k grad_k out_k.
+/// (either may be null) of sum_k grad_k out_k. Pixels are handled in blocks of kSub:
+/// distances to the gathered means and gradients are vectorised row by row.
 template <class T>
 void pull_sums(const T* emb, const T* means, const int64_t* slot, int64_t B, int64_t D, int64_t N, int64_t C,
                T delta_v, T* out, const T* grad, T* grad_emb, T* grad_means, int threads) {
@@ -263,30 +283,42 @@ void pull_sums(const T* emb, const T* means, const int64_t* slot, int64_t B, int
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
     for (int64_t task = 0; task < B * n_tiles; ++task) {
         const int64_t b = task / n_tiles, t = task % n_tiles;
-        double* acc = need_part ? part.data() + task * per : nullptr;
-        for (int64_t p = t * tile; p < std::min(N, (t + 1) * tile); ++p) {
-            const int64_t s = slot[b * N + p];
-            if (s < 0 || s >= C) {
-                if (grad_emb)
-                    for (int64_t d = 0; d < D; ++d) grad_emb[(b * D + d) * N + p] = T(0);
-                continue;
+        std::vector<T> acc(need_part ? static_cast<size_t>(per) : 0, T(0));
+        int64_t s[kSub];
+        T dist[kSub], c[kSub], g[kSub];
+        for (int64_t p0 = t * tile; p0 < std::min(N, (t + 1) * tile); p0 += kSub) {
+            const int64_t np = std::min(kSub, N - p0);
+            for (int64_t p = 0; p < np; ++p) {
+                const int64_t v = slot[b * N + p0 + p];
+                s[p] = (v >= 0 && v < C) ? v : -1;
+                dist[p] = T(0);
             }
-            const T* mu = means + (b * C + s) * D;
-            T dist = 0;
             for (int64_t d = 0; d < D; ++d) {
-                const T diff = emb[(b * D + d) * N + p] - mu[d];
-                dist += diff * diff;
+                const T* row = emb + (b * D + d) * N + p0;
+                for (int64_t p = 0; p < np; ++p) {
+                    const T x = row[p] - (s[p] >= 0 ? means[(b * C + s[p]) * D + d] : row[p]);
+                    dist[p] += x * x;
+                }
             }
             if (!backward) {
-                acc[s] += pull_value(dist, delta_v);
+                for (int64_t p = 0; p < np; ++p)
+                    if (s[p] >= 0) acc[s[p]] += pull_value(dist[p], delta_v);
                 continue;
             }
-            const T c = grad[b * C + s] * pull_coef(dist, delta_v);
+            for (int64_t p = 0; p < np; ++p) c[p] = s[p] >= 0 ? grad[b * C + s[p]] * pull_coef(dist[p], delta_v) : T(0);
             for (int64_t d = 0; d < D; ++d) {
-                const T g = T(2) * c * (emb[(b * D + d) * N + p] - mu[d]);
-                if (grad_emb) grad_emb[(b * D + d) * N + p] = g;
-                if (acc) acc[s * D + d] -= g;
+                const T* row = emb + (b * D + d) * N + p0;
+                for (int64_t p = 0; p < np; ++p)
+                    g[p] = s[p] >= 0 ? T(2) * c[p] * (row[p] - means[(b * C + s[p]) * D + d]) : T(0);
+                if (grad_emb) std::copy(g, g + np, grad_emb + (b * D + d) * N + p0);
+                if (need_part)
+                    for (int64_t p = 0; p < np; ++p)
+                        if (s[p] >= 0) acc[s[p] * D + d] -= g[p];
             }
+        }
+        if (need_part) {
+            double* dst = part.data() + task * per;
+            for (int64_t j = 0; j < per; ++j) dst[j] = acc[j];
         }
     }
     if (need_part) detail::combine_tiles(part, B, n_tiles, per, backward ? grad_means : out, threads);
@@ -338,20 +370,33 @@ void consistency_anchors(const T* emb_f, const T* emb_g, const uint8_t* unlabele
                 Best bt{0, -1.0, -1};
                 T af[kMaxDim], ag[kMaxDim];
                 for (int64_t d = 0; d < D; ++d) af[d] = ef[d * N + p], ag[d] = eg[d * N + p];
-                for (int64_t i = t * tile; i < std::min(N, (t + 1) * tile); ++i) {
-                    if (!free[i]) continue;
-                    T df = 0, dg = 0;
-                    for (int64_t d = 0; d < D; ++d) {
-                        const T x = ef[d * N + i] - af[d], y = eg[d * N + i] - ag[d];
-                        df += x * x;
-                        dg += y * y;
+                T df[kSub], dg[kSub];
+                const int64_t i_end = std::min(N, (t + 1) * tile);
+                for (int64_t i0 = t * tile; i0 < i_end; i0 += kSub) {
+                    const int64_t np = std::min(kSub, i_end - i0);
+                    bool any = false;
+                    for (int64_t q = 0; q < np; ++q) any |= free[i0 + q] != 0;
+                    if (!any) continue;  // covered blocks cost nothing
+                    for (int64_t q = 0; q < np; ++q) df[q] = dg[q] = T(0);
+                    for (int64_t d = 0; d < D; ++d) {  // distances of the whole block, vectorised
+                        const T* rf = ef + d * N + i0;
+                        const T* rg = eg + d * N + i0;
+                        for (int64_t q = 0; q < np; ++q) {
+                            const T x = rf[q] - af[d], y = rg[q] - ag[d];
+                            df[q] += x * x;
+                            dg[q] += y * y;
+                        }
                     }
-                    if (df <= r2 || dg <= r2) {
-                        free[i] = 0;
-                        continue;
+                    for (int64_t q = 0; q < np; ++q) {
+                        const int64_t i = i0 + q;
+                        if (!free[i]) continue;
+                        if (df[q] <= r2 || dg[q] <= r2) {
+                            free[i] = 0;
+                            continue;
+                        }
+                        ++bt.left;
+                        if (kb[i] > bt.key) bt.key = kb[i], bt.idx = i;
                     }
-                    ++bt.left;
-                    if (kb[i] > bt.key) bt.key = kb[i], bt.idx = i;
                 }
                 best[t] = bt;
             }
@@ -364,4 +409,21 @@ void consistency_anchors(const T* emb_f, const T* emb_g, const uint8_t* unlabele
     }
 }
 
+/// Whether all n values are finite (x - x == 0 fails exactly for NaN and +-inf).
+template <class T>
+bool all_finite(const T* x, int64_t n, int threads) {
+    threads = resolve_threads(threads);
+    constexpr int64_t block = 1 << 14;
+    int bad = 0;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(| : bad)
+    for (int64_t i0 = 0; i0 < n; i0 += block) {
+        int local = 0;
+        const int64_t i1 = std::min(n, i0 + block);
+        for (int64_t i = i0; i < i1; ++i) local |= !(x[i] - x[i] == T(0));
+        bad |= local;
+    }
+    return bad == 0;
+}
+
+}  // namespace SPOCO_LOSS_ISA
 }  // namespace spoco::loss

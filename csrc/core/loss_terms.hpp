@@ -14,7 +14,15 @@
 
 #include "core/common.hpp"
 
+// SPOCO_LOSS_ISA names an inline namespace so that translation units compiled for
+// different instruction sets (csrc/bindings/loss_cpu_entry.cpp) never share an
+// instantiation (no ODR clash between AVX-512 and baseline code).
+#ifndef SPOCO_LOSS_ISA
+#define SPOCO_LOSS_ISA generic
+#endif
+
 namespace spoco::loss {
+inline namespace SPOCO_LOSS_ISA {
 
 /// The anchor x pixel reductions. The numbers are part of the Python <-> C++ contract.
 enum Term : int {
@@ -111,4 +119,5 @@ inline int64_t reduction_tile(int64_t K, int64_t min_tile) {
     return tile;
 }
 
+}  // namespace SPOCO_LOSS_ISA
 }  // namespace spoco::loss

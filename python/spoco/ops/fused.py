@@ -195,7 +195,7 @@ def pull_sums_backward(grad: torch.Tensor, emb: torch.Tensor, means: torch.Tenso
     """Gradients ``(grad_emb (B, D, N), grad_means (B, C, D))`` of :func:`pull_sums` for ``grad (B, C)``."""
     B, D, N, C = _check_pull(emb, means, slot)
     _check_like("grad", grad, (B, C), emb.dtype, emb.device)
-    grad_emb = emb.new_zeros((B, D, N))
+    grad_emb = emb.new_empty((B, D, N)) if emb.device.type == "cpu" and C > 0 else emb.new_zeros((B, D, N))
     grad_means = means.new_zeros((B, C, D))
     if C == 0:
         return grad_emb, grad_means
@@ -297,8 +297,9 @@ def anchor_pixel_sums_backward(grad: torch.Tensor, term: int, anchors: torch.Ten
     B, K = anchors.shape[:2]
     _check_like("grad", grad, (N_OUTPUTS[term], B, K), emb.dtype, emb.device)
     grad = grad.contiguous()
-    grad_anchors = torch.zeros_like(anchors, memory_format=torch.contiguous_format)
-    grad_emb = torch.zeros_like(emb, memory_format=torch.contiguous_format)
+    grad_anchors = anchors.new_zeros(anchors.shape)
+    # the CPU kernel writes every pixel's gradient; the CUDA one accumulates into zeros
+    grad_emb = emb.new_empty(emb.shape) if emb.device.type == "cpu" else emb.new_zeros(emb.shape)
     if K == 0:
         return grad_anchors, grad_emb
     if emb.device.type == "cpu":
@@ -414,6 +415,16 @@ def _(emb_f, emb_g, unlabeled, keys, max_anchors, delta_v, coverage_stop):
 
 
 # ------------------------------------------------------------------ cluster slots
+def _not_finite(x: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """0-d bool on ``device``: x has a NaN or infinite value (one pass in ``_core`` for CPU tensors)."""
+    if x is None:
+        return torch.zeros((), dtype=torch.bool, device=device)
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        x = x.detach().contiguous()
+        return torch.tensor(not _core.loss_all_finite(_dtype(x), x.data_ptr(), x.numel(), 0))
+    return (~torch.isfinite(x)).any()
+
+
 @torch.library.custom_op("spoco::cluster_slots", mutates_args=())
 def cluster_slots(target: torch.Tensor, f: torch.Tensor, g: torch.Tensor | None, ignore_index: int,
                   sparse: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -445,8 +456,7 @@ def cluster_slots(target: torch.Tensor, f: torch.Tensor, g: torch.Tensor | None,
     seg_img = uniq.remainder(B)
     rank = ((seg_img[:, None] == torch.arange(B, device=target.device)) & seg_ok[:, None]).long().cumsum(0)
     seg_slot = rank.gather(1, seg_img[:, None])[:, 0] - 1
-    bad_g = (~torch.isfinite(g)).any() if g is not None else torch.zeros((), dtype=torch.bool, device=f.device)
-    host = torch.stack([(~torch.isfinite(f)).any(), bad_g, ((target < 0) & counted).any(),
+    host = torch.stack([_not_finite(f, target.device), _not_finite(g, target.device), ((target < 0) & counted).any(),
                         rank[-1].max()]).tolist()  # the one host synchronisation
     if host[0]:
         raise ValueError("f contains NaN or infinite values")
