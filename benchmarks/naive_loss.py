@@ -39,7 +39,7 @@ def naive_spoco_loss(f, target, g, keys, *, delta_v=0.5, delta_d=2.0, t=0.9, max
             per_term["reg"].append(torch.linalg.vector_norm(mu, dim=1).mean())
             if C > 1:
                 pair = torch.linalg.vector_norm(mu[:, None] - mu[None], dim=2)
-                hinge = (2 * delta_d - pair).clamp(min=0) ** 2 * (1 - torch.eye(C, dtype=e.dtype))
+                hinge = (2 * delta_d - pair).clamp(min=0) ** 2 * (1 - torch.eye(C, dtype=e.dtype, device=e.device))
                 per_term["push"].append(hinge.sum() / (C * (C - 1)))
             inst = []
             for k in range(C):  # one soft mask per instance over the whole image

@@ -48,13 +48,19 @@ def test_fused_equals_reference(batch, seed, device, sparse, anchor, ndim):
         assert_same(run(f32, t, g32, seed, device, backend="fused", **kw), ref32, 1e-5, 1e-6, f"float32 seed {seed}")
 
 
-@pytest.mark.parametrize("n_objects,spatial", [(1, (12, 13)), (2, (12, 13)), (50, (30, 31)), (1000, (60, 60))])
-def test_many_instances(batch, seed, n_objects, spatial):
-    # one instance: keep only the first object of images with >= 1 (random_instances drops ~25% of its cells)
-    f, g, t = batch(seed % 2**31, B=2 if n_objects < 1000 else 1, spatial=spatial, D=4,
-                    n_objects=max(n_objects, 4), ignore=0.05, single=(0, 1) if n_objects == 1 else ())
+@pytest.mark.parametrize("n_objects,n_seeds,spatial", [(1, 8, (12, 13)), (2, 8, (12, 13)), (50, 70, (30, 31)),
+                                                      (1000, 2300, (80, 80))])
+def test_many_instances(batch, seed, n_objects, n_seeds, spatial):
+    # random_instances loses cells to background and to the warp: n_seeds seeds give about n_objects objects;
+    # for 1 and 2 instances only the first n_objects objects of each image are kept
+    f, g, t = batch(seed % 2**31, B=2 if n_objects < 1000 else 1, spatial=spatial, D=4, n_objects=n_seeds,
+                    ignore=0.05)
+    if n_objects <= 2:
+        for b in range(t.shape[0]):
+            ids = torch.unique(t[b][t[b] > 0])
+            t[b][torch.isin(t[b], ids[n_objects:])] = 0
     n = len(torch.unique(t[0][t[0] > 0]))
-    assert n == 1 if n_objects == 1 else n >= 0.5 * n_objects
+    assert n == n_objects if n_objects <= 2 else n >= 0.7 * n_objects, n
     kw = dict(sparse=True, anchor="random")
     # the loop reference needs ~30 s for the 10^6 push pairs of 1000 objects: there the oracle is the
     # torch path (itself tested against the reference in test_losses_reference.py)

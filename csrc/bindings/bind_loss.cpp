@@ -4,6 +4,7 @@
 // several instruction sets (loss_cpu_entry.cpp); the best one the CPU supports runs,
 // unless SPOCO_CPU_ISA=generic|avx2|avx512 says otherwise. All give identical results.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <cstdint>
 #include <cstdlib>
@@ -111,6 +112,15 @@ bool all_finite(const std::string& dtype, uintptr_t x, int64_t n, int threads) {
     SPOCO_DISPATCH(all_finite, dbl, x, n, threads)
 }
 
+void anchor_terms_backward(const std::string& dtype, const std::vector<int64_t>& terms,
+                           const std::vector<uintptr_t>& ptrs, const std::vector<int64_t>& Ks,
+                           const std::vector<double>& hs, const std::vector<double>& deltas, uintptr_t emb, int64_t B,
+                           int64_t D, int64_t N, uintptr_t grad_emb, int threads) {
+    const bool dbl = is_double(dtype);
+    py::gil_scoped_release release;
+    SPOCO_DISPATCH(anchor_terms_backward, dbl, terms, ptrs, Ks, hs, deltas, emb, B, D, N, grad_emb, threads)
+}
+
 std::string isa_name() {
     switch (isa()) {
         case Isa::avx512: return "avx512";
@@ -128,5 +138,7 @@ void register_loss(py::module_& m) {
     m.def("loss_pull_sums", &pull_sums, "Pull hinge sums per slot (forward, or backward when grad != 0).");
     m.def("loss_consistency_anchors", &consistency_anchors, "Coverage-driven consistency anchors (Eq. 7).");
     m.def("loss_all_finite", &all_finite, "Whether n floats at a CPU address are all finite.");
+    m.def("loss_anchor_terms_backward", &anchor_terms_backward,
+          "Backward of several anchor x pixel terms over the same embeddings in one pass.");
     m.def("loss_isa", &isa_name, "Instruction set of the CPU loss kernels in use.");
 }

@@ -103,4 +103,40 @@ bool all_finite(bool dbl, uintptr_t x, int64_t n, int threads) {
     return dbl ? L::all_finite(cp<double>(x), n, threads) : L::all_finite(cp<float>(x), n, threads);
 }
 
+namespace {
+template <class T>
+void anchor_terms_backward_t(const std::vector<int64_t>& terms, const std::vector<uintptr_t>& ptrs,
+                             const std::vector<int64_t>& Ks, const std::vector<double>& hs,
+                             const std::vector<double>& deltas, uintptr_t emb, int64_t B, int64_t D, int64_t N,
+                             uintptr_t grad_emb, int threads) {
+    constexpr size_t per = 8;  // anchors, anchors_g, emb_g, slot, weight, n_valid, grad_out, grad_anchors
+    const size_t n = terms.size();
+    if (n == 0 || ptrs.size() != per * n || Ks.size() != n || hs.size() != n || deltas.size() != n)
+        throw std::invalid_argument("anchor_terms_backward: inconsistent term lists");
+    std::vector<L::TermGrad<T>> tg(n);
+    for (size_t i = 0; i < n; ++i) {
+        const uintptr_t* q = ptrs.data() + per * i;
+        L::AnchorPixelArgs<T>& a = tg[i].a;
+        tg[i].term = static_cast<int>(terms[i]);
+        if (tg[i].term < L::kSoftMask || tg[i].term > L::kConsistency)
+            throw std::invalid_argument("anchor_terms_backward: unknown term");
+        a.emb = cp<T>(emb), a.anchors = cp<T>(q[0]), a.anchors_g = cp<T>(q[1]), a.emb_g = cp<T>(q[2]);
+        a.slot = cp<int64_t>(q[3]), a.weight = cp<T>(q[4]), a.n_valid = cp<int64_t>(q[5]);
+        a.B = B, a.D = D, a.N = N, a.K = Ks[i], a.h = static_cast<T>(hs[i]), a.delta = static_cast<T>(deltas[i]);
+        tg[i].grad_out = cp<T>(q[6]), tg[i].grad_anchors = mp<T>(q[7]);
+    }
+    L::anchor_pixel_terms_backward<T>(tg.data(), static_cast<int>(n), mp<T>(grad_emb), threads);
+}
+}  // namespace
+
+void anchor_terms_backward(bool dbl, const std::vector<int64_t>& terms, const std::vector<uintptr_t>& ptrs,
+                           const std::vector<int64_t>& Ks, const std::vector<double>& hs,
+                           const std::vector<double>& deltas, uintptr_t emb, int64_t B, int64_t D, int64_t N,
+                           uintptr_t grad_emb, int threads) {
+    if (dbl)
+        anchor_terms_backward_t<double>(terms, ptrs, Ks, hs, deltas, emb, B, D, N, grad_emb, threads);
+    else
+        anchor_terms_backward_t<float>(terms, ptrs, Ks, hs, deltas, emb, B, D, N, grad_emb, threads);
+}
+
 }  // namespace spoco::loss_cpu::SPOCO_LOSS_ISA

@@ -4,6 +4,7 @@
 // `dbl` selects float64 (else float32).
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #define SPOCO_LOSS_ENTRY_DECLS                                                                                      \
     void anchor_pixel(int term, bool backward, bool dbl, uintptr_t emb, uintptr_t anchors, uintptr_t emb_g,         \
@@ -20,7 +21,11 @@
     void consistency_anchors(bool dbl, uintptr_t emb_f, uintptr_t emb_g, uintptr_t unlabeled, uintptr_t keys,       \
                              int64_t B, int64_t D, int64_t N, int64_t K, double delta_v, double coverage_stop,      \
                              uintptr_t pix, uintptr_t valid, int threads);                                          \
-    bool all_finite(bool dbl, uintptr_t x, int64_t n, int threads);
+    bool all_finite(bool dbl, uintptr_t x, int64_t n, int threads);                                                 \
+    void anchor_terms_backward(bool dbl, const std::vector<int64_t>& terms, const std::vector<uintptr_t>& ptrs,     \
+                               const std::vector<int64_t>& Ks, const std::vector<double>& hs,                       \
+                               const std::vector<double>& deltas, uintptr_t emb, int64_t B, int64_t D, int64_t N,   \
+                               uintptr_t grad_emb, int threads);
 
 namespace spoco::loss_cpu {
 namespace generic {

@@ -51,20 +51,29 @@ struct PixelBlock {
     T w[kSub];
     int64_t slot[kSub];
 
-    void load(const AnchorPixelArgs<T>& a, int64_t b, int64_t p0, int64_t np, bool with_g) {
-        const int64_t N = a.N;
-        for (int64_t d = 0; d < a.D; ++d) {
-            const T* src = a.emb + (b * a.D + d) * N + p0;
+    /// Embeddings (and g-embeddings unless null) of pixels p0..p0+np of image b.
+    void load_emb(const T* emb, const T* emb_g, int64_t D, int64_t N, int64_t b, int64_t p0, int64_t np) {
+        for (int64_t d = 0; d < D; ++d) {
+            const T* src = emb + (b * D + d) * N + p0;
             for (int64_t p = 0; p < kSub; ++p) e[d][p] = p < np ? src[p] : T(0);
-            if (with_g) {
-                const T* sg = a.emb_g + (b * a.D + d) * N + p0;
+            if (emb_g) {
+                const T* sg = emb_g + (b * D + d) * N + p0;
                 for (int64_t p = 0; p < kSub; ++p) eg[d][p] = p < np ? sg[p] : T(0);
             }
         }
+    }
+
+    /// Weights (null = 1; padding weighs 0) and slots (null = none) of the same pixels.
+    void load_pixels(const T* weight, const int64_t* slots, int64_t N, int64_t b, int64_t p0, int64_t np) {
         for (int64_t p = 0; p < kSub; ++p) {
-            w[p] = p < np ? (a.weight ? a.weight[b * N + p0 + p] : T(1)) : T(0);  // padding weighs 0
-            slot[p] = (p < np && a.slot) ? a.slot[b * N + p0 + p] : -1;
+            w[p] = p < np ? (weight ? weight[b * N + p0 + p] : T(1)) : T(0);
+            slot[p] = (p < np && slots) ? slots[b * N + p0 + p] : -1;
         }
+    }
+
+    void load(const AnchorPixelArgs<T>& a, int64_t b, int64_t p0, int64_t np, bool with_g) {
+        load_emb(a.emb, with_g ? a.emb_g : nullptr, a.D, a.N, b, p0, np);
+        load_pixels(a.weight, a.slot, a.N, b, p0, np);
     }
 };
 
@@ -160,47 +169,97 @@ void anchor_pixel_sums(const AnchorPixelArgs<T>& a, T* out, int threads) {
             for (int64_t k = 0; k < K; ++k) out[(o * B + b) * K + k] = tmp[(b * n_out + o) * K + k];
 }
 
-/// Backward of anchor_pixel_sums given grad_out (n_out, B, K): grad_emb (B, D, N)
-/// and grad_anchors (B, K, D), either may be null. The g-embeddings get no gradient.
+/// One term of a fused backward pass: its arguments (sharing emb with the others),
+/// the upstream gradient (n_out, B, K) of its outputs and its dL/da (B, K, D) or null.
+template <class T>
+struct TermGrad {
+    int term = kSoftMask;
+    AnchorPixelArgs<T> a;
+    const T* grad_out = nullptr;
+    T* grad_anchors = nullptr;
+};
+
+namespace detail {
+
+/// Adds the contributions of one term's Kb anchors to a block's ge[d][p] = sum_k c_kp (e_p - a_k)
+/// and to its per-anchor lane sums of c_kp (e_p - a_k) (for dL/da).
 template <int TERM, class T>
-void anchor_pixel_sums_backward(const AnchorPixelArgs<T>& a, const T* grad_out, T* grad_emb, T* grad_anchors,
-                                int threads) {
-    detail::check_dims(a.B, a.D, a.N, a.K);
-    threads = resolve_threads(threads);
+void backward_block(const TermGrad<T>& tg, const PixelBlock<T>& blk, int64_t b, int64_t Kb, T* ge, T* lanes) {
     constexpr bool with_g = TERM == kConsistency;
     constexpr bool two = term_outputs(TERM) > 1;
-    const int64_t B = a.B, D = a.D, N = a.N, K = a.K;
-    const int64_t tile = reduction_tile(K, kMinTile), n_tiles = (N + tile - 1) / tile;
-    std::vector<double> part(grad_anchors ? static_cast<size_t>(B * n_tiles * K * D) : 0, 0.0);  // [b][t][k][d]
+    const AnchorPixelArgs<T>& a = tg.a;
+    const int64_t B = a.B, D = a.D, K = a.K;
+    T dist[kSub], dist_g[kSub], c[kSub], prod[kSub];
+    for (int64_t k = 0; k < Kb; ++k) {
+        const T* ak = a.anchors + (b * K + k) * D;
+        block_sq_dist(blk.e, ak, D, dist);
+        if constexpr (with_g) block_sq_dist(blk.eg, a.anchors_g + (b * K + k) * D, D, dist_g);
+        const T g0 = tg.grad_out[b * K + k], g1 = two ? tg.grad_out[(B + b) * K + k] : T(0);
+        for (int64_t p = 0; p < kSub; ++p)
+            c[p] = term_coef<TERM, T>(dist[p], with_g ? dist_g[p] : T(0), blk.slot[p] == k, blk.w[p], a.h, a.delta,
+                                      g0, g1);
+        for (int64_t d = 0; d < D; ++d) {
+            const T ad = ak[d];
+            T* ged = ge + d * kSub;
+            for (int64_t p = 0; p < kSub; ++p) {
+                prod[p] = c[p] * (blk.e[d][p] - ad);
+                ged[p] += prod[p];
+            }
+            if (lanes) lane_add(lanes + (k * D + d) * kLanes, prod);
+        }
+    }
+}
+
+}  // namespace detail
+
+/// Backward of several anchor_pixel_sums terms over the same embeddings in one pass:
+/// every pixel block is loaded once, all terms add to its dL/de, and grad_emb (B, D, N)
+/// (every element written) holds the sum over the terms. Each term's dL/da goes to its
+/// grad_anchors. The g-embeddings get no gradient.
+template <class T>
+void anchor_pixel_terms_backward(const TermGrad<T>* terms, int n_terms, T* grad_emb, int threads) {
+    if (n_terms < 1) throw std::invalid_argument("anchor_pixel_terms_backward: no term");
+    const AnchorPixelArgs<T>& a0 = terms[0].a;
+    const int64_t B = a0.B, D = a0.D, N = a0.N;
+    int64_t K_max = 0;
+    const T* emb_g = nullptr;
+    for (int i = 0; i < n_terms; ++i) {
+        const AnchorPixelArgs<T>& a = terms[i].a;
+        detail::check_dims(a.B, a.D, a.N, a.K);
+        if (a.B != B || a.D != D || a.N != N || a.emb != a0.emb)
+            throw std::invalid_argument("anchor_pixel_terms_backward: the terms must share the embeddings");
+        K_max = std::max(K_max, a.K);
+        if (terms[i].term == kConsistency) emb_g = a.emb_g;
+    }
+    threads = resolve_threads(threads);
+    const int64_t tile = reduction_tile(K_max, kMinTile), n_tiles = (N + tile - 1) / tile;
+    std::vector<std::vector<double>> part(static_cast<size_t>(n_terms));  // per term: [b][t][k][d]
+    for (int i = 0; i < n_terms; ++i)
+        if (terms[i].grad_anchors) part[i].assign(static_cast<size_t>(B * n_tiles * terms[i].a.K * D), 0.0);
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
     for (int64_t task = 0; task < B * n_tiles; ++task) {
         const int64_t b = task / n_tiles, t = task % n_tiles;
-        const int64_t Kb = std::min<int64_t>(K, std::max<int64_t>(a.n_valid[b], 0));
-        double* acc = grad_anchors ? part.data() + task * K * D : nullptr;
         auto blk = std::make_unique<detail::PixelBlock<T>>();
         auto ge = std::make_unique<T[]>(static_cast<size_t>(kMaxDim * kSub));
-        std::vector<T> lanes(acc ? static_cast<size_t>(Kb * D * kLanes) : 0, T(0));  // dL/da lane sums over the tile
-        T dist[kSub], dist_g[kSub], c[kSub], prod[kSub];
+        std::vector<int64_t> kb(static_cast<size_t>(n_terms));
+        std::vector<std::vector<T>> lanes(static_cast<size_t>(n_terms));  // dL/da lane sums over the tile
+        for (int i = 0; i < n_terms; ++i) {
+            const AnchorPixelArgs<T>& a = terms[i].a;
+            kb[i] = std::min<int64_t>(a.K, std::max<int64_t>(a.n_valid[b], 0));
+            if (terms[i].grad_anchors) lanes[i].assign(static_cast<size_t>(kb[i] * D * kLanes), T(0));
+        }
         for (int64_t p0 = t * tile; p0 < std::min(N, (t + 1) * tile); p0 += kSub) {
             const int64_t np = std::min(kSub, N - p0);
-            blk->load(a, b, p0, np, with_g);
+            blk->load_emb(a0.emb, emb_g, D, N, b, p0, np);
             std::fill(ge.get(), ge.get() + D * kSub, T(0));
-            for (int64_t k = 0; k < Kb; ++k) {
-                const T* ak = a.anchors + (b * K + k) * D;
-                detail::block_sq_dist(blk->e, ak, D, dist);
-                if constexpr (with_g) detail::block_sq_dist(blk->eg, a.anchors_g + (b * K + k) * D, D, dist_g);
-                const T g0 = grad_out[b * K + k], g1 = two ? grad_out[(B + b) * K + k] : T(0);
-                for (int64_t p = 0; p < kSub; ++p)
-                    c[p] = term_coef<TERM, T>(dist[p], with_g ? dist_g[p] : T(0), blk->slot[p] == k, blk->w[p], a.h,
-                                              a.delta, g0, g1);
-                for (int64_t d = 0; d < D; ++d) {
-                    const T ad = ak[d];
-                    T* ged = ge.get() + d * kSub;
-                    for (int64_t p = 0; p < kSub; ++p) {
-                        prod[p] = c[p] * (blk->e[d][p] - ad);
-                        ged[p] += prod[p];
-                    }
-                    if (acc) detail::lane_add(lanes.data() + (k * D + d) * kLanes, prod);
+            for (int i = 0; i < n_terms; ++i) {
+                const TermGrad<T>& tg = terms[i];
+                blk->load_pixels(tg.a.weight, tg.a.slot, N, b, p0, np);
+                T* ln = tg.grad_anchors ? lanes[i].data() : nullptr;
+                switch (tg.term) {
+                    case kSoftMask: detail::backward_block<kSoftMask>(tg, *blk, b, kb[i], ge.get(), ln); break;
+                    case kUnlabeledPush: detail::backward_block<kUnlabeledPush>(tg, *blk, b, kb[i], ge.get(), ln); break;
+                    default: detail::backward_block<kConsistency>(tg, *blk, b, kb[i], ge.get(), ln); break;
                 }
             }
             if (grad_emb)
@@ -210,10 +269,25 @@ void anchor_pixel_sums_backward(const AnchorPixelArgs<T>& a, const T* grad_out, 
                     for (int64_t p = 0; p < np; ++p) dst[p] = T(2) * ged[p];
                 }
         }
-        if (acc)
-            for (int64_t kd = 0; kd < Kb * D; ++kd) acc[kd] = -2 * detail::lane_total(lanes.data() + kd * kLanes);
+        for (int i = 0; i < n_terms; ++i) {
+            if (!terms[i].grad_anchors) continue;
+            double* acc = part[i].data() + task * terms[i].a.K * D;
+            for (int64_t kd = 0; kd < kb[i] * D; ++kd) acc[kd] = -2 * detail::lane_total(lanes[i].data() + kd * kLanes);
+        }
     }
-    if (grad_anchors) detail::combine_tiles(part, B, n_tiles, K * D, grad_anchors, threads);
+    for (int i = 0; i < n_terms; ++i)
+        if (terms[i].grad_anchors)
+            detail::combine_tiles(part[i], B, n_tiles, terms[i].a.K * D, terms[i].grad_anchors, threads);
+}
+
+/// Backward of anchor_pixel_sums given grad_out (n_out, B, K): grad_emb (B, D, N)
+/// and grad_anchors (B, K, D), either may be null. The g-embeddings get no gradient.
+template <int TERM, class T>
+void anchor_pixel_sums_backward(const AnchorPixelArgs<T>& a, const T* grad_out, T* grad_emb, T* grad_anchors,
+                                int threads) {
+    TermGrad<T> tg;
+    tg.term = TERM, tg.a = a, tg.grad_out = grad_out, tg.grad_anchors = grad_anchors;
+    anchor_pixel_terms_backward(&tg, 1, grad_emb, threads);
 }
 
 /// Per-slot sums of the embeddings and pixel counts: sums (B, C, D), counts (B, C).

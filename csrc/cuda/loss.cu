@@ -61,11 +61,11 @@ __global__ void anchor_pixel_forward_kernel(LossArgs<T> a, T* out, T* partial, i
     const int kn = static_cast<int>(Kb - k0 < kChunk ? Kb - k0 : kChunk);
     if (kn <= 0) return;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* sa = reinterpret_cast<T*>(smem_raw);
+    T* sa = reinterpret_cast<T*>(smem_raw);  // g-arrays only for the consistency term
     T* sag = sa + kChunk * D;
-    T* se = sag + kChunk * D;
+    T* se = sag + (with_g ? kChunk * D : 0);
     T* seg = se + D * kPitch;
-    T* red = seg + D * kPitch;  // [warp][k][3]
+    T* red = seg + (with_g ? D * kPitch : 0);  // [warp][k][3]
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     for (int64_t i = tid; i < kn * D; i += kThreads) {
         sa[i] = a.anchors[(b * K + k0) * D + i];
@@ -137,11 +137,11 @@ __global__ void anchor_pixel_backward_kernel(LossArgs<T> a, const T* grad_out, T
     const int64_t t = blockIdx.x, b = blockIdx.y;
     const int64_t Kb = valid_anchors(a.n_valid, b, K);
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* sa = reinterpret_cast<T*>(smem_raw);
+    T* sa = reinterpret_cast<T*>(smem_raw);  // g-arrays only for the consistency term
     T* sag = sa + kChunk * D;
-    T* se = sag + kChunk * D;
+    T* se = sag + (with_g ? kChunk * D : 0);
     T* seg = se + D * kPitch;
-    T* sc = seg + D * kPitch;  // [k][pixel] coefficients c_ki
+    T* sc = seg + (with_g ? D * kPitch : 0);  // [k][pixel] coefficients c_ki
     const int tid = threadIdx.x;
     const int64_t p_end = (t + 1) * tile < N ? (t + 1) * tile : N;
     for (int64_t k0 = 0; k0 < Kb; k0 += kChunk) {
@@ -468,9 +468,10 @@ void anchor_pixel_sums(int term, const LossArgs<T>& a, T* out, const Launch& l) 
     check(cudaSetDevice(l.device), "cudaSetDevice");
     const int64_t tile = tile_of(a.K), nt = tiles(a.N, a.K);
     T* partial = l.deterministic ? scratch_as<T>(l, 0, a.B * nt * 3 * a.K) : nullptr;
-    const size_t smem = (2 * kChunk * a.D + 2 * a.D * kPitch + kWarps * kChunk * 3) * sizeof(T);
     by_term(term, [&](auto tag) {
         constexpr int TERM = decltype(tag)::value;
+        const int64_t copies = TERM == kConsistency ? 2 : 1;
+        const size_t smem = (copies * (kChunk * a.D + a.D * kPitch) + kWarps * kChunk * 3) * sizeof(T);
         auto kernel = anchor_pixel_forward_kernel<TERM, T>;
         set_smem(kernel, smem);
         kernel<<<dim3(static_cast<unsigned>(nt), static_cast<unsigned>(chunks(a.K)), static_cast<unsigned>(a.B)),
@@ -493,9 +494,10 @@ void anchor_pixel_sums_backward(int term, const LossArgs<T>& a, const T* grad_ou
     check(cudaSetDevice(l.device), "cudaSetDevice");
     const int64_t tile = tile_of(a.K), nt = tiles(a.N, a.K);
     T* partial = l.deterministic ? scratch_as<T>(l, 0, a.B * nt * a.K * a.D) : nullptr;
-    const size_t smem = (2 * kChunk * a.D + 2 * a.D * kPitch + kChunk * kPitch) * sizeof(T);
     by_term(term, [&](auto tag) {
         constexpr int TERM = decltype(tag)::value;
+        const int64_t copies = TERM == kConsistency ? 2 : 1;
+        const size_t smem = (copies * (kChunk * a.D + a.D * kPitch) + kChunk * kPitch) * sizeof(T);
         auto kernel = anchor_pixel_backward_kernel<TERM, T>;
         set_smem(kernel, smem);
         kernel<<<dim3(static_cast<unsigned>(nt), static_cast<unsigned>(a.B)), kThreads, smem, l.stream>>>(

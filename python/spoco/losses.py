@@ -320,30 +320,36 @@ class SPOCOLoss(nn.Module):
         else:
             pix = _anchors.random_instance_anchors(slot, keys, C)
             anchors = emb.gather(2, pix[:, None, :].expand(B, D, C)).transpose(1, 2)
-        if self.instance_loss == "bce":
-            bce = _ops.soft_mask_bce_sums(anchors, emb, slot, weight, self.sigma2)
-            inst = _masked_mean(bce / counted.sum(1, keepdim=True).clamp(min=1), obj)
-        else:
-            inter, sq = _fused.soft_mask_sums(anchors, emb, slot, weight, self.sigma2, n_cl)
-            inst = _dice(inter, sq, counts, obj, self.dice)
-        terms["instance"] = _batch_mean(inst, n_obj >= 1)
-
         if self.sparse:
             unlabeled = counted & (lab == 0)
             n_u = unlabeled.sum(1)
-            up = _fused.unlabeled_push_sums(means, emb, unlabeled.to(dt), self.delta_d, n_cl)
-            up = up / n_u.clamp(min=1)[:, None]
-            terms["unlabeled_push"] = _batch_mean(_masked_mean(up, obj), (n_obj >= 1) & (n_u >= 1))
-        else:
-            terms["unlabeled_push"] = emb.new_zeros(())
         if emb_g is not None:
             K = self.max_anchors
             pix, ok = _fused.consistency_anchors(emb.detach(), emb_g, unlabeled, keys, K, self.delta_v,
                                                  self.coverage_stop)
             idx = pix[:, None, :].expand(B, D, K)
-            cross, sq_f, sq_g = _fused.consistency_sums(emb.gather(2, idx).transpose(1, 2), emb,
-                                                        emb_g.gather(2, idx).transpose(1, 2), emb_g, weight,
-                                                        self.sigma2, ok.sum(1))
+            cons_args = (emb.gather(2, idx).transpose(1, 2).contiguous(),
+                         emb_g.gather(2, idx).transpose(1, 2).contiguous(), emb_g.contiguous(), ok.sum(1))
+        else:
+            cons_args = (None, None, None, None)
+        # every anchor x pixel sum in one op: one backward pass and one (B, D, N) gradient for all of them
+        inst_sums, up_sums, cons_sums = _fused.anchor_pixel_terms(
+            emb.contiguous(), slot, weight, n_cl, anchors.contiguous(), means.contiguous() if self.sparse else None,
+            unlabeled.to(dt) if self.sparse else None, *cons_args, 0.5 / self.sigma2, self.delta_d)
+        if self.instance_loss == "bce":
+            bce = _ops.soft_mask_bce_sums(anchors, emb, slot, weight, self.sigma2)
+            inst = _masked_mean(bce / counted.sum(1, keepdim=True).clamp(min=1), obj)
+        else:
+            inst = _dice(inst_sums[0], inst_sums[1], counts, obj, self.dice)
+        terms["instance"] = _batch_mean(inst, n_obj >= 1)
+
+        if self.sparse:
+            up = up_sums[0] / n_u.clamp(min=1)[:, None]
+            terms["unlabeled_push"] = _batch_mean(_masked_mean(up, obj), (n_obj >= 1) & (n_u >= 1))
+        else:
+            terms["unlabeled_push"] = emb.new_zeros(())
+        if emb_g is not None:
+            cross, sq_f, sq_g = cons_sums[0], cons_sums[1], cons_sums[2].detach()
             terms["consistency"] = _batch_mean(_dice(cross, sq_f, sq_g, ok, self.dice), n_u >= 1)
         else:
             terms["consistency"] = emb.new_zeros(())

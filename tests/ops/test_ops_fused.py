@@ -227,3 +227,59 @@ def test_cuda_deterministic_mode_is_bit_identical(seed):
             assert torch.equal(x, y)
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def terms_inputs(seed, device="cpu", N=60, C=5, K=4):
+    emb, anchors, slot, w, n_obj = data(seed, N=N, K=C, device=device)
+    gen = torch.Generator().manual_seed(seed + 1)
+    means = anchors + 0.1
+    unl = (torch.rand(2, N, generator=gen) > 0.5).double().to(device)
+    af = emb[:, :, :K].transpose(1, 2).contiguous() + 0.05
+    eg = (emb * 0.9).contiguous()
+    ag = eg[:, :, :K].transpose(1, 2).contiguous()
+    n_cons = torch.tensor([K, K - 1], device=device)
+    return emb, slot, w, n_obj, anchors, means, unl, af, ag, eg, n_cons
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("present", ["all", "instance only"])
+def test_anchor_pixel_terms_equal_the_single_terms(seed, device, present):
+    emb, slot, w, n_obj, anchors, means, unl, af, ag, eg, n_cons = terms_inputs(seed % 2**31, device)
+    if present != "all":
+        means = unl = af = ag = eg = n_cons = None
+    h = 0.5 / SIGMA2
+
+    def together(e, a, m, f_):
+        inst, up, cons = F.anchor_pixel_terms(e, slot, w, n_obj, a, m, unl, f_, ag, eg, n_cons, h, 2.0)
+        return inst, up, cons
+
+    def apart(e, a, m, f_):
+        inst = F.anchor_pixel_sums(0, a, e, None, None, slot, w, n_obj, h, 0.0)
+        up = F.anchor_pixel_sums(1, m, e, None, None, None, unl, n_obj, 0.0, 2.0) if m is not None \
+            else e.new_zeros((1, 2, 0))
+        cons = F.anchor_pixel_sums(2, f_, e, ag, eg, None, w, n_cons, h, 0.0) if f_ is not None \
+            else e.new_zeros((3, 2, 0))
+        return inst, up, cons
+
+    if present == "all":
+        compare(together, apart, [emb, anchors, means, af], seed)
+    else:
+        compare(lambda e, a: together(e, a, None, None), lambda e, a: apart(e, a, None, None), [emb, anchors], seed)
+
+
+def test_anchor_pixel_terms_gradcheck_and_opcheck(seed):
+    emb, slot, w, n_obj, anchors, means, unl, af, ag, eg, n_cons = terms_inputs(seed % 2**31, N=15, C=3, K=2)
+    req = lambda x: x.clone().requires_grad_()  # noqa: E731
+    h = 0.5 / SIGMA2
+    fn = lambda e, a, m, f_: F.anchor_pixel_terms(e, slot, w, n_obj, a, m, unl, f_, ag, eg, n_cons, h, 2.0)  # noqa
+    assert torch.autograd.gradcheck(fn, (req(emb), req(anchors), req(means), req(af)), eps=1e-6, atol=1e-6)
+    args = (req(emb), slot, w, n_obj, req(anchors), req(means), unl, req(af), ag, eg, n_cons, h, 2.0)
+    torch.library.opcheck(F.anchor_pixel_terms, args)
+    torch.library.opcheck(F.anchor_pixel_terms, (req(emb), slot, w, n_obj, req(anchors), None, None, None, None,
+                                                 None, None, h, 2.0))
+    grads = (torch.randn(2, 2, 3, dtype=torch.float64), torch.randn(1, 2, 3, dtype=torch.float64),
+             torch.randn(3, 2, 2, dtype=torch.float64))
+    torch.library.opcheck(F.anchor_pixel_terms_backward, grads + (emb, slot, w, n_obj, anchors, means, unl, af, ag,
+                                                                  eg, n_cons, h, 2.0))
+    with pytest.raises(ValueError, match="must be given together"):
+        F.anchor_pixel_terms(emb, slot, w, n_obj, anchors, means, None, af, ag, eg, n_cons, h, 2.0)

@@ -268,6 +268,10 @@ def anchor_pixel_sums(term: int, anchors: torch.Tensor, emb: torch.Tensor, ancho
     margin. See :func:`soft_mask_sums`, :func:`unlabeled_push_sums` and
     :func:`consistency_sums` for the outputs of each term.
     """
+    return _anchor_pixel_forward(term, anchors, emb, anchors_g, emb_g, slot, weight, n_valid, h, delta)
+
+
+def _anchor_pixel_forward(term, anchors, emb, anchors_g, emb_g, slot, weight, n_valid, h, delta):
     ts, args = _anchor_pixel_args(term, anchors, emb, anchors_g, emb_g, slot, weight, n_valid, h, delta)
     B, K = anchors.shape[:2]
     out = emb.new_zeros((N_OUTPUTS[term], B, K))
@@ -375,6 +379,145 @@ def consistency_sums(anchors_f, emb_f, anchors_g, emb_g, weight, sigma2: float, 
                             anchors_g.detach().contiguous(), emb_g.detach().contiguous(), None, weight, n_valid,
                             0.5 / sigma2, 0.0)
     return out[0], out[1], out[2].detach()
+
+
+# ----------------------------------------------- all anchor x pixel terms of a loss call
+def _terms_list(anchors, means, unlabeled, anchors_f, anchors_g, emb_g, slot, weight, n_obj, n_cons, h, delta_d):
+    """(term, anchors, anchors_g, emb_g, slot, weight, n_valid, h, delta) of each present term."""
+    terms = [(TERMS["soft_mask"], anchors, None, None, slot, weight, n_obj, h, 0.0)]
+    if means is not None:
+        terms.append((TERMS["unlabeled_push"], means, None, None, None, unlabeled, n_obj, 0.0, delta_d))
+    if anchors_f is not None:
+        terms.append((TERMS["consistency"], anchors_f, anchors_g, emb_g, None, weight, n_cons, h, 0.0))
+    return terms
+
+
+def _check_terms(emb, anchors, means, unlabeled, anchors_f, anchors_g, emb_g, n_cons):
+    if (means is None) != (unlabeled is None):
+        raise ValueError("means and unlabeled must be given together (the unlabeled push)")
+    if len({anchors_f is None, anchors_g is None, emb_g is None, n_cons is None}) != 1:
+        raise ValueError("anchors_f, anchors_g, emb_g and n_cons must be given together (the consistency term)")
+
+
+@torch.library.custom_op("spoco::anchor_pixel_terms", mutates_args=())
+def anchor_pixel_terms(emb: torch.Tensor, slot: torch.Tensor, weight: torch.Tensor, n_obj: torch.Tensor,
+                       anchors: torch.Tensor, means: torch.Tensor | None, unlabeled: torch.Tensor | None,
+                       anchors_f: torch.Tensor | None, anchors_g: torch.Tensor | None, emb_g: torch.Tensor | None,
+                       n_cons: torch.Tensor | None, h: float, delta_d: float
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every anchor x pixel reduction of one loss call, with one fused backward pass.
+
+    Parameters
+    ----------
+    emb : (B, D, N) pixel embeddings; slot : (B, N) object slots; weight : (B, N) pixel weights
+    n_obj : (B,) int64 slots in use; anchors : (B, C, D) instance anchors (Eq. 3)
+    means, unlabeled : (B, C, D) cluster means and (B, N) unlabeled weights, or None (no Eq. 6)
+    anchors_f, anchors_g, emb_g, n_cons : consistency anchors (B, K, D) in f and g, the
+        g-embeddings and (B,) anchors in use, or all None (no Eq. 7)
+    h : 1/(2σ²); delta_d : unlabeled-push margin
+
+    Returns
+    -------
+    inst : (2, B, C) ``Σ w S I``, ``Σ w S²``;  upush : (1, B, C) (or (1, B, 0));
+    cons : (3, B, K) ``Σ w S^f S^g``, ``Σ w (S^f)²``, ``Σ w (S^g)²`` (or (3, B, 0))
+
+    The backward (:func:`anchor_pixel_terms_backward`) visits each pixel block once for
+    all terms and returns one ``(B, D, N)`` gradient (not one per term).
+    """
+    _check_terms(emb, anchors, means, unlabeled, anchors_f, anchors_g, emb_g, n_cons)
+    B = emb.shape[0]
+    outs = {t[0]: _anchor_pixel_forward(t[0], t[1], emb, *t[2:])
+            for t in _terms_list(anchors, means, unlabeled, anchors_f, anchors_g, emb_g, slot, weight, n_obj,
+                                 n_cons, h, delta_d)}
+    up = outs.get(TERMS["unlabeled_push"], emb.new_zeros((1, B, 0)))
+    cons = outs.get(TERMS["consistency"], emb.new_zeros((3, B, 0)))
+    return outs[TERMS["soft_mask"]], up, cons
+
+
+@anchor_pixel_terms.register_fake
+def _(emb, slot, weight, n_obj, anchors, means, unlabeled, anchors_f, anchors_g, emb_g, n_cons, h, delta_d):
+    B, C = anchors.shape[:2]
+    return (emb.new_empty((2, B, C)), emb.new_empty((1, B, C if means is not None else 0)),
+            emb.new_empty((3, B, anchors_f.shape[1] if anchors_f is not None else 0)))
+
+
+@torch.library.custom_op("spoco::anchor_pixel_terms_backward", mutates_args=())
+def anchor_pixel_terms_backward(grad_inst: torch.Tensor, grad_up: torch.Tensor, grad_cons: torch.Tensor,
+                                emb: torch.Tensor, slot: torch.Tensor, weight: torch.Tensor, n_obj: torch.Tensor,
+                                anchors: torch.Tensor, means: torch.Tensor | None, unlabeled: torch.Tensor | None,
+                                anchors_f: torch.Tensor | None, anchors_g: torch.Tensor | None,
+                                emb_g: torch.Tensor | None, n_cons: torch.Tensor | None, h: float, delta_d: float
+                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients ``(grad_emb (B, D, N), grad_anchors, grad_means, grad_anchors_f)`` of
+    :func:`anchor_pixel_terms`; absent terms give empty ``(B, 0, D)`` gradients."""
+    _check_terms(emb, anchors, means, unlabeled, anchors_f, anchors_g, emb_g, n_cons)
+    terms = _terms_list(anchors, means, unlabeled, anchors_f, anchors_g, emb_g, slot, weight, n_obj, n_cons, h,
+                        delta_d)
+    grads = {TERMS["soft_mask"]: grad_inst, TERMS["unlabeled_push"]: grad_up, TERMS["consistency"]: grad_cons}
+    _check_emb("emb", emb)
+    B, D, N = _check_dims(emb)
+    emb = emb.contiguous()
+    cpu = emb.device.type == "cpu"
+    grad_emb = emb.new_empty((B, D, N)) if cpu else emb.new_zeros((B, D, N))
+    outs = {}
+    keep = []  # contiguous copies must outlive the kernel call
+    ptrs, ids, Ks, hs, deltas = [], [], [], [], []
+    for term, a, ag, eg, sl, w, nv, hh, dd in terms:
+        ts, args = _anchor_pixel_args(term, a, emb, ag, eg, sl, w, nv, hh, dd)
+        grad = grads[term]
+        _check_like("grad", grad, (N_OUTPUTS[term], B, a.shape[1]), emb.dtype, emb.device)
+        grad = grad.contiguous()
+        ga = a.new_zeros(a.shape)
+        outs[term] = ga
+        keep += ts + [grad]
+        if cpu:
+            ids.append(term)
+            ptrs += [args[1], args[3], args[2], args[4], args[5], args[6], grad.data_ptr(), ga.data_ptr()]
+            Ks.append(a.shape[1])
+            hs.append(float(hh))
+            deltas.append(float(dd))
+        elif a.shape[1] > 0:  # CUDA: one launch per term, each adding to grad_emb
+            _cuda_call(emb.device, "anchor_pixel_backward", (B, D, N, a.shape[1], emb.element_size()),
+                       "anchor_pixel", term, True, _dtype(emb), *args, 0, grad.data_ptr(), grad_emb.data_ptr(),
+                       ga.data_ptr())
+    if cpu:
+        _core.loss_anchor_terms_backward(_dtype(emb), ids, ptrs, Ks, hs, deltas, keep[0].data_ptr(), B, D, N,
+                                         grad_emb.data_ptr(), 0)
+    return (grad_emb, outs[TERMS["soft_mask"]], outs.get(TERMS["unlabeled_push"], emb.new_zeros((B, 0, D))),
+            outs.get(TERMS["consistency"], emb.new_zeros((B, 0, D))))
+
+
+@anchor_pixel_terms_backward.register_fake
+def _(grad_inst, grad_up, grad_cons, emb, slot, weight, n_obj, anchors, means, unlabeled, anchors_f, anchors_g,
+      emb_g, n_cons, h, delta_d):
+    B, D = emb.shape[:2]
+    return (emb.new_empty(emb.shape), anchors.new_empty(anchors.shape),
+            means.new_empty(means.shape) if means is not None else emb.new_empty((B, 0, D)),
+            anchors_f.new_empty(anchors_f.shape) if anchors_f is not None else emb.new_empty((B, 0, D)))
+
+
+def _anchor_terms_setup(ctx, inputs, output):
+    emb, slot, weight, n_obj, anchors, means, unlabeled, anchors_f, anchors_g, emb_g, n_cons, h, delta_d = inputs
+    ctx.save_for_backward(emb, slot, weight, n_obj, anchors, means, unlabeled, anchors_f, anchors_g, emb_g, n_cons)
+    ctx.h, ctx.delta_d = h, delta_d
+
+
+def _anchor_terms_backward(ctx, grad_inst, grad_up, grad_cons):
+    emb, slot, weight, n_obj, anchors, means, unlabeled, anchors_f, anchors_g, emb_g, n_cons = ctx.saved_tensors
+    B, C = anchors.shape[:2]
+    K = anchors_f.shape[1] if anchors_f is not None else 0
+    zeros = lambda g, shape: emb.new_zeros(shape) if g is None else g  # noqa: E731  (unused outputs)
+    grad_inst = zeros(grad_inst, (2, B, C))
+    grad_up = zeros(grad_up, (1, B, C if means is not None else 0))
+    grad_cons = zeros(grad_cons, (3, B, K))
+    g_emb, g_a, g_m, g_f = anchor_pixel_terms_backward(grad_inst, grad_up, grad_cons, emb, slot, weight, n_obj,
+                                                      anchors, means, unlabeled, anchors_f, anchors_g, emb_g, n_cons,
+                                                      ctx.h, ctx.delta_d)
+    return (g_emb, None, None, None, g_a, g_m if means is not None else None, None,
+            g_f if anchors_f is not None else None, None, None, None, None, None)
+
+
+anchor_pixel_terms.register_autograd(_anchor_terms_backward, setup_context=_anchor_terms_setup)
 
 
 # ------------------------------------------------------------- consistency anchors (Eq. 7)
