@@ -403,82 +403,93 @@ void pull_sums(const T* emb, const T* means, const int64_t* slot, int64_t B, int
 /// sqrt(r2) of an earlier anchor in f or in g; an image stops once fewer than
 /// coverage_stop * |U| (or no) unlabeled pixels are uncovered, or after K anchors.
 /// Writes pix (B, K) (0 where no anchor) and valid (B, K) (a prefix of ones).
+///
+/// Same result as K coverage passes, with one: scanning the unlabeled pixels by
+/// decreasing key, a pixel is the next anchor exactly when no anchor found so far
+/// covers it (coverage only grows). Only the first few candidates are sorted (partial
+/// sorts of growing batches); then one pass finds, for every unlabeled pixel, the
+/// first anchor that covers it, which gives the uncovered count after each anchor.
 template <class T>
 void consistency_anchors(const T* emb_f, const T* emb_g, const uint8_t* unlabeled, const double* keys, int64_t B,
                          int64_t D, int64_t N, int64_t K, T r2, double coverage_stop, int64_t* pix, uint8_t* valid,
                          int threads) {
     detail::check_dims(B, D, N, K);
     threads = resolve_threads(threads);
-    constexpr int64_t tile = 4096;
-    const int64_t n_tiles = (N + tile - 1) / tile;
-    struct Best {
-        int64_t left;
-        double key;
-        int64_t idx;
-    };
-    std::vector<uint8_t> free(static_cast<size_t>(N));
-    std::vector<Best> best(static_cast<size_t>(n_tiles));
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
     for (int64_t b = 0; b < B; ++b) {
         const T* ef = emb_f + b * D * N;
         const T* eg = emb_g + b * D * N;
         const double* kb = keys + b * N;
-        int64_t n_u = 0, left = 0, p = -1;
-        double pk = -1;
-        for (int64_t i = 0; i < N; ++i) {
-            free[i] = unlabeled[b * N + i] != 0;
-            if (free[i]) {
-                ++n_u;
-                if (kb[i] > pk) pk = kb[i], p = i;
+        const uint8_t* ub = unlabeled + b * N;
+        for (int64_t j = 0; j < K; ++j) pix[b * K + j] = 0, valid[b * K + j] = 0;
+        std::vector<int64_t> cand;
+        for (int64_t i = 0; i < N; ++i)
+            if (ub[i]) cand.push_back(i);
+        const int64_t n_u = static_cast<int64_t>(cand.size());
+        if (n_u == 0) continue;
+        auto near = [&](int64_t i, int64_t p) {  // the same sums as the pass below
+            T df = 0, dg = 0;
+            for (int64_t d = 0; d < D; ++d) {
+                const T x = ef[d * N + i] - ef[d * N + p], y = eg[d * N + i] - eg[d * N + p];
+                df += x * x;
+                dg += y * y;
             }
-        }
-        left = n_u;
-        const double thr = coverage_stop * static_cast<double>(n_u);
-        for (int64_t j = 0; j < K; ++j) {
-            const bool done = left == 0 || static_cast<double>(left) < thr;
-            pix[b * K + j] = done ? 0 : p;
-            valid[b * K + j] = !done;
-            if (done) continue;
-            // mark the pixels covered by anchor p; count the rest and find the next anchor
-#pragma omp parallel for num_threads(threads) schedule(static)
-            for (int64_t t = 0; t < n_tiles; ++t) {
-                Best bt{0, -1.0, -1};
-                T af[kMaxDim], ag[kMaxDim];
-                for (int64_t d = 0; d < D; ++d) af[d] = ef[d * N + p], ag[d] = eg[d * N + p];
-                T df[kSub], dg[kSub];
-                const int64_t i_end = std::min(N, (t + 1) * tile);
-                for (int64_t i0 = t * tile; i0 < i_end; i0 += kSub) {
-                    const int64_t np = std::min(kSub, i_end - i0);
-                    bool any = false;
-                    for (int64_t q = 0; q < np; ++q) any |= free[i0 + q] != 0;
-                    if (!any) continue;  // covered blocks cost nothing
-                    for (int64_t q = 0; q < np; ++q) df[q] = dg[q] = T(0);
-                    for (int64_t d = 0; d < D; ++d) {  // distances of the whole block, vectorised
-                        const T* rf = ef + d * N + i0;
-                        const T* rg = eg + d * N + i0;
-                        for (int64_t q = 0; q < np; ++q) {
-                            const T x = rf[q] - af[d], y = rg[q] - ag[d];
-                            df[q] += x * x;
-                            dg[q] += y * y;
-                        }
+            return df <= r2 || dg <= r2;
+        };
+        auto before = [&](int64_t x, int64_t y) { return kb[x] > kb[y] || (kb[x] == kb[y] && x < y); };
+        std::vector<int64_t> found;
+        for (int64_t begin = 0, batch = 4 * K; begin < n_u && static_cast<int64_t>(found.size()) < K; batch *= 2) {
+            const int64_t end = std::min(n_u, begin + batch);
+            std::partial_sort(cand.begin() + begin, cand.begin() + end, cand.end(), before);
+            for (int64_t c = begin; c < end && static_cast<int64_t>(found.size()) < K; ++c) {
+                bool covered = false;
+                for (int64_t p : found)
+                    if (near(cand[c], p)) {
+                        covered = true;
+                        break;
                     }
+                if (!covered) found.push_back(cand[c]);
+            }
+            begin = end;
+        }
+        // first covering anchor of every unlabeled pixel, by blocks of kSub (vectorised distances)
+        const int64_t n_a = static_cast<int64_t>(found.size());
+        std::vector<int64_t> newly(static_cast<size_t>(n_a + 1), 0);
+        T df[kSub], dg[kSub];
+        int64_t first[kSub];
+        for (int64_t i0 = 0; i0 < N; i0 += kSub) {
+            const int64_t np = std::min(kSub, N - i0);
+            int64_t open = 0;
+            for (int64_t q = 0; q < np; ++q) {
+                first[q] = ub[i0 + q] ? n_a : -1;
+                open += first[q] == n_a;
+            }
+            for (int64_t a = 0; a < n_a && open > 0; ++a) {
+                const int64_t p = found[a];
+                for (int64_t q = 0; q < np; ++q) df[q] = dg[q] = T(0);
+                for (int64_t d = 0; d < D; ++d) {
+                    const T* rf = ef + d * N + i0;
+                    const T* rg = eg + d * N + i0;
+                    const T af = ef[d * N + p], ag = eg[d * N + p];
                     for (int64_t q = 0; q < np; ++q) {
-                        const int64_t i = i0 + q;
-                        if (!free[i]) continue;
-                        if (df[q] <= r2 || dg[q] <= r2) {
-                            free[i] = 0;
-                            continue;
-                        }
-                        ++bt.left;
-                        if (kb[i] > bt.key) bt.key = kb[i], bt.idx = i;
+                        const T x = rf[q] - af, y = rg[q] - ag;
+                        df[q] += x * x;
+                        dg[q] += y * y;
                     }
                 }
-                best[t] = bt;
+                for (int64_t q = 0; q < np; ++q)
+                    if (first[q] == n_a && (df[q] <= r2 || dg[q] <= r2)) first[q] = a, --open;
             }
-            left = 0, pk = -1, p = -1;
-            for (int64_t t = 0; t < n_tiles; ++t) {  // tile order: ties keep the lowest index
-                left += best[t].left;
-                if (best[t].key > pk) pk = best[t].key, p = best[t].idx;
-            }
+            for (int64_t q = 0; q < np; ++q)
+                if (first[q] >= 0) ++newly[first[q]];
+        }
+        int64_t left = n_u;
+        const double thr = coverage_stop * static_cast<double>(n_u);
+        for (int64_t j = 0; j < std::min(K, n_a); ++j) {
+            if (left == 0 || static_cast<double>(left) < thr) break;
+            pix[b * K + j] = found[j];
+            valid[b * K + j] = 1;
+            left -= newly[j];
         }
     }
 }
