@@ -113,7 +113,7 @@ inline void check_dims(int64_t B, int64_t D, int64_t N, int64_t K) {
 /// Add per-(image, tile) partials part[(b * n_tiles + t) * per + j] over t in tile order.
 template <class T>
 void combine_tiles(const std::vector<double>& part, int64_t B, int64_t n_tiles, int64_t per, T* out, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp parallel for num_threads(threads) schedule(static) if (B * per * n_tiles > (1 << 18))
     for (int64_t bj = 0; bj < B * per; ++bj) {
         const int64_t b = bj / per, j = bj % per;
         double s = 0;
@@ -290,6 +290,37 @@ void anchor_pixel_sums_backward(const AnchorPixelArgs<T>& a, const T* grad_out, 
     anchor_pixel_terms_backward(&tg, 1, grad_emb, threads);
 }
 
+namespace detail {
+
+/// Calls fn(p0, len, s) for the runs of equal slot s in [0, C) among pixels [begin, end)
+/// of one image (runs cut at kSub pixels). Labels are spatially coherent, so runs are
+/// long: per-slot work is vectorised along a run and needs no gather or scatter.
+template <class F>
+inline void for_each_run(const int64_t* slot, int64_t begin, int64_t end, int64_t C, F&& fn) {
+    int64_t p = begin;
+    while (p < end) {
+        const int64_t s = slot[p];
+        int64_t q = p + 1;
+        while (q < end && q - p < kSub && slot[q] == s) ++q;
+        if (s >= 0 && s < C) fn(p, q - p, s);
+        p = q;
+    }
+}
+
+/// Sum of v[0..len) (len <= kSub) in a fixed order, vectorised.
+template <class T>
+inline T run_sum(const T* v, int64_t len) {
+    T pad[kSub];
+    for (int64_t q = 0; q < kSub; ++q) pad[q] = q < len ? v[q] : T(0);
+    T lanes[kLanes] = {};
+    lane_add(lanes, pad);
+    T s = T(0);
+    for (int64_t l = 0; l < kLanes; ++l) s += lanes[l];
+    return s;
+}
+
+}  // namespace detail
+
 /// Per-slot sums of the embeddings and pixel counts: sums (B, C, D), counts (B, C).
 /// Pixels with slot outside [0, C) belong to no slot.
 template <class T>
@@ -302,18 +333,12 @@ void segment_sum(const T* emb, const int64_t* slot, int64_t B, int64_t D, int64_
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
     for (int64_t task = 0; task < B * n_tiles; ++task) {
         const int64_t b = task / n_tiles, t = task % n_tiles;
-        const int64_t p0 = t * tile, p1 = std::min(N, (t + 1) * tile);
-        std::vector<T> acc(static_cast<size_t>(per), T(0));  // the tile's sums (row reads, scalar scatter)
-        const int64_t* sl = slot + b * N;
-        for (int64_t d = 0; d <= D; ++d) {
-            const T* row = emb + (b * D + std::min(d, D - 1)) * N;
-            for (int64_t p = p0; p < p1; ++p) {
-                const int64_t s = sl[p];
-                if (s >= 0 && s < C) acc[s * (D + 1) + d] += d < D ? row[p] : T(1);
-            }
-        }
-        double* out = part.data() + task * per;
-        for (int64_t j = 0; j < per; ++j) out[j] = acc[j];
+        double* acc = part.data() + task * per;
+        detail::for_each_run(slot + b * N, t * tile, std::min(N, (t + 1) * tile), C, [&](int64_t p, int64_t len,
+                                                                                       int64_t s) {
+            for (int64_t d = 0; d < D; ++d) acc[s * (D + 1) + d] += detail::run_sum(emb + (b * D + d) * N + p, len);
+            acc[s * (D + 1) + D] += static_cast<double>(len);
+        });
     }
     std::vector<T> tmp(static_cast<size_t>(B * per));
     detail::combine_tiles(part, B, n_tiles, per, tmp.data(), threads);
@@ -331,19 +356,22 @@ void segment_sum_backward(const T* grad_sums, const int64_t* slot, int64_t B, in
     constexpr int64_t block = 1 << 14;
     const int64_t n_blocks = (N + block - 1) / block;
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t task = 0; task < B * D * n_blocks; ++task) {
-        const int64_t bd = task / n_blocks, b = bd / D, d = bd % D, p0 = (task % n_blocks) * block;
-        for (int64_t p = p0; p < std::min(N, p0 + block); ++p) {
-            const int64_t s = slot[b * N + p];
-            grad_emb[bd * N + p] = (s >= 0 && s < C) ? grad_sums[(b * C + s) * D + d] : T(0);
-        }
+    for (int64_t task = 0; task < B * n_blocks; ++task) {
+        const int64_t b = task / n_blocks, p0 = (task % n_blocks) * block, p1 = std::min(N, p0 + block);
+        for (int64_t d = 0; d < D; ++d) std::fill(grad_emb + (b * D + d) * N + p0, grad_emb + (b * D + d) * N + p1, T(0));
+        detail::for_each_run(slot + b * N, p0, p1, C, [&](int64_t p, int64_t len, int64_t s) {
+            for (int64_t d = 0; d < D; ++d) {
+                const T g = grad_sums[(b * C + s) * D + d];
+                T* dst = grad_emb + (b * D + d) * N + p;
+                for (int64_t q = 0; q < len; ++q) dst[q] = g;
+            }
+        });
     }
 }
 
 /// Pull sums (Eq. 1): out (B, C) = sum over the pixels of slot k of [|mu_k - e_i| - delta_v]_+^2.
 /// With grad (B, C) given, computes instead grad_emb (B, D, N) and grad_means (B, C, D)
-/// (either may be null) of sum_k grad_k out_k. Pixels are handled in blocks of kSub:
-/// distances to the gathered means and gradients are vectorised row by row.
+/// (either may be null) of sum_k grad_k out_k. Work goes run by run of equal slot.
 template <class T>
 void pull_sums(const T* emb, const T* means, const int64_t* slot, int64_t B, int64_t D, int64_t N, int64_t C,
                T delta_v, T* out, const T* grad, T* grad_emb, T* grad_means, int threads) {
@@ -357,43 +385,35 @@ void pull_sums(const T* emb, const T* means, const int64_t* slot, int64_t B, int
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
     for (int64_t task = 0; task < B * n_tiles; ++task) {
         const int64_t b = task / n_tiles, t = task % n_tiles;
-        std::vector<T> acc(need_part ? static_cast<size_t>(per) : 0, T(0));
-        int64_t s[kSub];
-        T dist[kSub], c[kSub], g[kSub];
-        for (int64_t p0 = t * tile; p0 < std::min(N, (t + 1) * tile); p0 += kSub) {
-            const int64_t np = std::min(kSub, N - p0);
-            for (int64_t p = 0; p < np; ++p) {
-                const int64_t v = slot[b * N + p0 + p];
-                s[p] = (v >= 0 && v < C) ? v : -1;
-                dist[p] = T(0);
-            }
+        const int64_t p0 = t * tile, p1 = std::min(N, (t + 1) * tile);
+        double* acc = need_part ? part.data() + task * per : nullptr;
+        if (grad_emb)  // pixels of no slot get 0
+            for (int64_t d = 0; d < D; ++d) std::fill(grad_emb + (b * D + d) * N + p0, grad_emb + (b * D + d) * N + p1, T(0));
+        T dist[kSub], v[kSub], g[kSub];
+        detail::for_each_run(slot + b * N, p0, p1, C, [&](int64_t p, int64_t len, int64_t s) {
+            const T* mu = means + (b * C + s) * D;
+            for (int64_t q = 0; q < len; ++q) dist[q] = T(0);
             for (int64_t d = 0; d < D; ++d) {
-                const T* row = emb + (b * D + d) * N + p0;
-                for (int64_t p = 0; p < np; ++p) {
-                    const T x = row[p] - (s[p] >= 0 ? means[(b * C + s[p]) * D + d] : row[p]);
-                    dist[p] += x * x;
+                const T* row = emb + (b * D + d) * N + p;
+                for (int64_t q = 0; q < len; ++q) {
+                    const T x = row[q] - mu[d];
+                    dist[q] += x * x;
                 }
             }
             if (!backward) {
-                for (int64_t p = 0; p < np; ++p)
-                    if (s[p] >= 0) acc[s[p]] += pull_value(dist[p], delta_v);
-                continue;
+                for (int64_t q = 0; q < len; ++q) v[q] = pull_value(dist[q], delta_v);
+                acc[s] += detail::run_sum(v, len);
+                return;
             }
-            for (int64_t p = 0; p < np; ++p) c[p] = s[p] >= 0 ? grad[b * C + s[p]] * pull_coef(dist[p], delta_v) : T(0);
+            const T gs = grad[b * C + s];
+            for (int64_t q = 0; q < len; ++q) v[q] = gs * pull_coef(dist[q], delta_v);  // c_i
             for (int64_t d = 0; d < D; ++d) {
-                const T* row = emb + (b * D + d) * N + p0;
-                for (int64_t p = 0; p < np; ++p)
-                    g[p] = s[p] >= 0 ? T(2) * c[p] * (row[p] - means[(b * C + s[p]) * D + d]) : T(0);
-                if (grad_emb) std::copy(g, g + np, grad_emb + (b * D + d) * N + p0);
-                if (need_part)
-                    for (int64_t p = 0; p < np; ++p)
-                        if (s[p] >= 0) acc[s[p] * D + d] -= g[p];
+                const T* row = emb + (b * D + d) * N + p;
+                for (int64_t q = 0; q < len; ++q) g[q] = T(2) * v[q] * (row[q] - mu[d]);
+                if (grad_emb) std::copy(g, g + len, grad_emb + (b * D + d) * N + p);
+                if (acc) acc[s * D + d] -= detail::run_sum(g, len);
             }
-        }
-        if (need_part) {
-            double* dst = part.data() + task * per;
-            for (int64_t j = 0; j < per; ++j) dst[j] = acc[j];
-        }
+        });
     }
     if (need_part) detail::combine_tiles(part, B, n_tiles, per, backward ? grad_means : out, threads);
 }

@@ -315,28 +315,25 @@ class SPOCOLoss(nn.Module):
         terms["reg"] = _batch_mean(_masked_mean(_ops.safe_norm(means, -1), cluster), n_cl >= 1)
 
         weight = counted.to(dt)
-        if self.anchor == "mean":
-            anchors = means
-        else:
-            pix = _anchors.random_instance_anchors(slot, keys, C)
-            anchors = emb.gather(2, pix[:, None, :].expand(B, D, C)).transpose(1, 2)
+        # instance anchors: the means, or random pixels of each object (passed as pixel indices so
+        # that their gradient is added inside the fused backward)
+        inst_pix = None if self.anchor == "mean" else _anchors.random_instance_anchors(slot, keys, C)
         if self.sparse:
             unlabeled = counted & (lab == 0)
             n_u = unlabeled.sum(1)
+        cons_pix = cons_ok = None
         if emb_g is not None:
-            K = self.max_anchors
-            pix, ok = _fused.consistency_anchors(emb.detach(), emb_g, unlabeled, keys, K, self.delta_v,
-                                                 self.coverage_stop)
-            idx = pix[:, None, :].expand(B, D, K)
-            cons_args = (emb.gather(2, idx).transpose(1, 2).contiguous(),
-                         emb_g.gather(2, idx).transpose(1, 2).contiguous(), emb_g.contiguous(), ok.sum(1))
-        else:
-            cons_args = (None, None, None, None)
+            cons_pix, cons_ok = _fused.consistency_anchors(emb.detach(), emb_g, unlabeled, keys, self.max_anchors,
+                                                           self.delta_v, self.coverage_stop)
         # every anchor x pixel sum in one op: one backward pass and one (B, D, N) gradient for all of them
         inst_sums, up_sums, cons_sums = _fused.anchor_pixel_terms(
-            emb.contiguous(), slot, weight, n_cl, anchors.contiguous(), means.contiguous() if self.sparse else None,
-            unlabeled.to(dt) if self.sparse else None, *cons_args, 0.5 / self.sigma2, self.delta_d)
+            emb.contiguous(), slot, weight, n_cl, means.contiguous() if inst_pix is None else None, inst_pix,
+            means.contiguous() if self.sparse else None, unlabeled.to(dt) if self.sparse else None, cons_pix,
+            emb_g.contiguous() if emb_g is not None else None, cons_ok.sum(1) if emb_g is not None else None,
+            0.5 / self.sigma2, self.delta_d)
         if self.instance_loss == "bce":
+            anchors = means if inst_pix is None else \
+                emb.gather(2, inst_pix[:, None, :].expand(B, D, C)).transpose(1, 2)
             bce = _ops.soft_mask_bce_sums(anchors, emb, slot, weight, self.sigma2)
             inst = _masked_mean(bce / counted.sum(1, keepdim=True).clamp(min=1), obj)
         else:
@@ -350,7 +347,7 @@ class SPOCOLoss(nn.Module):
             terms["unlabeled_push"] = emb.new_zeros(())
         if emb_g is not None:
             cross, sq_f, sq_g = cons_sums[0], cons_sums[1], cons_sums[2].detach()
-            terms["consistency"] = _batch_mean(_dice(cross, sq_f, sq_g, ok, self.dice), n_u >= 1)
+            terms["consistency"] = _batch_mean(_dice(cross, sq_f, sq_g, cons_ok, self.dice), n_u >= 1)
         else:
             terms["consistency"] = emb.new_zeros(())
         return terms

@@ -234,52 +234,68 @@ def terms_inputs(seed, device="cpu", N=60, C=5, K=4):
     gen = torch.Generator().manual_seed(seed + 1)
     means = anchors + 0.1
     unl = (torch.rand(2, N, generator=gen) > 0.5).double().to(device)
-    af = emb[:, :, :K].transpose(1, 2).contiguous() + 0.05
-    eg = (emb * 0.9).contiguous()
-    ag = eg[:, :, :K].transpose(1, 2).contiguous()
+    inst_pix = torch.randint(0, N, (2, C), generator=gen).to(device)
+    cons_pix = torch.randint(0, N, (2, K), generator=gen).to(device)
+    eg = (emb * 0.9 + 0.1).contiguous()
     n_cons = torch.tensor([K, K - 1], device=device)
-    return emb, slot, w, n_obj, anchors, means, unl, af, ag, eg, n_cons
+    return emb, slot, w, n_obj, anchors, inst_pix, means, unl, cons_pix, eg, n_cons
+
+
+def at(e, pix):
+    return e.gather(2, pix[:, None, :].expand(e.shape[0], e.shape[1], pix.shape[1])).transpose(1, 2)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("present", ["all", "instance only"])
+@pytest.mark.parametrize("present", ["all, pixel anchors", "all, given anchors", "instance only"])
 def test_anchor_pixel_terms_equal_the_single_terms(seed, device, present):
-    emb, slot, w, n_obj, anchors, means, unl, af, ag, eg, n_cons = terms_inputs(seed % 2**31, device)
-    if present != "all":
-        means = unl = af = ag = eg = n_cons = None
+    emb, slot, w, n_obj, anchors, inst_pix, means, unl, cons_pix, eg, n_cons = terms_inputs(seed % 2**31, device)
+    if present == "instance only":
+        means = unl = cons_pix = eg = n_cons = None
+    if present == "all, given anchors":
+        inst_pix = None
+    else:
+        anchors = None
     h = 0.5 / SIGMA2
 
-    def together(e, a, m, f_):
-        inst, up, cons = F.anchor_pixel_terms(e, slot, w, n_obj, a, m, unl, f_, ag, eg, n_cons, h, 2.0)
-        return inst, up, cons
+    def together(e, a, m):
+        return F.anchor_pixel_terms(e, slot, w, n_obj, a, inst_pix, m, unl, cons_pix, eg, n_cons, h, 2.0)
 
-    def apart(e, a, m, f_):
+    def apart(e, a, m):
+        a = at(e, inst_pix) if a is None else a
         inst = F.anchor_pixel_sums(0, a, e, None, None, slot, w, n_obj, h, 0.0)
         up = F.anchor_pixel_sums(1, m, e, None, None, None, unl, n_obj, 0.0, 2.0) if m is not None \
             else e.new_zeros((1, 2, 0))
-        cons = F.anchor_pixel_sums(2, f_, e, ag, eg, None, w, n_cons, h, 0.0) if f_ is not None \
-            else e.new_zeros((3, 2, 0))
+        cons = F.anchor_pixel_sums(2, at(e, cons_pix), e, at(eg, cons_pix), eg, None, w, n_cons, h, 0.0) \
+            if cons_pix is not None else e.new_zeros((3, 2, 0))
         return inst, up, cons
 
-    if present == "all":
-        compare(together, apart, [emb, anchors, means, af], seed)
+    # differentiate with respect to emb and to whichever of anchors / means are tensors
+    if present == "all, given anchors":
+        compare(together, apart, [emb, anchors, means], seed)
+    elif present == "all, pixel anchors":
+        compare(lambda e, m: together(e, None, m), lambda e, m: apart(e, None, m), [emb, means], seed)
     else:
-        compare(lambda e, a: together(e, a, None, None), lambda e, a: apart(e, a, None, None), [emb, anchors], seed)
+        compare(lambda e: together(e, None, None), lambda e: apart(e, None, None), [emb], seed)
 
 
 def test_anchor_pixel_terms_gradcheck_and_opcheck(seed):
-    emb, slot, w, n_obj, anchors, means, unl, af, ag, eg, n_cons = terms_inputs(seed % 2**31, N=15, C=3, K=2)
+    emb, slot, w, n_obj, anchors, inst_pix, means, unl, cons_pix, eg, n_cons = terms_inputs(seed % 2**31, N=15, C=3,
+                                                                                             K=2)
     req = lambda x: x.clone().requires_grad_()  # noqa: E731
     h = 0.5 / SIGMA2
-    fn = lambda e, a, m, f_: F.anchor_pixel_terms(e, slot, w, n_obj, a, m, unl, f_, ag, eg, n_cons, h, 2.0)  # noqa
-    assert torch.autograd.gradcheck(fn, (req(emb), req(anchors), req(means), req(af)), eps=1e-6, atol=1e-6)
-    args = (req(emb), slot, w, n_obj, req(anchors), req(means), unl, req(af), ag, eg, n_cons, h, 2.0)
-    torch.library.opcheck(F.anchor_pixel_terms, args)
+    fn = lambda e, m: F.anchor_pixel_terms(e, slot, w, n_obj, None, inst_pix, m, unl, cons_pix, eg, n_cons, h, 2.0)  # noqa
+    assert torch.autograd.gradcheck(fn, (req(emb), req(means)), eps=1e-6, atol=1e-6)
+    fn = lambda e, a: F.anchor_pixel_terms(e, slot, w, n_obj, a, None, None, None, None, None, None, h, 2.0)  # noqa
+    assert torch.autograd.gradcheck(fn, (req(emb), req(anchors)), eps=1e-6, atol=1e-6)
+    torch.library.opcheck(F.anchor_pixel_terms, (req(emb), slot, w, n_obj, None, inst_pix, req(means), unl, cons_pix,
+                                                 eg, n_cons, h, 2.0))
     torch.library.opcheck(F.anchor_pixel_terms, (req(emb), slot, w, n_obj, req(anchors), None, None, None, None,
                                                  None, None, h, 2.0))
     grads = (torch.randn(2, 2, 3, dtype=torch.float64), torch.randn(1, 2, 3, dtype=torch.float64),
              torch.randn(3, 2, 2, dtype=torch.float64))
-    torch.library.opcheck(F.anchor_pixel_terms_backward, grads + (emb, slot, w, n_obj, anchors, means, unl, af, ag,
-                                                                  eg, n_cons, h, 2.0))
+    torch.library.opcheck(F.anchor_pixel_terms_backward, grads + (emb, slot, w, n_obj, None, inst_pix, means, unl,
+                                                                  cons_pix, eg, n_cons, h, 2.0))
     with pytest.raises(ValueError, match="must be given together"):
-        F.anchor_pixel_terms(emb, slot, w, n_obj, anchors, means, None, af, ag, eg, n_cons, h, 2.0)
+        F.anchor_pixel_terms(emb, slot, w, n_obj, None, inst_pix, means, None, cons_pix, eg, n_cons, h, 2.0)
+    with pytest.raises(ValueError, match="exactly one of anchors and inst_pix"):
+        F.anchor_pixel_terms(emb, slot, w, n_obj, anchors, inst_pix, None, None, None, None, None, h, 2.0)

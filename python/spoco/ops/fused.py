@@ -63,6 +63,11 @@ def _check_dims(emb: torch.Tensor) -> tuple[int, int, int]:
     return B, D, N
 
 
+def _threads() -> int:
+    """CPU kernels use as many OpenMP threads as torch's intra-op pool (``torch.set_num_threads``)."""
+    return max(1, torch.get_num_threads())
+
+
 def _ptr(x: torch.Tensor | None) -> int:
     return 0 if x is None else x.data_ptr()
 
@@ -107,7 +112,7 @@ def segment_sum(emb: torch.Tensor, slot: torch.Tensor, n_slots: int) -> tuple[to
         return sums, counts
     args = (_dtype(emb), emb.data_ptr(), slot.data_ptr(), B, D, N, n_slots, sums.data_ptr(), counts.data_ptr())
     if emb.device.type == "cpu":
-        _core.loss_segment_sum(*args, 0)
+        _core.loss_segment_sum(*args, _threads())
     else:
         _cuda_call(emb.device, "segment_sum", (B, D, N, n_slots, emb.element_size()), "segment_sum", *args)
     return sums, counts
@@ -129,7 +134,7 @@ def segment_sum_backward(grad_sums: torch.Tensor, slot: torch.Tensor, n_pixels: 
     out = grad_sums.new_empty((B, D, n_pixels))
     args = (_dtype(out), grad_sums.data_ptr(), slot.data_ptr(), B, D, n_pixels, C, out.data_ptr())
     if out.device.type == "cpu":
-        _core.loss_segment_sum_backward(*args, 0)
+        _core.loss_segment_sum_backward(*args, _threads())
     else:
         _cuda_call(out.device, "segment_sum", (B, D, n_pixels, C, out.element_size()), "segment_sum_backward", *args)
     return out
@@ -178,7 +183,7 @@ def pull_sums(emb: torch.Tensor, means: torch.Tensor, slot: torch.Tensor, delta_
     args = (_dtype(emb), emb.data_ptr(), means.data_ptr(), slot.data_ptr(), B, D, N, C, float(delta_v),
             out.data_ptr(), 0, 0, 0)
     if emb.device.type == "cpu":
-        _core.loss_pull_sums(*args, 0)
+        _core.loss_pull_sums(*args, _threads())
     else:
         _cuda_call(emb.device, "pull_sums", (B, D, N, C, emb.element_size()), "pull_sums", *args)
     return out
@@ -203,7 +208,7 @@ def pull_sums_backward(grad: torch.Tensor, emb: torch.Tensor, means: torch.Tenso
     args = (_dtype(emb), emb.data_ptr(), means.data_ptr(), slot.data_ptr(), B, D, N, C, float(delta_v), 0,
             grad.data_ptr(), grad_emb.data_ptr(), grad_means.data_ptr())
     if emb.device.type == "cpu":
-        _core.loss_pull_sums(*args, 0)
+        _core.loss_pull_sums(*args, _threads())
     else:
         _cuda_call(emb.device, "pull_sums_backward", (B, D, N, C, emb.element_size()), "pull_sums", *args)
     return grad_emb, grad_means
@@ -278,7 +283,7 @@ def _anchor_pixel_forward(term, anchors, emb, anchors_g, emb_g, slot, weight, n_
     if K == 0:
         return out
     if emb.device.type == "cpu":
-        _core.loss_anchor_pixel(term, False, _dtype(emb), *args, out.data_ptr(), 0, 0, 0, 0)
+        _core.loss_anchor_pixel(term, False, _dtype(emb), *args, out.data_ptr(), 0, 0, 0, _threads())
     else:
         _cuda_call(emb.device, "anchor_pixel", (B, emb.shape[1], emb.shape[2], K, emb.element_size()),
                    "anchor_pixel", term, False, _dtype(emb), *args, out.data_ptr(), 0, 0, 0)
@@ -308,7 +313,7 @@ def anchor_pixel_sums_backward(grad: torch.Tensor, term: int, anchors: torch.Ten
         return grad_anchors, grad_emb
     if emb.device.type == "cpu":
         _core.loss_anchor_pixel(term, True, _dtype(emb), *args, 0, grad.data_ptr(), grad_emb.data_ptr(),
-                                grad_anchors.data_ptr(), 0)
+                                grad_anchors.data_ptr(), _threads())
     else:
         _cuda_call(emb.device, "anchor_pixel_backward", (B, emb.shape[1], emb.shape[2], K, emb.element_size()),
                    "anchor_pixel", term, True, _dtype(emb), *args, 0, grad.data_ptr(), grad_emb.data_ptr(),
@@ -382,27 +387,44 @@ def consistency_sums(anchors_f, emb_f, anchors_g, emb_g, weight, sigma2: float, 
 
 
 # ----------------------------------------------- all anchor x pixel terms of a loss call
-def _terms_list(anchors, means, unlabeled, anchors_f, anchors_g, emb_g, slot, weight, n_obj, n_cons, h, delta_d):
-    """(term, anchors, anchors_g, emb_g, slot, weight, n_valid, h, delta) of each present term."""
-    terms = [(TERMS["soft_mask"], anchors, None, None, slot, weight, n_obj, h, 0.0)]
-    if means is not None:
-        terms.append((TERMS["unlabeled_push"], means, None, None, None, unlabeled, n_obj, 0.0, delta_d))
-    if anchors_f is not None:
-        terms.append((TERMS["consistency"], anchors_f, anchors_g, emb_g, None, weight, n_cons, h, 0.0))
-    return terms
+def _pixels_at(emb: torch.Tensor, pix: torch.Tensor) -> torch.Tensor:
+    """Embeddings ``(B, K, D)`` of the pixels ``pix (B, K)`` of ``emb (B, D, N)``."""
+    B, D = emb.shape[:2]
+    return emb.gather(2, pix[:, None, :].expand(B, D, pix.shape[1])).transpose(1, 2).contiguous()
 
 
-def _check_terms(emb, anchors, means, unlabeled, anchors_f, anchors_g, emb_g, n_cons):
+def _check_terms(emb, anchors, inst_pix, means, unlabeled, cons_pix, emb_g, n_cons):
+    if (anchors is None) == (inst_pix is None):
+        raise ValueError("give exactly one of anchors and inst_pix (the instance anchors)")
     if (means is None) != (unlabeled is None):
         raise ValueError("means and unlabeled must be given together (the unlabeled push)")
-    if len({anchors_f is None, anchors_g is None, emb_g is None, n_cons is None}) != 1:
-        raise ValueError("anchors_f, anchors_g, emb_g and n_cons must be given together (the consistency term)")
+    if len({cons_pix is None, emb_g is None, n_cons is None}) != 1:
+        raise ValueError("cons_pix, emb_g and n_cons must be given together (the consistency term)")
+    B, N = emb.shape[0], emb.shape[2]
+    for name, pix in (("inst_pix", inst_pix), ("cons_pix", cons_pix)):
+        if pix is not None:
+            # values are not checked here (no host synchronisation): torch's gather and scatter check them
+            if pix.dtype != torch.int64 or pix.dim() != 2 or pix.shape[0] != B or pix.device != emb.device:
+                raise ValueError(f"{name} must be an int64 (B, K) tensor of pixel indices in [0, {N}) "
+                                 f"on {emb.device}")
+
+
+def _terms_list(emb, anchors, inst_pix, means, unlabeled, cons_pix, emb_g, slot, weight, n_obj, n_cons, h, delta_d):
+    """(term, anchors, anchors_g, emb_g, slot, weight, n_valid, h, delta) of each present term."""
+    a = anchors if anchors is not None else _pixels_at(emb, inst_pix)
+    terms = [(TERMS["soft_mask"], a, None, None, slot, weight, n_obj, h, 0.0)]
+    if means is not None:
+        terms.append((TERMS["unlabeled_push"], means, None, None, None, unlabeled, n_obj, 0.0, delta_d))
+    if cons_pix is not None:
+        terms.append((TERMS["consistency"], _pixels_at(emb, cons_pix), _pixels_at(emb_g, cons_pix), emb_g, None,
+                      weight, n_cons, h, 0.0))
+    return terms
 
 
 @torch.library.custom_op("spoco::anchor_pixel_terms", mutates_args=())
 def anchor_pixel_terms(emb: torch.Tensor, slot: torch.Tensor, weight: torch.Tensor, n_obj: torch.Tensor,
-                       anchors: torch.Tensor, means: torch.Tensor | None, unlabeled: torch.Tensor | None,
-                       anchors_f: torch.Tensor | None, anchors_g: torch.Tensor | None, emb_g: torch.Tensor | None,
+                       anchors: torch.Tensor | None, inst_pix: torch.Tensor | None, means: torch.Tensor | None,
+                       unlabeled: torch.Tensor | None, cons_pix: torch.Tensor | None, emb_g: torch.Tensor | None,
                        n_cons: torch.Tensor | None, h: float, delta_d: float
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every anchor x pixel reduction of one loss call, with one fused backward pass.
@@ -410,9 +432,11 @@ def anchor_pixel_terms(emb: torch.Tensor, slot: torch.Tensor, weight: torch.Tens
     Parameters
     ----------
     emb : (B, D, N) pixel embeddings; slot : (B, N) object slots; weight : (B, N) pixel weights
-    n_obj : (B,) int64 slots in use; anchors : (B, C, D) instance anchors (Eq. 3)
+    n_obj : (B,) int64 slots in use
+    anchors, inst_pix : the instance anchors (Eq. 3), either as embeddings (B, C, D) (e.g. the
+        means) or as pixel indices (B, C) into emb (random anchors); exactly one is given
     means, unlabeled : (B, C, D) cluster means and (B, N) unlabeled weights, or None (no Eq. 6)
-    anchors_f, anchors_g, emb_g, n_cons : consistency anchors (B, K, D) in f and g, the
+    cons_pix, emb_g, n_cons : consistency anchor pixels (B, K) (the same pixel in f and g), the
         g-embeddings and (B,) anchors in use, or all None (no Eq. 7)
     h : 1/(2σ²); delta_d : unlabeled-push margin
 
@@ -422,12 +446,14 @@ def anchor_pixel_terms(emb: torch.Tensor, slot: torch.Tensor, weight: torch.Tens
     cons : (3, B, K) ``Σ w S^f S^g``, ``Σ w (S^f)²``, ``Σ w (S^g)²`` (or (3, B, 0))
 
     The backward (:func:`anchor_pixel_terms_backward`) visits each pixel block once for
-    all terms and returns one ``(B, D, N)`` gradient (not one per term).
+    all terms and returns one ``(B, D, N)`` gradient, into which the gradients of the
+    anchors given as pixels are added in place (no gather backward, no extra full-size tensor).
     """
-    _check_terms(emb, anchors, means, unlabeled, anchors_f, anchors_g, emb_g, n_cons)
+    _check_emb("emb", emb)
+    _check_terms(emb, anchors, inst_pix, means, unlabeled, cons_pix, emb_g, n_cons)
     B = emb.shape[0]
     outs = {t[0]: _anchor_pixel_forward(t[0], t[1], emb, *t[2:])
-            for t in _terms_list(anchors, means, unlabeled, anchors_f, anchors_g, emb_g, slot, weight, n_obj,
+            for t in _terms_list(emb, anchors, inst_pix, means, unlabeled, cons_pix, emb_g, slot, weight, n_obj,
                                  n_cons, h, delta_d)}
     up = outs.get(TERMS["unlabeled_push"], emb.new_zeros((1, B, 0)))
     cons = outs.get(TERMS["consistency"], emb.new_zeros((3, B, 0)))
@@ -435,28 +461,33 @@ def anchor_pixel_terms(emb: torch.Tensor, slot: torch.Tensor, weight: torch.Tens
 
 
 @anchor_pixel_terms.register_fake
-def _(emb, slot, weight, n_obj, anchors, means, unlabeled, anchors_f, anchors_g, emb_g, n_cons, h, delta_d):
-    B, C = anchors.shape[:2]
+def _(emb, slot, weight, n_obj, anchors, inst_pix, means, unlabeled, cons_pix, emb_g, n_cons, h, delta_d):
+    B = emb.shape[0]
+    C = anchors.shape[1] if anchors is not None else inst_pix.shape[1]
     return (emb.new_empty((2, B, C)), emb.new_empty((1, B, C if means is not None else 0)),
-            emb.new_empty((3, B, anchors_f.shape[1] if anchors_f is not None else 0)))
+            emb.new_empty((3, B, cons_pix.shape[1] if cons_pix is not None else 0)))
 
 
 @torch.library.custom_op("spoco::anchor_pixel_terms_backward", mutates_args=())
 def anchor_pixel_terms_backward(grad_inst: torch.Tensor, grad_up: torch.Tensor, grad_cons: torch.Tensor,
                                 emb: torch.Tensor, slot: torch.Tensor, weight: torch.Tensor, n_obj: torch.Tensor,
-                                anchors: torch.Tensor, means: torch.Tensor | None, unlabeled: torch.Tensor | None,
-                                anchors_f: torch.Tensor | None, anchors_g: torch.Tensor | None,
-                                emb_g: torch.Tensor | None, n_cons: torch.Tensor | None, h: float, delta_d: float
-                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients ``(grad_emb (B, D, N), grad_anchors, grad_means, grad_anchors_f)`` of
-    :func:`anchor_pixel_terms`; absent terms give empty ``(B, 0, D)`` gradients."""
-    _check_terms(emb, anchors, means, unlabeled, anchors_f, anchors_g, emb_g, n_cons)
-    terms = _terms_list(anchors, means, unlabeled, anchors_f, anchors_g, emb_g, slot, weight, n_obj, n_cons, h,
-                        delta_d)
-    grads = {TERMS["soft_mask"]: grad_inst, TERMS["unlabeled_push"]: grad_up, TERMS["consistency"]: grad_cons}
+                                anchors: torch.Tensor | None, inst_pix: torch.Tensor | None,
+                                means: torch.Tensor | None, unlabeled: torch.Tensor | None,
+                                cons_pix: torch.Tensor | None, emb_g: torch.Tensor | None,
+                                n_cons: torch.Tensor | None, h: float, delta_d: float
+                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients ``(grad_emb (B, D, N), grad_anchors, grad_means)`` of :func:`anchor_pixel_terms`.
+
+    Anchors given as pixels add their gradient into ``grad_emb``; ``grad_anchors`` is then
+    empty ``(B, 0, D)``, as is ``grad_means`` without the unlabeled push.
+    """
     _check_emb("emb", emb)
     B, D, N = _check_dims(emb)
+    _check_terms(emb, anchors, inst_pix, means, unlabeled, cons_pix, emb_g, n_cons)
     emb = emb.contiguous()
+    terms = _terms_list(emb, anchors, inst_pix, means, unlabeled, cons_pix, emb_g, slot, weight, n_obj, n_cons, h,
+                        delta_d)
+    grads = {TERMS["soft_mask"]: grad_inst, TERMS["unlabeled_push"]: grad_up, TERMS["consistency"]: grad_cons}
     cpu = emb.device.type == "cpu"
     grad_emb = emb.new_empty((B, D, N)) if cpu else emb.new_zeros((B, D, N))
     outs = {}
@@ -481,40 +512,44 @@ def anchor_pixel_terms_backward(grad_inst: torch.Tensor, grad_up: torch.Tensor, 
                        "anchor_pixel", term, True, _dtype(emb), *args, 0, grad.data_ptr(), grad_emb.data_ptr(),
                        ga.data_ptr())
     if cpu:
-        _core.loss_anchor_terms_backward(_dtype(emb), ids, ptrs, Ks, hs, deltas, keep[0].data_ptr(), B, D, N,
-                                         grad_emb.data_ptr(), 0)
-    return (grad_emb, outs[TERMS["soft_mask"]], outs.get(TERMS["unlabeled_push"], emb.new_zeros((B, 0, D))),
-            outs.get(TERMS["consistency"], emb.new_zeros((B, 0, D))))
+        _core.loss_anchor_terms_backward(_dtype(emb), ids, ptrs, Ks, hs, deltas, emb.data_ptr(), B, D, N,
+                                         grad_emb.data_ptr(), _threads())
+    for pix, term in ((inst_pix, TERMS["soft_mask"]), (cons_pix, TERMS["consistency"])):
+        if pix is not None:  # anchors taken at pixels: their gradient lands on those pixels
+            grad_emb.scatter_add_(2, pix[:, None, :].expand(B, D, pix.shape[1]), outs[term].transpose(1, 2))
+    grad_anchors = outs[TERMS["soft_mask"]] if anchors is not None else emb.new_zeros((B, 0, D))
+    return grad_emb, grad_anchors, outs.get(TERMS["unlabeled_push"], emb.new_zeros((B, 0, D)))
 
 
 @anchor_pixel_terms_backward.register_fake
-def _(grad_inst, grad_up, grad_cons, emb, slot, weight, n_obj, anchors, means, unlabeled, anchors_f, anchors_g,
-      emb_g, n_cons, h, delta_d):
+def _(grad_inst, grad_up, grad_cons, emb, slot, weight, n_obj, anchors, inst_pix, means, unlabeled, cons_pix, emb_g,
+      n_cons, h, delta_d):
     B, D = emb.shape[:2]
-    return (emb.new_empty(emb.shape), anchors.new_empty(anchors.shape),
-            means.new_empty(means.shape) if means is not None else emb.new_empty((B, 0, D)),
-            anchors_f.new_empty(anchors_f.shape) if anchors_f is not None else emb.new_empty((B, 0, D)))
+    return (emb.new_empty(emb.shape), anchors.new_empty(anchors.shape) if anchors is not None
+            else emb.new_empty((B, 0, D)), means.new_empty(means.shape) if means is not None
+            else emb.new_empty((B, 0, D)))
 
 
 def _anchor_terms_setup(ctx, inputs, output):
-    emb, slot, weight, n_obj, anchors, means, unlabeled, anchors_f, anchors_g, emb_g, n_cons, h, delta_d = inputs
-    ctx.save_for_backward(emb, slot, weight, n_obj, anchors, means, unlabeled, anchors_f, anchors_g, emb_g, n_cons)
+    emb, slot, weight, n_obj, anchors, inst_pix, means, unlabeled, cons_pix, emb_g, n_cons, h, delta_d = inputs
+    ctx.save_for_backward(emb, slot, weight, n_obj, anchors, inst_pix, means, unlabeled, cons_pix, emb_g, n_cons)
     ctx.h, ctx.delta_d = h, delta_d
 
 
 def _anchor_terms_backward(ctx, grad_inst, grad_up, grad_cons):
-    emb, slot, weight, n_obj, anchors, means, unlabeled, anchors_f, anchors_g, emb_g, n_cons = ctx.saved_tensors
-    B, C = anchors.shape[:2]
-    K = anchors_f.shape[1] if anchors_f is not None else 0
+    emb, slot, weight, n_obj, anchors, inst_pix, means, unlabeled, cons_pix, emb_g, n_cons = ctx.saved_tensors
+    B = emb.shape[0]
+    C = anchors.shape[1] if anchors is not None else inst_pix.shape[1]
+    K = cons_pix.shape[1] if cons_pix is not None else 0
     zeros = lambda g, shape: emb.new_zeros(shape) if g is None else g  # noqa: E731  (unused outputs)
     grad_inst = zeros(grad_inst, (2, B, C))
     grad_up = zeros(grad_up, (1, B, C if means is not None else 0))
     grad_cons = zeros(grad_cons, (3, B, K))
-    g_emb, g_a, g_m, g_f = anchor_pixel_terms_backward(grad_inst, grad_up, grad_cons, emb, slot, weight, n_obj,
-                                                      anchors, means, unlabeled, anchors_f, anchors_g, emb_g, n_cons,
-                                                      ctx.h, ctx.delta_d)
-    return (g_emb, None, None, None, g_a, g_m if means is not None else None, None,
-            g_f if anchors_f is not None else None, None, None, None, None, None)
+    g_emb, g_a, g_m = anchor_pixel_terms_backward(grad_inst, grad_up, grad_cons, emb, slot, weight, n_obj, anchors,
+                                                  inst_pix, means, unlabeled, cons_pix, emb_g, n_cons, ctx.h,
+                                                  ctx.delta_d)
+    return (g_emb, None, None, None, g_a if anchors is not None else None, None,
+            g_m if means is not None else None, None, None, None, None, None, None)
 
 
 anchor_pixel_terms.register_autograd(_anchor_terms_backward, setup_context=_anchor_terms_setup)
@@ -543,7 +578,7 @@ def consistency_anchors(emb_f: torch.Tensor, emb_g: torch.Tensor, unlabeled: tor
     args = (_dtype(emb_f), *(t.data_ptr() for t in ts), B, D, N, max_anchors, float(delta_v), float(coverage_stop),
             pix.data_ptr(), valid.data_ptr())
     if emb_f.device.type == "cpu":
-        _core.loss_consistency_anchors(*args, 0)
+        _core.loss_consistency_anchors(*args, _threads())
     else:
         _cuda_call(emb_f.device, "consistency_anchors", (B, D, N, max_anchors, emb_f.element_size()),
                    "consistency_anchors", *args)
@@ -564,7 +599,7 @@ def _not_finite(x: torch.Tensor | None, device: torch.device) -> torch.Tensor:
         return torch.zeros((), dtype=torch.bool, device=device)
     if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
         x = x.detach().contiguous()
-        return torch.tensor(not _core.loss_all_finite(_dtype(x), x.data_ptr(), x.numel(), 0))
+        return torch.tensor(not _core.loss_all_finite(_dtype(x), x.data_ptr(), x.numel(), _threads()))
     return (~torch.isfinite(x)).any()
 
 
