@@ -92,7 +92,7 @@ inline void block_sq_dist(const T (*e)[kSub], const T* a, int64_t D, T* dist) {
 
 /// lanes[l] += v[j + l] over the kSub values: kLanes independent partial sums (vector adds).
 template <class T>
-inline void lane_add(T* lanes, const T* v) {
+inline void lane_add(T* __restrict lanes, const T* __restrict v) {
     for (int64_t j = 0; j < kSub; j += kLanes)
         for (int64_t l = 0; l < kLanes; ++l) lanes[l] += v[j + l];
 }
@@ -184,7 +184,8 @@ namespace detail {
 /// Adds the contributions of one term's Kb anchors to a block's ge[d][p] = sum_k c_kp (e_p - a_k)
 /// and to its per-anchor lane sums of c_kp (e_p - a_k) (for dL/da).
 template <int TERM, class T>
-void backward_block(const TermGrad<T>& tg, const PixelBlock<T>& blk, int64_t b, int64_t Kb, T* ge, T* lanes) {
+void backward_block(const TermGrad<T>& tg, const PixelBlock<T>& blk, int64_t b, int64_t Kb, T* __restrict ge,
+                    T* __restrict lanes) {
     constexpr bool with_g = TERM == kConsistency;
     constexpr bool two = term_outputs(TERM) > 1;
     const AnchorPixelArgs<T>& a = tg.a;
@@ -200,9 +201,10 @@ void backward_block(const TermGrad<T>& tg, const PixelBlock<T>& blk, int64_t b, 
                                       g0, g1);
         for (int64_t d = 0; d < D; ++d) {
             const T ad = ak[d];
-            T* ged = ge + d * kSub;
+            T* __restrict ged = ge + d * kSub;
+            const T* __restrict ed = blk.e[d];
             for (int64_t p = 0; p < kSub; ++p) {
-                prod[p] = c[p] * (blk.e[d][p] - ad);
+                prod[p] = c[p] * (ed[p] - ad);
                 ged[p] += prod[p];
             }
             if (lanes) lane_add(lanes + (k * D + d) * kLanes, prod);
