@@ -9,7 +9,7 @@ from spoco.ops.reference import kernel_sigma2, soft_mask
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
-BACKENDS = ["torch", "reference"]
+BACKENDS = ["fused", "torch", "reference"]
 T = 0.9  # kernel threshold
 DV, DD = 0.5, 2.0
 

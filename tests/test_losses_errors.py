@@ -27,7 +27,7 @@ def inputs():
     (lambda f, t, g: (f.masked_fill(f > 1, float("inf")), t, None), ValueError, "f contains NaN or infinite"),
     (lambda f, t, g: (f, t - 3, None), ValueError, "target contains negative labels"),
 ])
-@pytest.mark.parametrize("backend", ["torch", "reference"])
+@pytest.mark.parametrize("backend", ["fused", "torch", "reference"])
 def test_dense_input_errors(inputs, make, exc, match, backend):
     f, t, g = make(*inputs)
     with pytest.raises(exc, match=match):
@@ -42,7 +42,7 @@ def test_dense_input_errors(inputs, make, exc, match, backend):
     (lambda f, t, g: (f, t, g.masked_fill(g > 1, float("nan"))), ValueError, "g contains NaN or infinite"),
     (lambda f, t, g: (f, t, None), ValueError, "g is required in sparse mode"),
 ])
-@pytest.mark.parametrize("backend", ["torch", "reference"])
+@pytest.mark.parametrize("backend", ["fused", "torch", "reference"])
 def test_sparse_input_errors(inputs, make, exc, match, backend):
     f, t, g = make(*inputs)
     with pytest.raises(exc, match=match):
@@ -70,7 +70,7 @@ def test_g_in_dense_mode_and_optional_consistency(inputs):
     (dict(anchor="median"), "anchor must be one of"),
     (dict(instance_loss="focal"), "instance_loss must be one of"),
     (dict(dice="mean"), "dice must be one of"),
-    (dict(backend="fused"), "backend must be one of"),
+    (dict(backend="numpy"), "backend must be one of"),
 ])
 def test_constructor_errors(kw, match):
     with pytest.raises(ValueError, match=match):

@@ -77,7 +77,7 @@ def test_gradcheck_whole_loss(batch, monkeypatch, cfg):
     assert torch.autograd.gradcheck(fn, (f.requires_grad_(),), eps=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", ["torch", "reference"])
+@pytest.mark.parametrize("backend", ["fused", "torch", "reference"])
 @pytest.mark.parametrize("anchor", ["random", "mean"])
 def test_permuting_label_ids_changes_nothing(batch, backend, anchor):
     f, g, t = batch(31, B=2, n_objects=6, ignore=0.1)
@@ -92,7 +92,7 @@ def test_permuting_label_ids_changes_nothing(batch, backend, anchor):
         assert_same(run(f, t, gg, **kw), run(f, perm, gg, **kw), rtol=1e-12, atol=1e-13)
 
 
-@pytest.mark.parametrize("backend", ["torch", "reference"])
+@pytest.mark.parametrize("backend", ["fused", "torch", "reference"])
 def test_ignore_region_changes_nothing_outside_it(batch, backend):
     f, g, t = batch(41, B=2, spatial=(10, 9), n_objects=5)
     t[:, 2:5, 3:7] = -1

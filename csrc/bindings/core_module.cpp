@@ -7,6 +7,7 @@ namespace py = pybind11;
 
 void register_mws(py::module_& m);
 void register_metrics(py::module_& m);
+void register_loss(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "spoco's torch-free C++ core (mutex watershed, affinities, metrics, loss kernels)";
@@ -21,4 +22,5 @@ PYBIND11_MODULE(_core, m) {
     m.def("max_threads", &spoco::max_threads, "Threads OpenMP uses by default (1 without OpenMP).");
     register_mws(m);
     register_metrics(m);
+    register_loss(m);
 }

@@ -7,11 +7,12 @@ import torch
 from torch import nn
 
 from .ops import anchors as _anchors
+from .ops import fused as _fused
 from .ops import loss as _ops
 from .ops.reference import loss as _reference
 
 TERMS = _reference.TERMS
-_BACKENDS = ("torch", "reference")
+_BACKENDS = ("auto", "fused", "torch", "reference")
 
 
 class SPOCOLoss(nn.Module):
@@ -67,9 +68,13 @@ class SPOCOLoss(nn.Module):
         K, the most consistency anchors per image.
     coverage_stop : float
         Uncovered fraction of the unlabeled region at which anchor drawing stops.
-    backend : {"torch", "reference"}
-        ``"torch"``: batched, chunked default path; ``"reference"``: the loop oracle
-        :func:`spoco.ops.reference.spoco_loss`. Both make the same random draws.
+    backend : {"auto", "fused", "torch", "reference"}
+        ``"fused"`` (``"auto"``, the default): the fused C++/CUDA kernels of
+        :mod:`spoco.ops.fused` (memory ``O(B·N·D + B·K·D)``, one host synchronisation,
+        traceable by ``torch.compile(fullgraph=True)``); ``"torch"``: the batched, chunked
+        PyTorch path; ``"reference"``: the loop oracle :func:`spoco.ops.reference.spoco_loss`.
+        All make the same random draws. The fused path computes ``instance_loss="bce"``
+        with the PyTorch building block.
     generator : torch.Generator, optional
         Default source of randomness for the anchors (overridable per call).
 
@@ -84,7 +89,7 @@ class SPOCOLoss(nn.Module):
                  reg_weight: float = 0.001, instance_weight: float = 1.0, unlabeled_push_weight: float = 1.0,
                  consistency_weight: float = 1.0, anchor: str = "random", instance_loss: str = "dice",
                  dice: str = "per_object", max_anchors: int = 20, coverage_stop: float = 0.05,
-                 backend: str = "torch", generator: torch.Generator | None = None):
+                 backend: str = "auto", generator: torch.Generator | None = None):
         super().__init__()
         for name, value in [("delta_v", delta_v), ("delta_d", delta_d)]:
             _check_real(name, value, low=0, low_open=True)
@@ -137,8 +142,11 @@ class SPOCOLoss(nn.Module):
                 delta_d=self.delta_d, kernel_threshold=self.kernel_threshold, anchor=self.anchor,
                 instance_loss=self.instance_loss, dice=self.dice, max_anchors=self.max_anchors,
                 coverage_stop=self.coverage_stop, **{f"{k}_weight": v for k, v in self.weights.items()})
-        else:
+        elif self.backend == "torch":
             terms = self._terms_torch(f, target, g, keys)
+            total = sum(self.weights[name] * terms[name] for name in TERMS)
+        else:
+            terms = self._terms_fused(f, target, g, keys)
             total = sum(self.weights[name] * terms[name] for name in TERMS)
         if not total.requires_grad and f.requires_grad:  # no term exists: keep a (zero) graph to f
             total = total + 0 * f.reshape(-1)[0]
@@ -279,7 +287,87 @@ class SPOCOLoss(nn.Module):
         return terms
 
 
+    # ------------------------------------------------------------- fused path
+    def _terms_fused(self, f, target, g, keys):
+        """All terms from the fused ops (:mod:`spoco.ops.fused`).
+
+        The only host wait is inside ``spoco::cluster_slots`` (input checks and C);
+        consistency anchors are all ``max_anchors`` slots with a per-image count of the
+        valid ones, so no shape depends on the anchors drawn.
+        """
+        B, D = f.shape[:2]
+        N = target[0].numel()
+        emb = f.reshape(B, D, N)
+        lab = target.reshape(B, N)
+        emb_g = g.reshape(B, D, N) if g is not None else None
+        slot, labels = _fused.cluster_slots(lab, emb.detach(), emb_g, self.ignore_index, self.sparse)
+        C = labels.shape[1]
+        counted = lab != self.ignore_index
+        cluster, obj = labels >= 0, labels > 0
+        n_cl, n_obj = cluster.sum(1), obj.sum(1)
+        dt = f.dtype
+        sums, counts = _fused.segment_sum(emb, slot, C)
+        means = sums / counts.clamp(min=1)[:, :, None]
+        terms = {}
+        pull = _fused.pull_sums(emb, means, slot, self.delta_v) / counts.clamp(min=1)
+        terms["pull"] = _batch_mean(_masked_mean(pull, cluster), n_cl >= 1)
+        terms["push"] = _batch_mean(_push_per_image(means, cluster, self.delta_d), n_cl >= 2)
+        terms["reg"] = _batch_mean(_masked_mean(_ops.safe_norm(means, -1), cluster), n_cl >= 1)
+
+        weight = counted.to(dt)
+        # instance anchors: the means, or random pixels of each object (passed as pixel indices so
+        # that their gradient is added inside the fused backward)
+        inst_pix = None if self.anchor == "mean" else _anchors.random_instance_anchors(slot, keys, C)
+        if self.sparse:
+            unlabeled = counted & (lab == 0)
+            n_u = unlabeled.sum(1)
+        cons_pix = cons_ok = None
+        if emb_g is not None:
+            cons_pix, cons_ok = _fused.consistency_anchors(emb.detach(), emb_g, unlabeled, keys, self.max_anchors,
+                                                           self.delta_v, self.coverage_stop)
+        # every anchor x pixel sum in one op: one backward pass and one (B, D, N) gradient for all of them
+        inst_sums, up_sums, cons_sums = _fused.anchor_pixel_terms(
+            emb.contiguous(), slot, weight, n_cl, means.contiguous() if inst_pix is None else None, inst_pix,
+            means.contiguous() if self.sparse else None, unlabeled.to(dt) if self.sparse else None, cons_pix,
+            emb_g.contiguous() if emb_g is not None else None, cons_ok.sum(1) if emb_g is not None else None,
+            0.5 / self.sigma2, self.delta_d)
+        if self.instance_loss == "bce":
+            anchors = means if inst_pix is None else \
+                emb.gather(2, inst_pix[:, None, :].expand(B, D, C)).transpose(1, 2)
+            bce = _ops.soft_mask_bce_sums(anchors, emb, slot, weight, self.sigma2)
+            inst = _masked_mean(bce / counted.sum(1, keepdim=True).clamp(min=1), obj)
+        else:
+            inst = _dice(inst_sums[0], inst_sums[1], counts, obj, self.dice)
+        terms["instance"] = _batch_mean(inst, n_obj >= 1)
+
+        if self.sparse:
+            up = up_sums[0] / n_u.clamp(min=1)[:, None]
+            terms["unlabeled_push"] = _batch_mean(_masked_mean(up, obj), (n_obj >= 1) & (n_u >= 1))
+        else:
+            terms["unlabeled_push"] = emb.new_zeros(())
+        if emb_g is not None:
+            cross, sq_f, sq_g = cons_sums[0], cons_sums[1], cons_sums[2].detach()
+            terms["consistency"] = _batch_mean(_dice(cross, sq_f, sq_g, cons_ok, self.dice), n_u >= 1)
+        else:
+            terms["consistency"] = emb.new_zeros(())
+        return terms
+
+
 # ------------------------------------------------------------------ helpers
+def _push_per_image(means: torch.Tensor, valid: torch.Tensor, delta_d: float) -> torch.Tensor:
+    """Push (Eq. 2) per image with ``(B, C, C)`` memory (no ``(B, C, C, D)`` difference tensor).
+
+    Distances by direct differences (``cdist`` without the matrix-product expansion),
+    so they are accurate for nearby means; 0 for images with fewer than two clusters.
+    """
+    C = means.shape[1]
+    dist = torch.cdist(means, means, compute_mode="donot_use_mm_for_euclid_dist")
+    pair = valid[:, :, None] & valid[:, None, :] & ~torch.eye(C, dtype=torch.bool, device=means.device)
+    hinge = torch.where(pair, (2 * delta_d - dist).clamp(min=0).square(), 0)
+    n = valid.sum(1).to(means.dtype)
+    return hinge.sum((1, 2)) / (n * (n - 1)).clamp(min=1)
+
+
 def _check_real(name, value, *, low=None, high=None, low_open=False, high_open=False) -> float:
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value \
         and abs(value) != float("inf")
