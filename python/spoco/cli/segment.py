@@ -40,8 +40,8 @@ def add_parser(sub) -> None:
                    help="networks trained on sparse labels have no background class: 'largest' makes the "
                    "largest segment background, 'embedding' also every segment whose mean embedding is within "
                    "--background-radius of it (default: none)")
-    p.add_argument("--background-radius", type=float, default=0.5,
-                   help="embedding distance for --background embedding (default 0.5 = delta_v)")
+    p.add_argument("--background-radius", type=float, default=2.0,
+                   help="embedding distance for --background embedding (default 2.0 = delta_d)")
     p.add_argument("--merge-distance", type=float, default=0.0,
                    help="merge touching segments whose mean embeddings are closer than this (default 0: off)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

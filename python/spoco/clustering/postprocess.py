@@ -69,7 +69,7 @@ def merge_close_segments(labels, emb, distance: float) -> np.ndarray:
     return relabel_consecutive(np.where(labels > 0, component[labels] + 1, 0))
 
 
-def remove_background(labels, emb=None, *, mode: str = "largest", radius: float = 0.5) -> np.ndarray:
+def remove_background(labels, emb=None, *, mode: str = "largest", radius: float = 2.0) -> np.ndarray:
     """Set the background segments to 0 and relabel 1..K.
 
     ``mode="largest"``: the largest segment is the background (the authors'
@@ -100,7 +100,7 @@ def remove_background(labels, emb=None, *, mode: str = "largest", radius: float 
 
 
 def postprocess(labels, emb=None, *, merge_distance: float = 0.0, background: str = "none",
-                background_radius: float = 0.5, min_size: int = 0) -> np.ndarray:
+                background_radius: float = 2.0, min_size: int = 0) -> np.ndarray:
     """Merge close touching segments, remove the background, drop segments smaller
     than ``min_size`` pixels, in that order; returns labels 1..K (int64)."""
     if merge_distance > 0:
@@ -121,7 +121,7 @@ def _check(labels, emb):
 
 
 def segment(emb, *, method: str = "mws", background: str = "none", merge_distance: float = 0.0,
-            background_radius: float = 0.5, min_size: int = 0, **cluster_kwargs) -> np.ndarray:
+            background_radius: float = 2.0, min_size: int = 0, **cluster_kwargs) -> np.ndarray:
     """Instances from embeddings ``(D, *spatial)``: :func:`spoco.cluster` followed by
     :func:`postprocess` (merging, background removal, size filter). Returns int64
     labels ``(*spatial)``, 0 = background, objects 1..K."""

@@ -54,6 +54,7 @@ class TrainConfig:
     log_every: int = 10
     # segmentation used by validation (and stored for ``spoco segment``)
     background: str = "none"
+    background_radius: float = 2.0    # "embedding" background: within this of the largest segment (δ_d)
     merge_distance: float = 0.0
     min_size: int = 0
     seed: int = 0

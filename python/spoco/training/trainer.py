@@ -265,7 +265,7 @@ class Trainer:
         for image, labels in self.val_data:
             emb = predict(model, image, device=self.device)
             seg = segment(emb, delta_d=cfg.delta_d, background=cfg.background, merge_distance=cfg.merge_distance,
-                          background_radius=cfg.delta_v, min_size=cfg.min_size)
+                          background_radius=cfg.background_radius, min_size=cfg.min_size)
             rows.append(metrics.evaluate(np.asarray(labels), seg))
         return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
 
