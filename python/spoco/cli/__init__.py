@@ -19,6 +19,25 @@ class CLIError(Exception):
     """An error in the user's input, reported as ``spoco <cmd>: error: <message>``."""
 
 
+def folder_jobs(input_path, out, out_suffix: str, what: str):
+    """``[(file, out / (file.stem + out_suffix))]`` for every supported file of the folder
+    ``input_path``, or None when ``input_path`` is a file (or a zarr store)."""
+    from pathlib import Path
+
+    from ..data import io
+
+    src = Path(io.split_key(input_path)[0])
+    if not src.is_dir() or src.suffix.lower() == ".zarr":
+        return None
+    files = sorted(p for p in src.iterdir() if p.suffix.lower() in io.SUFFIXES and not p.name.startswith("."))
+    if not files:
+        raise CLIError(f"{src}: no {what} files ({', '.join(io.SUFFIXES)})")
+    out = Path(out)
+    if out.suffix.lower() in io.SUFFIXES:
+        raise CLIError(f"the input is a folder, so --out must be a folder, got {out}")
+    return [(f, out / (f.stem + out_suffix)) for f in files]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spoco", description="Instance segmentation with pixel embeddings "
                                 "trained from sparse object annotations (SPOCO).")

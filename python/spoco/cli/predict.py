@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import CLIError
+from . import CLIError, folder_jobs
 
 EMB_KEY = "embeddings"
 
@@ -31,18 +31,7 @@ def add_parser(sub) -> None:
 
 
 def _inputs(args):
-    from ..data import io
-
-    src = Path(io.split_key(args.input)[0])
-    if src.is_dir() and src.suffix.lower() != ".zarr":
-        files = sorted(p for p in src.iterdir() if p.suffix.lower() in io.SUFFIXES and not p.name.startswith("."))
-        if not files:
-            raise CLIError(f"--input {src}: no image files ({', '.join(io.SUFFIXES)})")
-        out = Path(args.out)
-        if out.suffix.lower() in io.SUFFIXES:
-            raise CLIError(f"--input is a folder, so --out must be a folder, got {out}")
-        return [(f, out / (f.stem + ".h5")) for f in files]
-    return [(args.input, Path(args.out))]
+    return folder_jobs(args.input, args.out, ".h5", "image") or [(args.input, Path(args.out))]
 
 
 def predict_file(model, src, dst: Path, *, key, out_key, tile_shape, halo, device, progress) -> None:

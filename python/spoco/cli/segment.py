@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..clustering.postprocess import BACKGROUND_MODES
-from . import CLIError
+from . import CLIError, folder_jobs
 
 
 def add_parser(sub) -> None:
@@ -87,19 +87,11 @@ def _per_axis(values, ndim, flag):
 def run(args) -> int:
     from pathlib import Path
 
-    from ..data import io
-
-    src = Path(io.split_key(args.input)[0])
-    if src.is_dir() and src.suffix.lower() != ".zarr":
-        files = sorted(p for p in src.iterdir() if p.suffix.lower() in io.SUFFIXES and not p.name.startswith("."))
-        if not files:
-            raise CLIError(f"{src}: no embedding files ({', '.join(io.SUFFIXES)})")
-        out_dir = Path(args.out)
-        if out_dir.suffix.lower() in io.SUFFIXES:
-            raise CLIError(f"the input is a folder, so --out must be a folder, got {out_dir}")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for f in files:
-            segment_file(f, args.key, out_dir / (f.stem + ".tif"), None, args)
+    jobs = folder_jobs(args.input, args.out, ".tif", "embedding")
+    if jobs is not None:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        for src, out in jobs:
+            segment_file(src, args.key, out, None, args)
         return 0
     segment_file(args.input, args.key, Path(args.out), args.out_key, args)
     return 0

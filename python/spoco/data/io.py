@@ -260,24 +260,7 @@ def _write_plain(path, array, suffix):
 
 
 def _write_zarr(path, array, key, chunks):
-    import zarr
-
-    chunks = tuple(chunks) if chunks is not None else True
-    if key is None:
-        out = zarr.open_array(store=str(path), mode="w", shape=array.shape, dtype=array.dtype,
-                              chunks=chunks if chunks is not True else None)
-    else:
-        group = zarr.open_group(store=str(path), mode="a")
-        parent, _, name = key.rpartition("/")
-        if parent:
-            group = group.require_group(parent)
-        if name in group:
-            del group[name]
-        kwargs = dict(shape=array.shape, dtype=array.dtype)
-        if chunks is not True:
-            kwargs["chunks"] = chunks
-        create = group.create_array if hasattr(group, "create_array") else group.create_dataset
-        out = create(name, **kwargs)
+    out = _create_zarr(path, array.shape, array.dtype, key, tuple(chunks) if chunks is not None else None)
     if array.size:
         out[...] = array
 
@@ -341,16 +324,22 @@ def _create_array(path, shape, dtype, key, chunks):
         return f.create_dataset(key, shape=shape, dtype=dtype, chunks=chunks or True, compression="gzip",
                                 compression_opts=1)
     if suffix in ZARR:
-        import zarr
-
-        if key is None:
-            return zarr.open_array(store=str(path), mode="w", shape=shape, dtype=dtype, chunks=chunks)
-        group = zarr.open_group(store=str(path), mode="a")
-        parent, _, name = key.rpartition("/")
-        if parent:
-            group = group.require_group(parent)
-        if name in group:
-            del group[name]
-        create = group.create_array if hasattr(group, "create_array") else group.create_dataset
-        return create(name, shape=shape, dtype=dtype, **({"chunks": chunks} if chunks else {}))
+        return _create_zarr(path, shape, dtype, key, chunks)
     raise ValueError(f"{path}: block-wise output needs an HDF5 (.h5) or zarr (.zarr) path")
+
+
+def _create_zarr(path, shape, dtype, key, chunks):
+    """An empty zarr array: the whole store without ``key``, else ``key`` inside a group
+    (an existing array of that name is replaced). ``chunks=None``: zarr's default."""
+    import zarr
+
+    if key is None:
+        return zarr.open_array(store=str(path), mode="w", shape=shape, dtype=dtype, chunks=chunks)
+    group = zarr.open_group(store=str(path), mode="a")
+    parent, _, name = key.rpartition("/")
+    if parent:
+        group = group.require_group(parent)
+    if name in group:
+        del group[name]
+    create = group.create_array if hasattr(group, "create_array") else group.create_dataset
+    return create(name, shape=shape, dtype=dtype, **({"chunks": chunks} if chunks else {}))
