@@ -32,6 +32,7 @@ from scipy import ndimage
 from .augment import smooth_field as smooth_noise
 
 _KINDS = ("boundary", "intensity")
+_MAX_DRAWS = 100
 # Default object diameters (pixels) by flavour and dimensionality.
 _SIZES = {"boundary": {2: 24.0, 3: 14.0}, "intensity": {2: 20.0, 3: 12.0}}
 _DEFAULTS = {
@@ -70,7 +71,7 @@ def synthetic_images(n: int, shape, *, kind: str = "boundary", rng=None, **param
     Returns
     -------
     images : float32 ``(n, 1, *shape)``, each normalised to zero mean, unit std
-    labels : int64 ``(n, *shape)``, 0 = background, objects 1..K per image
+    labels : int64 ``(n, *shape)``, 0 = background, objects 1..K per image (K ≥ 1)
     """
     if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
@@ -101,9 +102,16 @@ def synthetic_images(n: int, shape, *, kind: str = "boundary", rng=None, **param
     images = np.empty((n, 1) + shape, dtype=np.float32)
     labels = np.empty((n,) + shape, dtype=np.int64)
     for i in range(n):
-        lab, img = make(shape, p, rng)
-        img = _acquire(img, p, rng)
-        labels[i], images[i, 0] = lab, img
+        # Small images can come out without any object (all seeds outside or too small);
+        # such an image is drawn again from the same stream, so results stay seeded.
+        for _ in range(_MAX_DRAWS):
+            lab, img = make(shape, p, rng)
+            if lab.max() > 0:
+                break
+        else:
+            raise ValueError(f"no objects in {_MAX_DRAWS} draws of a {kind} image of shape {shape} with "
+                             f"object_size {p['object_size']}: use a larger shape or smaller objects")
+        labels[i], images[i, 0] = lab, _acquire(img, p, rng)
     return images, labels
 
 
