@@ -12,6 +12,7 @@
 
 #include "cuda/affinities.cuh"
 #include "cuda/loss.cuh"
+#include "bindings/pointers.hpp"
 
 namespace py = pybind11;
 
@@ -55,14 +56,8 @@ C::Launch launch(uintptr_t scratch, int64_t scratch_bytes, bool deterministic, i
                      reinterpret_cast<cudaStream_t>(stream)};
 }
 
-template <class T>
-const T* cp(uintptr_t p) {
-    return reinterpret_cast<const T*>(p);
-}
-template <class T>
-T* mp(uintptr_t p) {
-    return reinterpret_cast<T*>(p);
-}
+using spoco::bindings::cp;
+using spoco::bindings::mp;
 
 template <class T>
 void anchor_pixel_t(int term, bool backward, uintptr_t emb, uintptr_t anchors, uintptr_t emb_g, uintptr_t anchors_g,

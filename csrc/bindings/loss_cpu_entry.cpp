@@ -2,6 +2,7 @@
 // build compiles this file with -DSPOCO_LOSS_ISA=generic|avx2|avx512 and matching flags.
 // All variants compute bit-identical results: no FMA contraction, fixed summation order.
 #include "bindings/loss_cpu_entry.hpp"
+#include "bindings/pointers.hpp"
 
 #include <stdexcept>
 #include <string>
@@ -14,14 +15,8 @@ namespace L = spoco::loss;
 
 namespace {
 
-template <class T>
-const T* cp(uintptr_t p) {
-    return reinterpret_cast<const T*>(p);
-}
-template <class T>
-T* mp(uintptr_t p) {
-    return reinterpret_cast<T*>(p);
-}
+using spoco::bindings::cp;
+using spoco::bindings::mp;
 
 template <class T>
 void anchor_pixel_t(int term, bool backward, uintptr_t emb, uintptr_t anchors, uintptr_t emb_g, uintptr_t anchors_g,
