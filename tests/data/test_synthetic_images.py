@@ -145,3 +145,22 @@ def test_small_images_always_have_an_object(kind, seed):
     assert (lab.reshape(60, -1).max(axis=1) >= 1).all(), seed
     again = synthetic_images(3, (16, 20), kind=kind, rng=seed)[1]
     np.testing.assert_array_equal(again, synthetic_images(3, (16, 20), kind=kind, rng=seed)[1])
+
+
+def _share_in_contact(labels) -> float:
+    """Share of the objects of ``labels (n, *spatial)`` that touch another object (4-neighbours)."""
+    touching, total = 0, 0
+    for gt in labels:
+        pairs = [(gt[1:], gt[:-1]), (gt[:, 1:], gt[:, :-1])]
+        ids = np.unique(np.concatenate([np.concatenate([a[(a != b) & (a > 0) & (b > 0)],
+                                                        b[(a != b) & (a > 0) & (b > 0)]]) for a, b in pairs]))
+        touching, total = touching + len(ids), total + int(gt.max())
+    return touching / total
+
+
+def test_touching_sets_the_share_of_nuclei_in_contact(seed):
+    _, apart = synthetic_images(8, (128, 128), kind="intensity", rng=seed, touching=0.0)
+    _, clumped = synthetic_images(8, (128, 128), kind="intensity", rng=seed, touching=1.0)
+    # touching=0: nuclei are placed apart; the outline warp rarely brings two into contact
+    assert _share_in_contact(apart) < 0.08, seed
+    assert _share_in_contact(clumped) > 0.5, seed

@@ -33,6 +33,7 @@ from .augment import smooth_field as smooth_noise
 
 _KINDS = ("boundary", "intensity")
 _MAX_DRAWS = 100
+_PLACEMENT_TRIES = 20  # positions tried for a nucleus that must not touch the earlier ones
 # Default object diameters (pixels) by flavour and dimensionality.
 _SIZES = {"boundary": {2: 24.0, 3: 14.0}, "intensity": {2: 20.0, 3: 12.0}}
 _DEFAULTS = {
@@ -258,8 +259,23 @@ def _intensity(shape, p, rng):
     parent = (rng.random(n) * np.arange(n)).astype(np.int64)
     direction = rng.standard_normal((n, d)).astype(np.float32)
     direction /= np.linalg.norm(direction, axis=1, keepdims=True)
-    near = seeds[parent] + direction * (radii[parent] + radii)[:, None] * 0.85
-    seeds = np.where(clumped[:, None], near, seeds)
+    # Placed in order: a clumped nucleus sits next to its (earlier) parent; the others
+    # keep apart from every nucleus placed before them (redrawn where they would touch,
+    # dropped after a few tries), so ``touching`` really sets the share of nuclei in
+    # contact. The margin covers the outline jitter and the coordinate warp below.
+    keep = np.ones(n, dtype=bool)
+    for i in range(n):
+        if clumped[i] and keep[parent[i]]:
+            seeds[i] = seeds[parent[i]] + direction[i] * (radii[parent[i]] + radii[i]) * 0.85
+            continue
+        for _ in range(_PLACEMENT_TRIES):
+            gap = np.linalg.norm(seeds[:i] - seeds[i], axis=1) - 1.3 * (radii[:i] + radii[i]) - 0.15 * size
+            if not np.any(gap[keep[:i]] < 0):
+                break
+            seeds[i] = [rng.uniform(0, s) for s in shape]
+        else:
+            keep[i] = False
+    seeds, radii = seeds[keep], radii[keep]
 
     coords = _warped_grid(shape, 0.15 * size, 0.5 * size, rng)
     nearest, dist = _nearest_seed(coords, seeds, radii)
