@@ -32,7 +32,7 @@ def test_tiles_cover_image_once():
 def test_tiled_equals_whole_with_large_halo_2d(rng, seed):
     net = _net(UNet2D, seed, depth=3)
     image = rng.random((70, 90)).astype(np.float32)
-    whole = predict(net, image, device="cpu")
+    whole = predict(net, image, halo=32, device="cpu")
     # Halo of 32 >= half the network's receptive field (depth 3, convs of the decoder included): exact.
     tiled = predict(net, image, tile_shape=(24, 40), halo=32, device="cpu")
     np.testing.assert_allclose(tiled, whole, atol=1e-5, err_msg=str(seed))
@@ -41,7 +41,7 @@ def test_tiled_equals_whole_with_large_halo_2d(rng, seed):
 def test_small_halo_differs_only_near_tile_borders(rng, seed):
     net = _net(UNet2D, seed, depth=3)
     image = rng.random((64, 64)).astype(np.float32)
-    whole = predict(net, image, device="cpu")
+    whole = predict(net, image, halo=4, device="cpu")
     tiled = predict(net, image, tile_shape=32, halo=4, device="cpu")
     diff = np.abs(tiled - whole).max(axis=0)
     scale = np.abs(whole).max()
@@ -57,12 +57,23 @@ def test_3d_volume_into_hdf5_dataset(rng, seed, tmp_path):
     torch.manual_seed(seed % 2**63)
     net = UNet3D(1, 3, f_maps=4, depth=2, norm="none").eval()
     vol = rng.random((12, 20, 18)).astype(np.float32)
-    whole = predict(net, vol, device="cpu")
+    whole = predict(net, vol, halo=8, device="cpu")
     with h5py.File(tmp_path / "emb.h5", "w") as fh:
         raw = fh.create_dataset("raw", data=vol)
         out = fh.create_dataset("emb", shape=(3, 12, 20, 18), dtype="float32")
         predict(net, raw, tile_shape=(6, 8, 8), halo=8, device="cpu", out=out)
         np.testing.assert_allclose(out[...], whole, atol=1e-5)
+
+
+@pytest.mark.parametrize("halo", [0, 5, 16])
+def test_halo_past_the_border_is_the_mirrored_image(rng, seed, halo):
+    net = _net(UNet2D, seed, depth=2)
+    image = rng.random((1, 30, 37)).astype(np.float32)
+    emb = predict(net, image, halo=halo, device="cpu", norm_range=(0.0, 1.0))
+    padded = np.pad(image, [(0, 0), (halo, halo), (halo, halo)], mode="reflect")
+    with torch.no_grad():
+        direct = net(torch.from_numpy(padded)[None])[0].numpy()[:, halo:halo + 30, halo:halo + 37]
+    np.testing.assert_allclose(emb, direct, atol=1e-5, err_msg=str(seed))
 
 
 def test_multichannel_input(rng, seed):

@@ -2,9 +2,12 @@
 
 The image is cut into tiles; each tile is predicted with a ``halo`` of context on
 every side and only its core is kept (the overlap-tile strategy of the original
-U-Net): away from the image border every output pixel sees at least ``halo`` pixels
-of real context, so tiles agree with a whole-image prediction up to the network's
-far-field influence. Tiles start at multiples of the network's pooling factor, which
+U-Net): every output pixel sees at least ``halo`` pixels of context, so tiles agree
+with a whole-image prediction up to the network's far-field influence. Where a halo
+reaches past the image border it holds the mirrored image (reflect padding), also
+when the whole image is one tile: without it the pixels near the border see the
+convolutions' zero padding, which a network trained on patches cut from larger
+images embeds as a strip of its own (false objects along the border). Tiles start at multiples of the network's pooling factor, which
 keeps the U-Net's pooling grid aligned with the whole-image one. Each core is
 written once, so ``out`` may be an HDF5/zarr dataset larger than memory.
 
@@ -67,7 +70,8 @@ def predict(model: torch.nn.Module, image, *, tile_shape=None, halo=None, device
     tile_shape : ints, optional
         Core of each tile. Default: the whole image in one tile.
     halo : ints, optional
-        Context added on every side of a core (default: 16 per axis, 0 without tiling).
+        Context added on every side of a core, mirrored image past the border
+        (default: 16 per axis; rounded up to the pooling factor when tiling).
     out : array-like ``(D, *spatial)``, optional
         Written core by core (e.g. an HDF5/zarr dataset); returned.
     norm_range : (lo, hi), optional
@@ -83,11 +87,11 @@ def predict(model: torch.nn.Module, image, *, tile_shape=None, halo=None, device
     if min(spatial) < 1:
         raise ValueError(f"image is empty (shape {tuple(image.shape)})")
     divisor = int(getattr(model, "divisor", 1))
+    halo = _spatial_arg(16 if halo is None else halo, "halo", len(spatial), minimum=0)
     if tile_shape is None:
-        core, halo = spatial, (0,) * len(spatial)
+        core = spatial
     else:
         core = _spatial_arg(tile_shape, "tile_shape", len(spatial))
-        halo = _spatial_arg(16 if halo is None else halo, "halo", len(spatial), minimum=0)
         # Aligned tiles: cores and halos in multiples of the pooling factor.
         core = tuple(min(_round_up(c, divisor), _round_up(s, divisor)) for c, s in zip(core, spatial))
         halo = tuple(_round_up(h, divisor) for h in halo)
@@ -100,10 +104,15 @@ def predict(model: torch.nn.Module, image, *, tile_shape=None, halo=None, device
         tiles = tqdm(tiles, desc="predict", unit="tile")
     for core_sl, win_sl in tiles:
         window = normalize_image(image[(slice(None),) + win_sl], lo=lo, hi=hi)
+        # Halo past the image border: the mirrored image.
+        outside = [(h - (c.start - w.start), max(c.stop + h - s, 0))
+                   for c, w, h, s in zip(core_sl, win_sl, halo, spatial)]
+        if any(a or b for a, b in outside):
+            window = np.pad(window, [(0, 0)] + outside, mode="reflect")
         emb = model(torch.from_numpy(window)[None].to(device))[0].float().cpu().numpy()
         if out is None:
             out = np.zeros((emb.shape[0],) + spatial, dtype=np.float32)
-        inner = tuple(slice(c.start - w.start, c.stop - w.start) for c, w in zip(core_sl, win_sl))
+        inner = tuple(slice(h, h + c.stop - c.start) for c, h in zip(core_sl, halo))
         out[(slice(None),) + core_sl] = emb[(slice(None),) + inner]
     return out
 

@@ -7,7 +7,7 @@ def add_parser(sub) -> None:
 
     d = sub.add_parser(
         "demo", help="end-to-end demo: train SPOCO@0.1 on generated images, segment, score, draw",
-        description="Generate 2D microscopy-like images with instance labels, keep 10%% of the objects' labels "
+        description="Generate 2D microscopy-like images with instance labels, keep 10% of the objects' labels "
         "(SPOCO@0.1), train a U-Net with the SPOCO loss on the CPU, segment held-out images with the mutex "
         "watershed and print SBD, |DiC|, AP@0.5 and adapted Rand error. Writes demo.png (image | PCA of the "
         "embeddings | segmentation | ground truth), label images and the training run to --out.")
