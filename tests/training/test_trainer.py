@@ -88,6 +88,27 @@ def test_finetune_starts_from_weights_with_new_lr(tiny_data, tmp_path):
     assert _same_tensors(model.state_dict(), src.ema.g.state_dict())
 
 
+def test_eval_network_g_validates_and_loads_the_moving_average(tiny_data, tmp_path, monkeypatch):
+    train, val = tiny_data
+    trainer = Trainer(_config(max_iters=4, val_every=2, eval_network="g", momentum=0.5), TinySet(train), val[:1],
+                      out_dir=tmp_path, progress=False)
+    validated = []
+    original = Trainer.validate
+    monkeypatch.setattr(Trainer, "validate", lambda self, network="f": validated.append(network) or
+                        original(self, network))
+    trainer.fit()
+    assert validated == ["g", "g"]
+    state = load_checkpoint(tmp_path / "last.pt")
+    # Without network=..., a checkpoint gives the network its run validated.
+    assert _same_tensors(model_from_checkpoint(state).state_dict(), trainer.ema.g.state_dict())
+    assert _same_tensors(model_from_checkpoint(state, network="f").state_dict(), trainer.model.state_dict())
+    assert not _same_tensors(trainer.ema.g.state_dict(), trainer.model.state_dict())
+    with pytest.raises(ValueError, match="eval_network"):
+        _config(eval_network="h").check()
+    with pytest.raises(ValueError, match="momentum"):
+        _config(momentum=1.0).check()
+
+
 def test_resume_with_other_model_gives_clear_error(tiny_data, tmp_path):
     train, _ = tiny_data
     Trainer(_config(max_iters=2), TinySet(train), None, out_dir=tmp_path, progress=False).fit()

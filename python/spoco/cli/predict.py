@@ -21,8 +21,9 @@ def add_parser(sub) -> None:
     p.add_argument("--key", help="dataset key of the input inside HDF5/zarr files")
     p.add_argument("--out", required=True, help="output .h5/.zarr file, or folder for a folder input")
     p.add_argument("--out-key", default=EMB_KEY, help=f"dataset key of the embeddings (default {EMB_KEY})")
-    p.add_argument("--network", choices=("f", "g"), default="f",
-                   help="f: the trained network (default); g: its moving average")
+    p.add_argument("--network", choices=("f", "g"),
+                   help="f: the trained network; g: its moving average (EMA); default: the one the training "
+                   "run validated and kept as best (its eval_network, f unless set)")
     p.add_argument("--tile-shape", type=int, nargs="+", help="tile core size per axis (default: whole image)")
     p.add_argument("--halo", type=int, nargs="+", help="context added around each tile (default 16 per axis)")
     p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: best available)")

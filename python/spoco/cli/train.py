@@ -5,7 +5,7 @@ from . import CLIError
 
 # Flags that override config keys of the same name (None = not given).
 _OVERRIDES = ("fraction", "patch_shape", "batch_size", "max_iters", "lr", "val_every", "embedding_dim", "f_maps",
-              "depth", "norm", "workers", "seed", "momentum", "background", "min_size", "merge_distance",
+              "depth", "norm", "workers", "seed", "momentum", "eval_network", "background", "min_size", "merge_distance",
               "adversarial_weight", "critic_steps", "adversarial_warmup", "adversarial_patch_shape", "critic_lr")
 
 
@@ -38,6 +38,9 @@ def add_parser(sub) -> None:
     p.add_argument("--depth", type=int, help="U-Net levels (default: receptive field covers the patch)")
     p.add_argument("--norm", choices=("batch", "group", "none"), help="normalisation (default: batch 2D, group 3D)")
     p.add_argument("--momentum", type=float, help="EMA momentum of the g-network (default 0.999)")
+    p.add_argument("--eval-network", choices=("f", "g"), help="network that validation scores, best.pt keeps and "
+                   "spoco predict uses by default: f (default) or its moving average g, smoother once training "
+                   "has run for several times 1 / (1 - momentum) steps")
     p.add_argument("--background", choices=("none", "largest", "embedding"),
                    help="background rule of the validation segmentation (see spoco segment)")
     p.add_argument("--min-size", type=int, help="smallest object kept in validation segmentations (pixels)")

@@ -30,6 +30,7 @@ class TrainConfig:
     delta_d: float = 2.0
     loss: dict = field(default_factory=dict)  # further SPOCOLoss keyword arguments
     momentum: float = 0.999           # EMANet momentum m
+    eval_network: str = "f"           # network validated, kept as best and predicted with: "f" or "g" (EMA)
     # optimisation
     lr: float = 2e-4
     weight_decay: float = 1e-5
@@ -107,6 +108,10 @@ class TrainConfig:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
         if self.lr <= 0 or self.min_lr < 0:
             raise ValueError(f"lr must be > 0 and min_lr >= 0, got {self.lr}, {self.min_lr}")
+        if self.eval_network not in ("f", "g"):
+            raise ValueError(f"eval_network must be 'f' or 'g', got {self.eval_network!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if self.norm not in (None, "batch", "group", "none"):
             raise ValueError(f"norm must be batch, group or none, got {self.norm!r}")
         self._check_adversarial()

@@ -33,8 +33,12 @@ def build_model(config: TrainConfig, in_channels: int) -> UNet:
                 patch_shape=config.patch_shape, norm=norm)
 
 
-def model_from_checkpoint(state: dict, *, network: str = "f") -> UNet:
-    """The U-Net stored in a checkpoint; ``network="g"`` gives the EMA network's weights."""
+def model_from_checkpoint(state: dict, *, network: str | None = None) -> UNet:
+    """The U-Net stored in a checkpoint: ``network="f"`` the trained network, ``"g"`` its
+    moving average (EMA); ``None``: the one the run validated (its ``eval_network``)."""
+    if network is None:
+        config = state.get("config") if isinstance(state, dict) else None
+        network = config.get("eval_network", "f") if isinstance(config, dict) else "f"
     if network not in ("f", "g"):
         raise ValueError(f"network must be 'f' or 'g', got {network!r}")
     try:
@@ -109,7 +113,7 @@ class Trainer:
             self.load_state_dict(load_checkpoint(self.out_dir / "last.pt", map_location=self.device))
         elif init_from is not None:
             state = load_checkpoint(init_from, map_location=self.device)
-            self.model.load_state_dict(model_from_checkpoint(state).state_dict())
+            self.model.load_state_dict(model_from_checkpoint(state, network="f").state_dict())
             self.ema.g.load_state_dict(self.model.state_dict())
 
     def _adversarial_term(self) -> AdversarialTerm:
@@ -243,7 +247,7 @@ class Trainer:
         if self.val_data:
             score = math.nan
             if self.rank == 0:
-                scores = self.validate()
+                scores = self.validate(self.config.eval_network)
                 score = scores["ap50"]
                 self._log("val_log.csv", {"iteration": self.iteration, **scores})
             # Every rank steps its scheduler with rank 0's score, so the learning rates agree.
