@@ -112,13 +112,24 @@ bool all_finite(const std::string& dtype, uintptr_t x, int64_t n, int threads) {
     SPOCO_DISPATCH(all_finite, dbl, x, n, threads)
 }
 
-void anchor_terms_backward(const std::string& dtype, const std::vector<int64_t>& terms,
-                           const std::vector<uintptr_t>& ptrs, const std::vector<int64_t>& Ks,
-                           const std::vector<double>& hs, const std::vector<double>& deltas, uintptr_t emb, int64_t B,
-                           int64_t D, int64_t N, uintptr_t grad_emb, int threads) {
+void pixel_terms(bool backward, const std::string& dtype, uintptr_t emb, uintptr_t emb_g, uintptr_t slot,
+                 uintptr_t inst_pix, bool unlabeled_push, uintptr_t cons_pix, uintptr_t n_cons, int64_t B, int64_t D,
+                 int64_t N, int64_t C, int64_t K, double h, double delta_v, double delta_d, uintptr_t means,
+                 uintptr_t counts, const std::vector<uintptr_t>& outs, int threads) {
     const bool dbl = is_double(dtype);
     py::gil_scoped_release release;
-    SPOCO_DISPATCH(anchor_terms_backward, dbl, terms, ptrs, Ks, hs, deltas, emb, B, D, N, grad_emb, threads)
+    SPOCO_DISPATCH(pixel_terms, backward, dbl, emb, emb_g, slot, inst_pix, unlabeled_push, cons_pix, n_cons, B, D, N,
+                   C, K, h, delta_v, delta_d, means, counts, outs, threads)
+}
+
+py::tuple cluster_slots(uintptr_t target, uintptr_t keys, int64_t B, int64_t N, int64_t ignore, bool sparse,
+                        uintptr_t slot, int threads) {
+    E::SlotsResult r;
+    {
+        py::gil_scoped_release release;
+        r = [&]() -> E::SlotsResult { SPOCO_DISPATCH(cluster_slots, target, keys, B, N, ignore, sparse, slot, threads) }();
+    }
+    return py::make_tuple(r.C, r.negative, r.labels, r.pix);
 }
 
 std::string isa_name() {
@@ -138,7 +149,9 @@ void register_loss(py::module_& m) {
     m.def("loss_pull_sums", &pull_sums, "Pull hinge sums per slot (forward, or backward when grad != 0).");
     m.def("loss_consistency_anchors", &consistency_anchors, "Coverage-driven consistency anchors (Eq. 7).");
     m.def("loss_all_finite", &all_finite, "Whether n floats at a CPU address are all finite.");
-    m.def("loss_anchor_terms_backward", &anchor_terms_backward,
-          "Backward of several anchor x pixel terms over the same embeddings in one pass.");
+    m.def("loss_pixel_terms", &pixel_terms,
+          "Fused loss reductions (segment means, pull, anchor x pixel terms) or their backward, in one pass.");
+    m.def("loss_cluster_slots", &cluster_slots,
+          "Per-image cluster slots of int64 labels: (C, negative label found, labels (B*C), anchor pixels (B*C)).");
     m.def("loss_isa", &isa_name, "Instruction set of the CPU loss kernels in use.");
 }

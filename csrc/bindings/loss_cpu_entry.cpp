@@ -1,12 +1,13 @@
 // One instruction-set variant of the CPU loss kernels (see loss_cpu_entry.hpp); the
 // build compiles this file with -DSPOCO_LOSS_ISA=generic|avx2|avx512 and matching flags.
-// All variants compute bit-identical results: no FMA contraction, fixed summation order.
+// Every variant sums in a fixed order (results do not depend on the thread count); the
+// vector variants contract multiply-adds into FMAs and use wider lane sums, so their
+// last bits differ from the generic build's.
 #include "bindings/loss_cpu_entry.hpp"
 #include "bindings/pointers.hpp"
 
 #include <stdexcept>
 #include <string>
-#include <type_traits>
 
 #include "core/loss_kernels.hpp"
 
@@ -27,19 +28,29 @@ void anchor_pixel_t(int term, bool backward, uintptr_t emb, uintptr_t anchors, u
     a.emb = cp<T>(emb), a.anchors = cp<T>(anchors), a.emb_g = cp<T>(emb_g), a.anchors_g = cp<T>(anchors_g);
     a.slot = cp<int64_t>(slot), a.weight = cp<T>(weight), a.n_valid = cp<int64_t>(n_valid);
     a.B = B, a.D = D, a.N = N, a.K = K, a.h = static_cast<T>(h), a.delta = static_cast<T>(delta);
-    auto run = [&](auto tag) {
-        constexpr int TERM = decltype(tag)::value;
-        if (backward)
-            L::anchor_pixel_sums_backward<TERM, T>(a, cp<T>(grad_out), mp<T>(grad_emb), mp<T>(grad_anchors), threads);
-        else
-            L::anchor_pixel_sums<TERM, T>(a, mp<T>(out), threads);
-    };
-    switch (term) {
-        case L::kSoftMask: run(std::integral_constant<int, L::kSoftMask>{}); break;
-        case L::kUnlabeledPush: run(std::integral_constant<int, L::kUnlabeledPush>{}); break;
-        case L::kConsistency: run(std::integral_constant<int, L::kConsistency>{}); break;
-        default: throw std::invalid_argument("unknown anchor x pixel term " + std::to_string(term));
-    }
+    if (backward && !grad_out) throw std::invalid_argument("anchor_pixel backward needs grad_out");
+    L::anchor_pixel_sums<T>(term, a, backward ? nullptr : mp<T>(out), backward ? cp<T>(grad_out) : nullptr,
+                            mp<T>(grad_emb), mp<T>(grad_anchors), threads);
+}
+
+/// outs: forward (pull, inst, up, cons); backward (grad_means, grad_pull, grad_inst, grad_up, grad_cons, grad_emb).
+template <class T>
+void pixel_terms_t(bool backward, uintptr_t emb, uintptr_t emb_g, uintptr_t slot, uintptr_t inst_pix,
+                   bool unlabeled_push, uintptr_t cons_pix, uintptr_t n_cons, int64_t B, int64_t D, int64_t N,
+                   int64_t C, int64_t K, double h, double delta_v, double delta_d, uintptr_t means, uintptr_t counts,
+                   const std::vector<uintptr_t>& outs, int threads) {
+    if (outs.size() != (backward ? 6u : 4u)) throw std::invalid_argument("pixel_terms: wrong number of outputs");
+    L::LossTermsArgs<T> a;
+    a.emb = cp<T>(emb), a.emb_g = cp<T>(emb_g), a.slot = cp<int64_t>(slot), a.inst_pix = cp<int64_t>(inst_pix);
+    a.unlabeled_push = unlabeled_push, a.cons_pix = cp<int64_t>(cons_pix), a.n_cons = cp<int64_t>(n_cons);
+    a.B = B, a.D = D, a.N = N, a.C = C, a.K = K;
+    a.h = static_cast<T>(h), a.delta_v = static_cast<T>(delta_v), a.delta_d = static_cast<T>(delta_d);
+    if (backward)
+        L::loss_terms_backward<T>(a, cp<T>(means), cp<T>(counts), cp<T>(outs[0]), cp<T>(outs[1]), cp<T>(outs[2]),
+                                  cp<T>(outs[3]), cp<T>(outs[4]), mp<T>(outs[5]), threads);
+    else
+        L::loss_terms_forward<T>(a, mp<T>(means), mp<T>(counts), mp<T>(outs[0]), mp<T>(outs[1]), mp<T>(outs[2]),
+                                 mp<T>(outs[3]), threads);
 }
 
 }  // namespace
@@ -67,9 +78,10 @@ void segment_sum(bool dbl, uintptr_t emb, uintptr_t slot, int64_t B, int64_t D, 
 void segment_sum_backward(bool dbl, uintptr_t grad_sums, uintptr_t slot, int64_t B, int64_t D, int64_t N, int64_t C,
                           uintptr_t grad_emb, int threads) {
     if (dbl)
-        L::segment_sum_backward(cp<double>(grad_sums), cp<int64_t>(slot), B, D, N, C, mp<double>(grad_emb), threads);
+        L::segment_broadcast(cp<double>(grad_sums), cp<int64_t>(slot), B, D, N, C, mp<double>(grad_emb), false,
+                             threads);
     else
-        L::segment_sum_backward(cp<float>(grad_sums), cp<int64_t>(slot), B, D, N, C, mp<float>(grad_emb), threads);
+        L::segment_broadcast(cp<float>(grad_sums), cp<int64_t>(slot), B, D, N, C, mp<float>(grad_emb), false, threads);
 }
 
 void pull_sums(bool dbl, uintptr_t emb, uintptr_t means, uintptr_t slot, int64_t B, int64_t D, int64_t N, int64_t C,
@@ -80,6 +92,18 @@ void pull_sums(bool dbl, uintptr_t emb, uintptr_t means, uintptr_t slot, int64_t
     else
         L::pull_sums(cp<float>(emb), cp<float>(means), cp<int64_t>(slot), B, D, N, C, static_cast<float>(delta_v),
                      mp<float>(out), cp<float>(grad), mp<float>(grad_emb), mp<float>(grad_means), threads);
+}
+
+void pixel_terms(bool backward, bool dbl, uintptr_t emb, uintptr_t emb_g, uintptr_t slot, uintptr_t inst_pix,
+                 bool unlabeled_push, uintptr_t cons_pix, uintptr_t n_cons, int64_t B, int64_t D, int64_t N, int64_t C,
+                 int64_t K, double h, double delta_v, double delta_d, uintptr_t means, uintptr_t counts,
+                 const std::vector<uintptr_t>& outs, int threads) {
+    if (dbl)
+        pixel_terms_t<double>(backward, emb, emb_g, slot, inst_pix, unlabeled_push, cons_pix, n_cons, B, D, N, C, K, h,
+                              delta_v, delta_d, means, counts, outs, threads);
+    else
+        pixel_terms_t<float>(backward, emb, emb_g, slot, inst_pix, unlabeled_push, cons_pix, n_cons, B, D, N, C, K, h,
+                             delta_v, delta_d, means, counts, outs, threads);
 }
 
 void consistency_anchors(bool dbl, uintptr_t emb_f, uintptr_t emb_g, uintptr_t unlabeled, uintptr_t keys, int64_t B,
@@ -98,40 +122,13 @@ bool all_finite(bool dbl, uintptr_t x, int64_t n, int threads) {
     return dbl ? L::all_finite(cp<double>(x), n, threads) : L::all_finite(cp<float>(x), n, threads);
 }
 
-namespace {
-template <class T>
-void anchor_terms_backward_t(const std::vector<int64_t>& terms, const std::vector<uintptr_t>& ptrs,
-                             const std::vector<int64_t>& Ks, const std::vector<double>& hs,
-                             const std::vector<double>& deltas, uintptr_t emb, int64_t B, int64_t D, int64_t N,
-                             uintptr_t grad_emb, int threads) {
-    constexpr size_t per = 8;  // anchors, anchors_g, emb_g, slot, weight, n_valid, grad_out, grad_anchors
-    const size_t n = terms.size();
-    if (n == 0 || ptrs.size() != per * n || Ks.size() != n || hs.size() != n || deltas.size() != n)
-        throw std::invalid_argument("anchor_terms_backward: inconsistent term lists");
-    std::vector<L::TermGrad<T>> tg(n);
-    for (size_t i = 0; i < n; ++i) {
-        const uintptr_t* q = ptrs.data() + per * i;
-        L::AnchorPixelArgs<T>& a = tg[i].a;
-        tg[i].term = static_cast<int>(terms[i]);
-        if (tg[i].term < L::kSoftMask || tg[i].term > L::kConsistency)
-            throw std::invalid_argument("anchor_terms_backward: unknown term");
-        a.emb = cp<T>(emb), a.anchors = cp<T>(q[0]), a.anchors_g = cp<T>(q[1]), a.emb_g = cp<T>(q[2]);
-        a.slot = cp<int64_t>(q[3]), a.weight = cp<T>(q[4]), a.n_valid = cp<int64_t>(q[5]);
-        a.B = B, a.D = D, a.N = N, a.K = Ks[i], a.h = static_cast<T>(hs[i]), a.delta = static_cast<T>(deltas[i]);
-        tg[i].grad_out = cp<T>(q[6]), tg[i].grad_anchors = mp<T>(q[7]);
-    }
-    L::anchor_pixel_terms_backward<T>(tg.data(), static_cast<int>(n), mp<T>(grad_emb), threads);
-}
-}  // namespace
-
-void anchor_terms_backward(bool dbl, const std::vector<int64_t>& terms, const std::vector<uintptr_t>& ptrs,
-                           const std::vector<int64_t>& Ks, const std::vector<double>& hs,
-                           const std::vector<double>& deltas, uintptr_t emb, int64_t B, int64_t D, int64_t N,
-                           uintptr_t grad_emb, int threads) {
-    if (dbl)
-        anchor_terms_backward_t<double>(terms, ptrs, Ks, hs, deltas, emb, B, D, N, grad_emb, threads);
-    else
-        anchor_terms_backward_t<float>(terms, ptrs, Ks, hs, deltas, emb, B, D, N, grad_emb, threads);
+SlotsResult cluster_slots(uintptr_t target, uintptr_t keys, int64_t B, int64_t N, int64_t ignore, bool sparse,
+                          uintptr_t slot, int threads) {
+    L::ClusterSlots r = L::cluster_slots(cp<int64_t>(target), cp<double>(keys), B, N, ignore, sparse,
+                                         mp<int64_t>(slot), threads);
+    SlotsResult out;
+    out.C = r.C, out.negative = r.negative, out.labels = std::move(r.labels), out.pix = std::move(r.pix);
+    return out;
 }
 
 }  // namespace spoco::loss_cpu::SPOCO_LOSS_ISA

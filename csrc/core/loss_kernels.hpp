@@ -1,14 +1,13 @@
-// CPU kernels of the SPOCO loss reductions (Sec. 3.1-3.2): one or two passes over
-// the embeddings, memory O(B N D + B K D), no (K, N) mask.
+// CPU kernels of the SPOCO loss reductions (Sec. 3.1-3.2): memory O(B N D + B K D),
+// no (K, N) mask. The anchor x pixel terms and the pull term run in one pass over
+// the pixels (loss_pass.hpp); this file adds the segment sums, the fused loss
+// reductions built on that pass (loss_terms_forward/backward), the consistency
+// anchors, the cluster slots and the input checks.
 //
 // Layouts (all C-contiguous): embeddings (B, D, N), anchors/means (B, K, D), slot
-// (B, N) int64 (cluster slot of a pixel, K or -1 = none), weight (B, N) or null (all 1),
-// n_valid (B,): anchors k >= n_valid[b] of image b are skipped (their outputs are 0).
-//
-// Determinism: pixels are cut into tiles whose size depends only on N and K
-// (reduction_tile); each (image, tile) task writes its own partial sums (double) and
-// the partials are added in tile order. Results are therefore bit-identical for any
-// number of threads.
+// (B, N) int64, n_valid (B,): anchors k >= n_valid[b] of image b are skipped (their
+// outputs are 0). Reductions add per-tile partials in tile order: results are
+// bit-identical for any number of threads.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -17,17 +16,18 @@
 #include <stdexcept>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "core/common.hpp"
+#include "core/loss_pass.hpp"
 #include "core/loss_terms.hpp"
 
 namespace spoco::loss {
 inline namespace SPOCO_LOSS_ISA {
 
-constexpr int64_t kSub = 64;        ///< pixels per inner block (kept in L1 and registers)
-constexpr int64_t kLanes = 16;      ///< independent partial sums per inner block (vectorisable)
-constexpr int64_t kMinTile = 1024;  ///< smallest reduction tile (pixels)
-constexpr int64_t kMaxDim = 64;     ///< largest embedding dimension D
-
+/// Arguments of a single anchor x pixel term (the spoco::anchor_pixel_sums op).
 template <class T>
 struct AnchorPixelArgs {
     const T* emb = nullptr;        ///< (B, D, N) pixel embeddings e
@@ -41,255 +41,31 @@ struct AnchorPixelArgs {
     T h = T(0), delta = T(0);      ///< 1/(2 sigma^2) and the unlabeled-push margin
 };
 
-namespace detail {
-
-/// One inner block of pixels copied (zero-padded to kSub) with weights and slots.
+/// Forward sums of one term, out (n_out, B, K), or (grad_out given) its gradients
+/// grad_emb (B, D, N) and grad_anchors (B, K, D), either may be null.
 template <class T>
-struct PixelBlock {
-    T e[kMaxDim][kSub];
-    T eg[kMaxDim][kSub];
-    T w[kSub];
-    int64_t slot[kSub];
+void anchor_pixel_sums(int term, const AnchorPixelArgs<T>& a, T* out, const T* grad_out, T* grad_emb, T* grad_anchors,
+                       int threads) {
+    if (term < kSoftMask || term > kConsistency) throw std::invalid_argument("unknown anchor x pixel term");
+    PixelSet<T> px;
+    px.emb = a.emb, px.emb_g = a.emb_g, px.slot = a.slot, px.weight = a.weight, px.B = a.B, px.D = a.D, px.N = a.N;
+    px.grad_emb = grad_emb;
+    TermSet<T> ts;
+    ts.term = term, ts.anchors = a.anchors, ts.anchors_g = a.anchors_g, ts.n_valid = a.n_valid, ts.K = a.K;
+    ts.h = a.h, ts.delta = a.delta, ts.out = out, ts.grad_out = grad_out, ts.grad_anchors = grad_anchors;
+    pixel_pass(px, &ts, 1, grad_out != nullptr, threads);
+}
 
-    /// Embeddings (and g-embeddings unless null) of pixels p0..p0+np of image b.
-    void load_emb(const T* emb, const T* emb_g, int64_t D, int64_t N, int64_t b, int64_t p0, int64_t np) {
-        for (int64_t d = 0; d < D; ++d) {
-            const T* src = emb + (b * D + d) * N + p0;
-            for (int64_t p = 0; p < kSub; ++p) e[d][p] = p < np ? src[p] : T(0);
-            if (emb_g) {
-                const T* sg = emb_g + (b * D + d) * N + p0;
-                for (int64_t p = 0; p < kSub; ++p) eg[d][p] = p < np ? sg[p] : T(0);
-            }
-        }
-    }
-
-    /// Weights (null = 1; padding weighs 0) and slots (null = none) of the same pixels.
-    void load_pixels(const T* weight, const int64_t* slots, int64_t N, int64_t b, int64_t p0, int64_t np) {
-        for (int64_t p = 0; p < kSub; ++p) {
-            w[p] = p < np ? (weight ? weight[b * N + p0 + p] : T(1)) : T(0);
-            slot[p] = (p < np && slots) ? slots[b * N + p0 + p] : -1;
-        }
-    }
-
-    void load(const AnchorPixelArgs<T>& a, int64_t b, int64_t p0, int64_t np, bool with_g) {
-        load_emb(a.emb, with_g ? a.emb_g : nullptr, a.D, a.N, b, p0, np);
-        load_pixels(a.weight, a.slot, a.N, b, p0, np);
-    }
-};
-
-/// dist[p] = |e_p - a|^2 for the kSub pixels of a block.
+/// Pull sums (Eq. 1): out (B, C) = sum over the pixels of slot k of [|mu_k - e_i| - delta_v]_+^2.
+/// With grad (B, C) given, computes instead grad_emb (B, D, N) and grad_means (B, C, D)
+/// (either may be null) of sum_k grad_k out_k.
 template <class T>
-inline void block_sq_dist(const T (*e)[kSub], const T* a, int64_t D, T* dist) {
-    for (int64_t p = 0; p < kSub; ++p) dist[p] = T(0);
-    for (int64_t d = 0; d < D; ++d) {
-        const T ad = a[d];
-        for (int64_t p = 0; p < kSub; ++p) {
-            const T t = e[d][p] - ad;
-            dist[p] += t * t;
-        }
-    }
-}
-
-/// lanes[l] += v[j + l] over the kSub values: kLanes independent partial sums (vector adds).
-template <class T>
-inline void lane_add(T* __restrict lanes, const T* __restrict v) {
-    for (int64_t j = 0; j < kSub; j += kLanes)
-        for (int64_t l = 0; l < kLanes; ++l) lanes[l] += v[j + l];
-}
-
-/// Sum of kLanes partial sums in a fixed order.
-template <class T>
-inline double lane_total(const T* lanes) {
-    double s = 0;
-    for (int64_t l = 0; l < kLanes; ++l) s += lanes[l];
-    return s;
-}
-
-inline void check_dims(int64_t B, int64_t D, int64_t N, int64_t K) {
-    if (B < 1 || N < 1 || K < 0 || D < 1 || D > kMaxDim)
-        throw std::invalid_argument("spoco loss kernels: need B >= 1, N >= 1, K >= 0 and 1 <= D <= 64");
-}
-
-/// Add per-(image, tile) partials part[(b * n_tiles + t) * per + j] over t in tile order.
-template <class T>
-void combine_tiles(const std::vector<double>& part, int64_t B, int64_t n_tiles, int64_t per, T* out, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static) if (B * per * n_tiles > (1 << 18))
-    for (int64_t bj = 0; bj < B * per; ++bj) {
-        const int64_t b = bj / per, j = bj % per;
-        double s = 0;
-        for (int64_t t = 0; t < n_tiles; ++t) s += part[(b * n_tiles + t) * per + j];
-        out[bj] = static_cast<T>(s);
-    }
-}
-
-}  // namespace detail
-
-/// Forward anchor x pixel sums of TERM: out (n_out, B, K) with
-/// out[o, b, k] = sum_i of term_values(d_ki, ...)[o] over every pixel i of image b.
-template <int TERM, class T>
-void anchor_pixel_sums(const AnchorPixelArgs<T>& a, T* out, int threads) {
-    detail::check_dims(a.B, a.D, a.N, a.K);
-    threads = resolve_threads(threads);
-    constexpr int n_out = term_outputs(TERM);
-    constexpr bool with_g = TERM == kConsistency;
-    const int64_t B = a.B, D = a.D, N = a.N, K = a.K;
-    const int64_t tile = reduction_tile(K, kMinTile), n_tiles = (N + tile - 1) / tile;
-    std::vector<double> part(static_cast<size_t>(B * n_tiles * K * n_out), 0.0);  // [b][t][o][k]
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-    for (int64_t task = 0; task < B * n_tiles; ++task) {
-        const int64_t b = task / n_tiles, t = task % n_tiles;
-        const int64_t Kb = std::min<int64_t>(K, std::max<int64_t>(a.n_valid[b], 0));
-        double* acc = part.data() + task * K * n_out;
-        auto blk = std::make_unique<detail::PixelBlock<T>>();
-        // per-(anchor, output) lane sums over the tile; added up once per tile (horizontal sums are costly)
-        std::vector<T> lanes(static_cast<size_t>(Kb * n_out * kLanes), T(0));
-        T dist[kSub], dist_g[kSub], v[3][kSub];
-        for (int64_t p0 = t * tile; p0 < std::min(N, (t + 1) * tile); p0 += kSub) {
-            blk->load(a, b, p0, std::min(kSub, N - p0), with_g);
-            for (int64_t k = 0; k < Kb; ++k) {
-                detail::block_sq_dist(blk->e, a.anchors + (b * K + k) * D, D, dist);
-                if constexpr (with_g) detail::block_sq_dist(blk->eg, a.anchors_g + (b * K + k) * D, D, dist_g);
-                for (int64_t p = 0; p < kSub; ++p) {
-                    T vals[3];
-                    term_values<TERM, T>(dist[p], with_g ? dist_g[p] : T(0), blk->slot[p] == k, blk->w[p], a.h,
-                                         a.delta, vals);
-                    for (int o = 0; o < n_out; ++o) v[o][p] = vals[o];
-                }
-                for (int o = 0; o < n_out; ++o) detail::lane_add(lanes.data() + (k * n_out + o) * kLanes, v[o]);
-            }
-        }
-        for (int64_t k = 0; k < Kb; ++k)
-            for (int o = 0; o < n_out; ++o) acc[o * K + k] = detail::lane_total(lanes.data() + (k * n_out + o) * kLanes);
-    }
-    // part is [b][t][o][k]: combine to [b][o][k], then reorder to (o, b, k)
-    std::vector<T> tmp(static_cast<size_t>(B * n_out * K));
-    detail::combine_tiles(part, B, n_tiles, n_out * K, tmp.data(), threads);
-    for (int64_t b = 0; b < B; ++b)
-        for (int o = 0; o < n_out; ++o)
-            for (int64_t k = 0; k < K; ++k) out[(o * B + b) * K + k] = tmp[(b * n_out + o) * K + k];
-}
-
-/// One term of a fused backward pass: its arguments (sharing emb with the others),
-/// the upstream gradient (n_out, B, K) of its outputs and its dL/da (B, K, D) or null.
-template <class T>
-struct TermGrad {
-    int term = kSoftMask;
-    AnchorPixelArgs<T> a;
-    const T* grad_out = nullptr;
-    T* grad_anchors = nullptr;
-};
-
-namespace detail {
-
-/// Adds the contributions of one term's Kb anchors to a block's ge[d][p] = sum_k c_kp (e_p - a_k)
-/// and to its per-anchor lane sums of c_kp (e_p - a_k) (for dL/da).
-template <int TERM, class T>
-void backward_block(const TermGrad<T>& tg, const PixelBlock<T>& blk, int64_t b, int64_t Kb, T* __restrict ge,
-                    T* __restrict lanes) {
-    constexpr bool with_g = TERM == kConsistency;
-    constexpr bool two = term_outputs(TERM) > 1;
-    const AnchorPixelArgs<T>& a = tg.a;
-    const int64_t B = a.B, D = a.D, K = a.K;
-    T dist[kSub], dist_g[kSub], c[kSub], prod[kSub];
-    for (int64_t k = 0; k < Kb; ++k) {
-        const T* ak = a.anchors + (b * K + k) * D;
-        block_sq_dist(blk.e, ak, D, dist);
-        if constexpr (with_g) block_sq_dist(blk.eg, a.anchors_g + (b * K + k) * D, D, dist_g);
-        const T g0 = tg.grad_out[b * K + k], g1 = two ? tg.grad_out[(B + b) * K + k] : T(0);
-        for (int64_t p = 0; p < kSub; ++p)
-            c[p] = term_coef<TERM, T>(dist[p], with_g ? dist_g[p] : T(0), blk.slot[p] == k, blk.w[p], a.h, a.delta,
-                                      g0, g1);
-        for (int64_t d = 0; d < D; ++d) {
-            const T ad = ak[d];
-            T* __restrict ged = ge + d * kSub;
-            const T* __restrict ed = blk.e[d];
-            for (int64_t p = 0; p < kSub; ++p) {
-                prod[p] = c[p] * (ed[p] - ad);
-                ged[p] += prod[p];
-            }
-            if (lanes) lane_add(lanes + (k * D + d) * kLanes, prod);
-        }
-    }
-}
-
-}  // namespace detail
-
-/// Backward of several anchor_pixel_sums terms over the same embeddings in one pass:
-/// every pixel block is loaded once, all terms add to its dL/de, and grad_emb (B, D, N)
-/// (every element written) holds the sum over the terms. Each term's dL/da goes to its
-/// grad_anchors. The g-embeddings get no gradient.
-template <class T>
-void anchor_pixel_terms_backward(const TermGrad<T>* terms, int n_terms, T* grad_emb, int threads) {
-    if (n_terms < 1) throw std::invalid_argument("anchor_pixel_terms_backward: no term");
-    const AnchorPixelArgs<T>& a0 = terms[0].a;
-    const int64_t B = a0.B, D = a0.D, N = a0.N;
-    int64_t K_max = 0;
-    const T* emb_g = nullptr;
-    for (int i = 0; i < n_terms; ++i) {
-        const AnchorPixelArgs<T>& a = terms[i].a;
-        detail::check_dims(a.B, a.D, a.N, a.K);
-        if (a.B != B || a.D != D || a.N != N || a.emb != a0.emb)
-            throw std::invalid_argument("anchor_pixel_terms_backward: the terms must share the embeddings");
-        K_max = std::max(K_max, a.K);
-        if (terms[i].term == kConsistency) emb_g = a.emb_g;
-    }
-    threads = resolve_threads(threads);
-    const int64_t tile = reduction_tile(K_max, kMinTile), n_tiles = (N + tile - 1) / tile;
-    std::vector<std::vector<double>> part(static_cast<size_t>(n_terms));  // per term: [b][t][k][d]
-    for (int i = 0; i < n_terms; ++i)
-        if (terms[i].grad_anchors) part[i].assign(static_cast<size_t>(B * n_tiles * terms[i].a.K * D), 0.0);
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-    for (int64_t task = 0; task < B * n_tiles; ++task) {
-        const int64_t b = task / n_tiles, t = task % n_tiles;
-        auto blk = std::make_unique<detail::PixelBlock<T>>();
-        auto ge = std::make_unique<T[]>(static_cast<size_t>(kMaxDim * kSub));
-        std::vector<int64_t> kb(static_cast<size_t>(n_terms));
-        std::vector<std::vector<T>> lanes(static_cast<size_t>(n_terms));  // dL/da lane sums over the tile
-        for (int i = 0; i < n_terms; ++i) {
-            const AnchorPixelArgs<T>& a = terms[i].a;
-            kb[i] = std::min<int64_t>(a.K, std::max<int64_t>(a.n_valid[b], 0));
-            if (terms[i].grad_anchors) lanes[i].assign(static_cast<size_t>(kb[i] * D * kLanes), T(0));
-        }
-        for (int64_t p0 = t * tile; p0 < std::min(N, (t + 1) * tile); p0 += kSub) {
-            const int64_t np = std::min(kSub, N - p0);
-            blk->load_emb(a0.emb, emb_g, D, N, b, p0, np);
-            std::fill(ge.get(), ge.get() + D * kSub, T(0));
-            for (int i = 0; i < n_terms; ++i) {
-                const TermGrad<T>& tg = terms[i];
-                blk->load_pixels(tg.a.weight, tg.a.slot, N, b, p0, np);
-                T* ln = tg.grad_anchors ? lanes[i].data() : nullptr;
-                switch (tg.term) {
-                    case kSoftMask: detail::backward_block<kSoftMask>(tg, *blk, b, kb[i], ge.get(), ln); break;
-                    case kUnlabeledPush: detail::backward_block<kUnlabeledPush>(tg, *blk, b, kb[i], ge.get(), ln); break;
-                    default: detail::backward_block<kConsistency>(tg, *blk, b, kb[i], ge.get(), ln); break;
-                }
-            }
-            if (grad_emb)
-                for (int64_t d = 0; d < D; ++d) {
-                    T* dst = grad_emb + (b * D + d) * N + p0;
-                    const T* ged = ge.get() + d * kSub;
-                    for (int64_t p = 0; p < np; ++p) dst[p] = T(2) * ged[p];
-                }
-        }
-        for (int i = 0; i < n_terms; ++i) {
-            if (!terms[i].grad_anchors) continue;
-            double* acc = part[i].data() + task * terms[i].a.K * D;
-            for (int64_t kd = 0; kd < kb[i] * D; ++kd) acc[kd] = -2 * detail::lane_total(lanes[i].data() + kd * kLanes);
-        }
-    }
-    for (int i = 0; i < n_terms; ++i)
-        if (terms[i].grad_anchors)
-            detail::combine_tiles(part[i], B, n_tiles, terms[i].a.K * D, terms[i].grad_anchors, threads);
-}
-
-/// Backward of anchor_pixel_sums given grad_out (n_out, B, K): grad_emb (B, D, N)
-/// and grad_anchors (B, K, D), either may be null. The g-embeddings get no gradient.
-template <int TERM, class T>
-void anchor_pixel_sums_backward(const AnchorPixelArgs<T>& a, const T* grad_out, T* grad_emb, T* grad_anchors,
-                                int threads) {
-    TermGrad<T> tg;
-    tg.term = TERM, tg.a = a, tg.grad_out = grad_out, tg.grad_anchors = grad_anchors;
-    anchor_pixel_terms_backward(&tg, 1, grad_emb, threads);
+void pull_sums(const T* emb, const T* means, const int64_t* slot, int64_t B, int64_t D, int64_t N, int64_t C,
+               T delta_v, T* out, const T* grad, T* grad_emb, T* grad_means, int threads) {
+    PixelSet<T> px;
+    px.emb = emb, px.slot = slot, px.B = B, px.D = D, px.N = N, px.C = C, px.means = means, px.delta_v = delta_v;
+    px.pull_out = out, px.pull_grad = grad, px.pull_grad_means = grad_means, px.grad_emb = grad_emb;
+    pixel_pass<T>(px, nullptr, 0, grad != nullptr, threads);
 }
 
 namespace detail {
@@ -298,7 +74,7 @@ namespace detail {
 /// of one image (runs cut at kSub pixels). Labels are spatially coherent, so runs are
 /// long: per-slot work is vectorised along a run and needs no gather or scatter.
 template <class F>
-inline void for_each_run(const int64_t* slot, int64_t begin, int64_t end, int64_t C, F&& fn) {
+inline void for_each_slot_run(const int64_t* slot, int64_t begin, int64_t end, int64_t C, F&& fn) {
     int64_t p = begin;
     while (p < end) {
         const int64_t s = slot[p];
@@ -311,14 +87,10 @@ inline void for_each_run(const int64_t* slot, int64_t begin, int64_t end, int64_
 
 /// Sum of v[0..len) (len <= kSub) in a fixed order, vectorised.
 template <class T>
-inline T run_sum(const T* v, int64_t len) {
-    T pad[kSub];
+inline double run_sum(const T* v, int64_t len) {
+    alignas(64) T pad[kSub];
     for (int64_t q = 0; q < kSub; ++q) pad[q] = q < len ? v[q] : T(0);
-    T lanes[kLanes] = {};
-    lane_add(lanes, pad);
-    T s = T(0);
-    for (int64_t l = 0; l < kLanes; ++l) s += lanes[l];
-    return s;
+    return lane_total<T>(block_lanes(pad));
 }
 
 }  // namespace detail
@@ -330,94 +102,282 @@ void segment_sum(const T* emb, const int64_t* slot, int64_t B, int64_t D, int64_
                  int threads) {
     detail::check_dims(B, D, N, C);
     threads = resolve_threads(threads);
-    const int64_t tile = reduction_tile(C, kMinTile), n_tiles = (N + tile - 1) / tile, per = C * (D + 1);
+    const int64_t tile = pass_tile(C), n_tiles = (N + tile - 1) / tile, per = C * (D + 1);
     std::vector<double> part(static_cast<size_t>(B * n_tiles * per), 0.0);  // [b][t][c][d | count]
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
     for (int64_t task = 0; task < B * n_tiles; ++task) {
         const int64_t b = task / n_tiles, t = task % n_tiles;
         double* acc = part.data() + task * per;
-        detail::for_each_run(slot + b * N, t * tile, std::min(N, (t + 1) * tile), C, [&](int64_t p, int64_t len,
-                                                                                       int64_t s) {
-            for (int64_t d = 0; d < D; ++d) acc[s * (D + 1) + d] += detail::run_sum(emb + (b * D + d) * N + p, len);
-            acc[s * (D + 1) + D] += static_cast<double>(len);
-        });
+        detail::for_each_slot_run(slot + b * N, t * tile, std::min(N, (t + 1) * tile), C,
+                                  [&](int64_t p, int64_t len, int64_t s) {
+                                      for (int64_t d = 0; d < D; ++d)
+                                          acc[s * (D + 1) + d] += detail::run_sum(emb + (b * D + d) * N + p, len);
+                                      acc[s * (D + 1) + D] += static_cast<double>(len);
+                                  });
     }
-    std::vector<T> tmp(static_cast<size_t>(B * per));
-    detail::combine_tiles(part, B, n_tiles, per, tmp.data(), threads);
+    std::vector<double> tot(static_cast<size_t>(B * per));
+    detail::combine_tiles(part, B, n_tiles, per, tot.data(), threads);
     for (int64_t bc = 0; bc < B * C; ++bc) {
-        for (int64_t d = 0; d < D; ++d) sums[bc * D + d] = tmp[bc * (D + 1) + d];
-        counts[bc] = tmp[bc * (D + 1) + D];
+        for (int64_t d = 0; d < D; ++d) sums[bc * D + d] = static_cast<T>(tot[bc * (D + 1) + d]);
+        counts[bc] = static_cast<T>(tot[bc * (D + 1) + D]);
     }
 }
 
-/// grad_emb (B, D, N) of segment_sum: each pixel gets the gradient of its slot's sum.
+/// grad_emb[b, :, i] (+)= grad_sums[b, slot_i, :] for pixels of a slot in [0, C): the gradient
+/// of segment_sum (accumulate = false: other pixels get 0; true: they are left as they are).
 template <class T>
-void segment_sum_backward(const T* grad_sums, const int64_t* slot, int64_t B, int64_t D, int64_t N, int64_t C,
-                          T* grad_emb, int threads) {
+void segment_broadcast(const T* grad_sums, const int64_t* slot, int64_t B, int64_t D, int64_t N, int64_t C,
+                       T* grad_emb, bool accumulate, int threads) {
     threads = resolve_threads(threads);
     constexpr int64_t block = 1 << 14;
     const int64_t n_blocks = (N + block - 1) / block;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t task = 0; task < B * n_blocks; ++task) {
         const int64_t b = task / n_blocks, p0 = (task % n_blocks) * block, p1 = std::min(N, p0 + block);
-        for (int64_t d = 0; d < D; ++d) std::fill(grad_emb + (b * D + d) * N + p0, grad_emb + (b * D + d) * N + p1, T(0));
-        detail::for_each_run(slot + b * N, p0, p1, C, [&](int64_t p, int64_t len, int64_t s) {
+        if (!accumulate)
+            for (int64_t d = 0; d < D; ++d)
+                std::fill(grad_emb + (b * D + d) * N + p0, grad_emb + (b * D + d) * N + p1, T(0));
+        detail::for_each_slot_run(slot + b * N, p0, p1, C, [&](int64_t p, int64_t len, int64_t s) {
             for (int64_t d = 0; d < D; ++d) {
                 const T g = grad_sums[(b * C + s) * D + d];
                 T* dst = grad_emb + (b * D + d) * N + p;
-                for (int64_t q = 0; q < len; ++q) dst[q] = g;
+                if (accumulate)
+                    for (int64_t q = 0; q < len; ++q) dst[q] += g;
+                else
+                    for (int64_t q = 0; q < len; ++q) dst[q] = g;
             }
         });
     }
 }
 
-/// Pull sums (Eq. 1): out (B, C) = sum over the pixels of slot k of [|mu_k - e_i| - delta_v]_+^2.
-/// With grad (B, C) given, computes instead grad_emb (B, D, N) and grad_means (B, C, D)
-/// (either may be null) of sum_k grad_k out_k. Work goes run by run of equal slot.
+/// Inputs of the fused loss reductions (the spoco::pixel_terms op).
 template <class T>
-void pull_sums(const T* emb, const T* means, const int64_t* slot, int64_t B, int64_t D, int64_t N, int64_t C,
-               T delta_v, T* out, const T* grad, T* grad_emb, T* grad_means, int threads) {
-    detail::check_dims(B, D, N, C);
-    threads = resolve_threads(threads);
-    const bool backward = grad != nullptr;
-    const int64_t tile = reduction_tile(C, kMinTile), n_tiles = (N + tile - 1) / tile;
-    const int64_t per = backward ? C * D : C;
-    const bool need_part = !backward || grad_means;
-    std::vector<double> part(need_part ? static_cast<size_t>(B * n_tiles * per) : 0, 0.0);
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-    for (int64_t task = 0; task < B * n_tiles; ++task) {
-        const int64_t b = task / n_tiles, t = task % n_tiles;
-        const int64_t p0 = t * tile, p1 = std::min(N, (t + 1) * tile);
-        double* acc = need_part ? part.data() + task * per : nullptr;
-        if (grad_emb)  // pixels of no slot get 0
-            for (int64_t d = 0; d < D; ++d) std::fill(grad_emb + (b * D + d) * N + p0, grad_emb + (b * D + d) * N + p1, T(0));
-        T dist[kSub], v[kSub], g[kSub];
-        detail::for_each_run(slot + b * N, p0, p1, C, [&](int64_t p, int64_t len, int64_t s) {
-            const T* mu = means + (b * C + s) * D;
-            for (int64_t q = 0; q < len; ++q) dist[q] = T(0);
-            for (int64_t d = 0; d < D; ++d) {
-                const T* row = emb + (b * D + d) * N + p;
-                for (int64_t q = 0; q < len; ++q) {
-                    const T x = row[q] - mu[d];
-                    dist[q] += x * x;
-                }
-            }
-            if (!backward) {
-                for (int64_t q = 0; q < len; ++q) v[q] = pull_value(dist[q], delta_v);
-                acc[s] += detail::run_sum(v, len);
-                return;
-            }
-            const T gs = grad[b * C + s];
-            for (int64_t q = 0; q < len; ++q) v[q] = gs * pull_coef(dist[q], delta_v);  // c_i
-            for (int64_t d = 0; d < D; ++d) {
-                const T* row = emb + (b * D + d) * N + p;
-                for (int64_t q = 0; q < len; ++q) g[q] = T(2) * v[q] * (row[q] - mu[d]);
-                if (grad_emb) std::copy(g, g + len, grad_emb + (b * D + d) * N + p);
-                if (acc) acc[s * D + d] -= detail::run_sum(g, len);
-            }
-        });
+struct LossTermsArgs {
+    const T* emb = nullptr;             ///< (B, D, N) f-embeddings
+    const T* emb_g = nullptr;           ///< (B, D, N) g-embeddings, or null (no consistency term)
+    const int64_t* slot = nullptr;      ///< (B, N): [0, C) cluster, C counted in no cluster, else ignored
+    const int64_t* inst_pix = nullptr;  ///< (B, C) instance anchor pixels, or null: the means are the anchors
+    bool unlabeled_push = false;        ///< Eq. 6 between the means and the pixels of slot C
+    const int64_t* cons_pix = nullptr;  ///< (B, K) consistency anchor pixels (with emb_g)
+    const int64_t* n_cons = nullptr;    ///< (B,) consistency anchors in use
+    int64_t B = 0, D = 0, N = 0, C = 0, K = 0;
+    T h = T(0), delta_v = T(0), delta_d = T(0);  ///< 1/(2 sigma^2), pull and push margins
+};
+
+namespace detail {
+
+/// Ask for transparent huge pages for a large output buffer that is about to be written
+/// for the first time (no-op where unsupported): the first touch of a fresh 50 MB gradient
+/// otherwise costs ~12k page faults, as much time as writing it.
+inline void advise_huge_pages(void* p, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    constexpr uintptr_t huge = uintptr_t(1) << 21;
+    const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + huge - 1) & ~(huge - 1);
+    const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(huge - 1);
+    if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+    (void)p, (void)bytes;
+#endif
+}
+
+/// The pass of a loss call: its pixels (with the pull term) and its anchor x pixel terms,
+/// with the anchors taken at pixels gathered here.
+template <class T>
+struct LossTermsSetup {
+    std::vector<int64_t> n_obj;  ///< (B,) 1 + the last non-empty slot
+    std::vector<T> inst_a, cons_f, cons_g;
+    PixelSet<T> px;
+    std::vector<TermSet<T>> terms;  ///< instance, [unlabeled push], [consistency]
+};
+
+template <class T>
+void gather_pixels(const T* emb, const int64_t* pix, int64_t B, int64_t D, int64_t N, int64_t K, std::vector<T>& out) {
+    out.resize(static_cast<size_t>(B * K * D));
+    for (int64_t b = 0; b < B; ++b)
+        for (int64_t k = 0; k < K; ++k) {
+            const int64_t p = pix[b * K + k];
+            if (p < 0 || p >= N) throw std::invalid_argument("spoco loss kernels: anchor pixel index out of range");
+            for (int64_t d = 0; d < D; ++d) out[(b * K + k) * D + d] = emb[(b * D + d) * N + p];
+        }
+}
+
+template <class T>
+LossTermsSetup<T> loss_terms_setup(const LossTermsArgs<T>& a, const T* means, const T* counts) {
+    const int64_t B = a.B, D = a.D, N = a.N, C = a.C, K = a.K;
+    check_dims(B, D, N, C);
+    check_dims(B, D, N, K);
+    LossTermsSetup<T> st;
+    st.n_obj.assign(static_cast<size_t>(B), 0);
+    for (int64_t b = 0; b < B; ++b)
+        for (int64_t k = 0; k < C; ++k)
+            if (counts[b * C + k] > T(0)) st.n_obj[b] = k + 1;
+    PixelSet<T>& px = st.px;
+    px.emb = a.emb, px.emb_g = a.emb_g, px.slot = a.slot, px.weights_from_slot = true;
+    px.B = B, px.D = D, px.N = N, px.C = C, px.means = means, px.delta_v = a.delta_v;
+    TermSet<T> inst;
+    inst.term = kSoftMask, inst.n_valid = st.n_obj.data(), inst.K = C, inst.h = a.h;
+    if (a.inst_pix) {
+        gather_pixels(a.emb, a.inst_pix, B, D, N, C, st.inst_a);
+        inst.anchors = st.inst_a.data();
+    } else {
+        inst.anchors = means;
     }
-    if (need_part) detail::combine_tiles(part, B, n_tiles, per, backward ? grad_means : out, threads);
+    st.terms.push_back(inst);
+    if (a.unlabeled_push) {
+        TermSet<T> up;
+        up.term = kUnlabeledPush, up.anchors = means, up.n_valid = st.n_obj.data(), up.K = C, up.delta = a.delta_d;
+        up.on_unlabeled = true;
+        st.terms.push_back(up);
+    }
+    if (a.cons_pix) {
+        if (!a.emb_g || !a.n_cons) throw std::invalid_argument("spoco loss kernels: consistency needs emb_g and n_cons");
+        gather_pixels(a.emb, a.cons_pix, B, D, N, K, st.cons_f);
+        gather_pixels(a.emb_g, a.cons_pix, B, D, N, K, st.cons_g);
+        TermSet<T> cons;
+        cons.term = kConsistency, cons.anchors = st.cons_f.data(), cons.anchors_g = st.cons_g.data();
+        cons.n_valid = a.n_cons, cons.K = K, cons.h = a.h;
+        st.terms.push_back(cons);
+    }
+    return st;
+}
+
+}  // namespace detail
+
+/// Forward of the fused loss reductions: means (B, C, D) = per-slot sums / max(count, 1),
+/// counts (B, C), pull (B, C) (Eq. 1 summed per slot), inst (2, B, C) (soft-mask Dice sums,
+/// Eq. 3-4), up (1, B, C) (Eq. 6 summed over the unlabeled pixels; unused without
+/// unlabeled_push) and cons (3, B, K) (Eq. 7 Dice sums; unused without cons_pix).
+/// Slots after an image's last non-empty slot give 0.
+template <class T>
+void loss_terms_forward(const LossTermsArgs<T>& a, T* means, T* counts, T* pull, T* inst, T* up, T* cons,
+                        int threads) {
+    const int64_t B = a.B, D = a.D, C = a.C;
+    segment_sum(a.emb, a.slot, B, D, a.N, C, means, counts, threads);
+    for (int64_t bc = 0; bc < B * C; ++bc) {
+        const T n = std::max(counts[bc], T(1));
+        for (int64_t d = 0; d < D; ++d) means[bc * D + d] /= n;
+    }
+    detail::LossTermsSetup<T> st = detail::loss_terms_setup(a, means, counts);
+    st.px.pull_out = pull;
+    size_t i = 0;
+    st.terms[i++].out = inst;
+    if (a.unlabeled_push) st.terms[i++].out = up;
+    if (a.cons_pix) st.terms[i++].out = cons;
+    pixel_pass(st.px, st.terms.data(), static_cast<int>(st.terms.size()), false, threads);
+}
+
+/// Backward of loss_terms_forward: grad_emb (B, D, N) (every element written) for the
+/// upstream gradients of means (B, C, D), pull (B, C), inst (2, B, C), up (1, B, C) and
+/// cons (3, B, K) (those of absent terms are not read). One compute pass gives every
+/// anchor x pixel and pull gradient and the gradients of all anchors; the gradient that
+/// reaches the means (from outside, the pull, the unlabeled push and mean anchors) then
+/// goes to the pixels of each slot in one memory-bound pass, and that of anchors taken
+/// at pixels to those pixels.
+template <class T>
+void loss_terms_backward(const LossTermsArgs<T>& a, const T* means, const T* counts, const T* grad_means,
+                         const T* grad_pull, const T* grad_inst, const T* grad_up, const T* grad_cons, T* grad_emb,
+                         int threads) {
+    const int64_t B = a.B, D = a.D, N = a.N, C = a.C, K = a.K;
+    detail::LossTermsSetup<T> st = detail::loss_terms_setup(a, means, counts);
+    std::vector<T> ga_inst(static_cast<size_t>(B * C * D)), ga_up(static_cast<size_t>(B * C * D), T(0));
+    std::vector<T> ga_cons(static_cast<size_t>(B * K * D)), gm_pull(static_cast<size_t>(B * C * D));
+    st.px.pull_grad = grad_pull, st.px.pull_grad_means = gm_pull.data(), st.px.grad_emb = grad_emb;
+    size_t i = 0;
+    st.terms[i].grad_out = grad_inst, st.terms[i++].grad_anchors = ga_inst.data();
+    if (a.unlabeled_push) st.terms[i].grad_out = grad_up, st.terms[i++].grad_anchors = ga_up.data();
+    if (a.cons_pix) st.terms[i].grad_out = grad_cons, st.terms[i++].grad_anchors = ga_cons.data();
+    detail::advise_huge_pages(grad_emb, static_cast<size_t>(B * D * N) * sizeof(T));
+    pixel_pass(st.px, st.terms.data(), static_cast<int>(st.terms.size()), true, threads);
+    // dL/dsums = dL/dmeans / max(count, 1), with every contribution to dL/dmeans
+    std::vector<T> grad_sums(static_cast<size_t>(B * C * D));
+    for (int64_t bc = 0; bc < B * C; ++bc) {
+        const T n = std::max(counts[bc], T(1));
+        for (int64_t d = 0; d < D; ++d) {
+            const int64_t j = bc * D + d;
+            T g = grad_means[j] + gm_pull[j] + ga_up[j];
+            if (!a.inst_pix) g += ga_inst[j];
+            grad_sums[j] = g / n;
+        }
+    }
+    segment_broadcast(grad_sums.data(), a.slot, B, D, N, C, grad_emb, true, threads);
+    auto scatter = [&](const int64_t* pix, const std::vector<T>& ga, int64_t Kt, const int64_t* n_valid) {
+        for (int64_t b = 0; b < B; ++b) {
+            const int64_t kb = std::min<int64_t>(Kt, std::max<int64_t>(n_valid[b], 0));
+            for (int64_t k = 0; k < kb; ++k)
+                for (int64_t d = 0; d < D; ++d) grad_emb[(b * D + d) * N + pix[b * Kt + k]] += ga[(b * Kt + k) * D + d];
+        }
+    };
+    if (a.inst_pix) scatter(a.inst_pix, ga_inst, C, st.n_obj.data());
+    if (a.cons_pix) scatter(a.cons_pix, ga_cons, K, a.n_cons);
+}
+
+/// Per-image cluster slots of integer labels (spoco::cluster_slots): clusters are the
+/// pixels with label != ignore and label >= 0 (sparse: > 0); each image's distinct
+/// cluster labels get slots 0, 1, ... in ascending order.
+struct ClusterSlots {
+    int64_t C = 1;                ///< slots per image: the most clusters of an image, at least 1
+    bool negative = false;        ///< some label is negative and not ignore (nothing else is written)
+    std::vector<int64_t> labels;  ///< (B, C) label of each slot, -1 where unused
+    std::vector<int64_t> pix;     ///< (B, C) with keys: the pixel of largest key (ties: lowest index) of each slot
+};
+
+/// Writes slot (B, N): the pixel's slot, C for counted pixels in no cluster (sparse: label 0),
+/// -1 for ignored ones. keys (B, N) or null (no anchors drawn).
+inline ClusterSlots cluster_slots(const int64_t* target, const double* keys, int64_t B, int64_t N, int64_t ignore,
+                                  bool sparse, int64_t* slot, int threads) {
+    threads = resolve_threads(threads);
+    std::vector<std::vector<int64_t>> ids(static_cast<size_t>(B));
+    std::vector<char> neg(static_cast<size_t>(B), 0);
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (int64_t b = 0; b < B; ++b) {  // distinct labels, one entry per run of equal labels
+        const int64_t* lab = target + b * N;
+        std::vector<int64_t>& v = ids[b];
+        bool have = false;
+        int64_t prev = 0;
+        for (int64_t p = 0; p < N; ++p) {
+            const int64_t l = lab[p];
+            if (have && l == prev) continue;
+            have = true, prev = l;
+            if (l == ignore) continue;
+            if (l < 0) neg[b] = 1;
+            else if (!sparse || l > 0) v.push_back(l);
+        }
+        std::sort(v.begin(), v.end());
+        v.erase(std::unique(v.begin(), v.end()), v.end());
+    }
+    ClusterSlots r;
+    for (int64_t b = 0; b < B; ++b) {
+        r.negative |= neg[b] != 0;
+        r.C = std::max<int64_t>(r.C, static_cast<int64_t>(ids[b].size()));
+    }
+    if (r.negative) return r;
+    const int64_t C = r.C;
+    r.labels.assign(static_cast<size_t>(B * C), -1);
+    if (keys) r.pix.assign(static_cast<size_t>(B * C), 0);
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (int64_t b = 0; b < B; ++b) {
+        const int64_t* lab = target + b * N;
+        const std::vector<int64_t>& v = ids[b];
+        std::copy(v.begin(), v.end(), r.labels.begin() + b * C);
+        std::vector<double> best(v.size(), -std::numeric_limits<double>::infinity());
+        int64_t prev = 0, prev_slot = -1;
+        bool have = false;
+        for (int64_t p = 0; p < N; ++p) {
+            const int64_t l = lab[p];
+            if (!have || l != prev) {
+                have = true, prev = l;
+                if (l == ignore) prev_slot = -1;
+                else if (sparse && l == 0) prev_slot = C;
+                else prev_slot = std::lower_bound(v.begin(), v.end(), l) - v.begin();
+            }
+            slot[b * N + p] = prev_slot;
+            if (keys && prev_slot >= 0 && prev_slot < C && keys[b * N + p] > best[prev_slot]) {
+                best[prev_slot] = keys[b * N + p];
+                r.pix[b * C + prev_slot] = p;
+            }
+        }
+    }
+    return r;
 }
 
 /// Coverage-driven consistency anchors (Eq. 7) of every image: anchor j is the pixel

@@ -291,55 +291,46 @@ class SPOCOLoss(nn.Module):
     def _terms_fused(self, f, target, g, keys):
         """All terms from the fused ops (:mod:`spoco.ops.fused`).
 
-        The only host wait is inside ``spoco::cluster_slots`` (input checks and C);
-        consistency anchors are all ``max_anchors`` slots with a per-image count of the
-        valid ones, so no shape depends on the anchors drawn.
+        ``spoco::cluster_slots`` relabels the clusters, draws the random instance anchors and
+        checks the inputs (the only host wait: C); ``spoco::pixel_terms`` computes every
+        per-pixel sum (means, pull, instance, unlabeled push, consistency) and, in the
+        backward, the one gradient of f. Consistency anchors are all ``max_anchors`` slots
+        with a per-image count of the valid ones, so no shape depends on the anchors drawn.
         """
         B, D = f.shape[:2]
         N = target[0].numel()
         emb = f.reshape(B, D, N)
         lab = target.reshape(B, N)
         emb_g = g.reshape(B, D, N) if g is not None else None
-        slot, labels = _fused.cluster_slots(lab, emb.detach(), emb_g, self.ignore_index, self.sparse)
+        random = self.anchor == "random"
+        slot, labels, inst_pix = _fused.cluster_slots(lab, emb.detach(), emb_g, self.ignore_index, self.sparse,
+                                                      keys if random else None)
         C = labels.shape[1]
-        counted = lab != self.ignore_index
         cluster, obj = labels >= 0, labels > 0
         n_cl, n_obj = cluster.sum(1), obj.sum(1)
-        dt = f.dtype
-        sums, counts = _fused.segment_sum(emb, slot, C)
-        means = sums / counts.clamp(min=1)[:, :, None]
+        cons_pix = cons_ok = n_cons = None
+        if self.sparse:
+            unlabeled = slot == C
+            n_u = unlabeled.sum(1)
+            if emb_g is not None:
+                cons_pix, cons_ok = _fused.consistency_anchors(emb.detach(), emb_g, unlabeled, keys, self.max_anchors,
+                                                               self.delta_v, self.coverage_stop)
+                n_cons = cons_ok.sum(1)
+        means, counts, pull, inst_sums, up_sums, cons_sums = _fused.pixel_terms(
+            emb.contiguous(), slot, C, inst_pix if random else None, self.sparse, cons_pix,
+            emb_g.contiguous() if emb_g is not None else None, n_cons, 0.5 / self.sigma2, self.delta_v, self.delta_d)
         terms = {}
-        pull = _fused.pull_sums(emb, means, slot, self.delta_v) / counts.clamp(min=1)
-        terms["pull"] = _batch_mean(_masked_mean(pull, cluster), n_cl >= 1)
+        terms["pull"] = _batch_mean(_masked_mean(pull / counts.clamp(min=1), cluster), n_cl >= 1)
         terms["push"] = _batch_mean(_push_per_image(means, cluster, self.delta_d), n_cl >= 2)
         terms["reg"] = _batch_mean(_masked_mean(_ops.safe_norm(means, -1), cluster), n_cl >= 1)
-
-        weight = counted.to(dt)
-        # instance anchors: the means, or random pixels of each object (passed as pixel indices so
-        # that their gradient is added inside the fused backward)
-        inst_pix = None if self.anchor == "mean" else _anchors.random_instance_anchors(slot, keys, C)
-        if self.sparse:
-            unlabeled = counted & (lab == 0)
-            n_u = unlabeled.sum(1)
-        cons_pix = cons_ok = None
-        if emb_g is not None:
-            cons_pix, cons_ok = _fused.consistency_anchors(emb.detach(), emb_g, unlabeled, keys, self.max_anchors,
-                                                           self.delta_v, self.coverage_stop)
-        # every anchor x pixel sum in one op: one backward pass and one (B, D, N) gradient for all of them
-        inst_sums, up_sums, cons_sums = _fused.anchor_pixel_terms(
-            emb.contiguous(), slot, weight, n_cl, means.contiguous() if inst_pix is None else None, inst_pix,
-            means.contiguous() if self.sparse else None, unlabeled.to(dt) if self.sparse else None, cons_pix,
-            emb_g.contiguous() if emb_g is not None else None, cons_ok.sum(1) if emb_g is not None else None,
-            0.5 / self.sigma2, self.delta_d)
         if self.instance_loss == "bce":
-            anchors = means if inst_pix is None else \
-                emb.gather(2, inst_pix[:, None, :].expand(B, D, C)).transpose(1, 2)
-            bce = _ops.soft_mask_bce_sums(anchors, emb, slot, weight, self.sigma2)
+            anchors = means if not random else emb.gather(2, inst_pix[:, None, :].expand(B, D, C)).transpose(1, 2)
+            counted = slot >= 0
+            bce = _ops.soft_mask_bce_sums(anchors, emb, slot, counted.to(f.dtype), self.sigma2)
             inst = _masked_mean(bce / counted.sum(1, keepdim=True).clamp(min=1), obj)
         else:
             inst = _dice(inst_sums[0], inst_sums[1], counts, obj, self.dice)
         terms["instance"] = _batch_mean(inst, n_obj >= 1)
-
         if self.sparse:
             up = up_sums[0] / n_u.clamp(min=1)[:, None]
             terms["unlabeled_push"] = _batch_mean(_masked_mean(up, obj), (n_obj >= 1) & (n_u >= 1))

@@ -146,7 +146,7 @@ def test_opcheck_every_op(seed):
     for op, args in cases:
         torch.library.opcheck(op, args)
     # cluster_slots has a data-dependent output size: its fake implementation needs a dynamic-shape context
-    torch.library.opcheck(F.cluster_slots, (slot, emb, None, -1, True),
+    torch.library.opcheck(F.cluster_slots, (slot, emb, None, -1, True, torch.rand(2, 30, dtype=torch.float64)),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
@@ -176,13 +176,43 @@ def test_consistency_anchors_match_reference(seed, device):
 def test_cluster_slots():
     t = torch.tensor([[5, 0, 5, -1, 9, 0], [0, 0, 0, 0, 0, 0], [7, 3, 3, 7, 0, -1]])
     f = torch.zeros(3, 2, 6)
-    slot, labels = F.cluster_slots(t, f, None, -1, True)
-    assert labels.tolist() == [[5, 9], [-1, -1], [3, 7]]
-    assert slot.tolist() == [[0, 2, 0, 2, 1, 2], [2] * 6, [1, 0, 0, 1, 2, 2]]
-    slot, labels = F.cluster_slots(t, f, None, -1, False)
-    assert labels.tolist() == [[0, 5, 9], [0, -1, -1], [0, 3, 7]]
-    slot, labels = F.cluster_slots(torch.full((1, 4), -1), f[:1, :, :4], None, -1, True)
-    assert labels.tolist() == [[-1]] and slot.tolist() == [[1] * 4]  # no cluster: one unused slot
+    keys = torch.tensor([[0.1, 0.9, 0.3, 0.8, 0.5, 0.2], [0.5] * 6, [0.4, 0.6, 0.6, 0.7, 0.9, 0.95]],
+                        dtype=torch.float64)
+    for fn in (F.cluster_slots, F._cluster_slots_torch):
+        slot, labels, pix = fn(t, f, None, -1, True, keys)
+        assert labels.tolist() == [[5, 9], [-1, -1], [3, 7]]
+        assert slot.tolist() == [[0, 2, 0, -1, 1, 2], [2] * 6, [1, 0, 0, 1, 2, -1]]
+        assert pix[0].tolist() == [2, 4] and pix[2].tolist() == [1, 3]  # largest key; ties: the lowest index
+        slot, labels, pix = fn(t, f, None, -1, False, None)
+        assert labels.tolist() == [[0, 5, 9], [0, -1, -1], [0, 3, 7]] and pix.shape == (3, 0)
+        assert slot.tolist() == [[1, 0, 1, -1, 2, 0], [0] * 6, [2, 1, 1, 2, 0, -1]]
+        slot, labels, pix = fn(torch.full((1, 4), -1), f[:1, :, :4], None, -1, True, None)
+        assert labels.tolist() == [[-1]] and slot.tolist() == [[-1] * 4]  # no cluster: one unused slot
+
+
+@pytest.mark.parametrize("n_objects", [1, 2, 50, 1000])
+@pytest.mark.parametrize("spatial", [(30, 31), (6, 12, 13)])
+def test_cluster_slots_cpu_equals_torch_ops(batch, seed, n_objects, spatial):
+    """The C++ relabelling (CPU) and the torch one (CUDA) agree, with the random anchors of
+    spoco.ops.anchors; labels up to 10^6, ignored pixels, an empty image, 2D and 3D."""
+    n = 80 if n_objects == 1000 else n_objects
+    _, _, t = batch(seed % 2**31, B=3, spatial=spatial, D=2, n_objects=n, ignore=0.1, empty=(1,))
+    if n_objects == 1000:  # every pixel its own label
+        t[0] = torch.randperm(t[0].numel(), generator=torch.Generator().manual_seed(seed % 2**31)).reshape(spatial)
+    lab = t.reshape(3, -1)
+    f = torch.zeros(3, 2, lab.shape[1])
+    keys = torch.rand(lab.shape, generator=torch.Generator().manual_seed(seed % 2**31), dtype=torch.float64)
+    keys[0, :7] = keys[0].max()  # ties
+    for sparse, ignore in [(True, -1), (False, -1), (True, 0), (False, 7)]:
+        t = lab if ignore < 0 else lab.clamp(min=0)  # labels -1 are an error unless ignored
+        a = F.cluster_slots(t, f, None, ignore, sparse, keys)
+        b = F._cluster_slots_torch(t, f, None, ignore, sparse, keys)
+        C = a[1].shape[1]
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), f"seed {seed}"
+        used = a[1] >= 0
+        assert torch.equal(a[2][used], b[2][used]), f"seed {seed}"
+        ref = torch_anchors.random_instance_anchors(torch.where(a[0] < 0, C, a[0]), keys, C)
+        assert torch.equal(a[2][used], ref[used]), f"seed {seed}"
 
 
 def test_bad_inputs_fail_early():
@@ -229,73 +259,177 @@ def test_cuda_deterministic_mode_is_bit_identical(seed):
         torch.use_deterministic_algorithms(False)
 
 
-def terms_inputs(seed, device="cpu", N=60, C=5, K=4):
-    emb, anchors, slot, w, n_obj = data(seed, N=N, K=C, device=device)
-    gen = torch.Generator().manual_seed(seed + 1)
-    means = anchors + 0.1
-    unl = (torch.rand(2, N, generator=gen) > 0.5).double().to(device)
-    inst_pix = torch.randint(0, N, (2, C), generator=gen).to(device)
-    cons_pix = torch.randint(0, N, (2, K), generator=gen).to(device)
-    eg = (emb * 0.9 + 0.1).contiguous()
-    n_cons = torch.tensor([K, K - 1], device=device)
-    return emb, slot, w, n_obj, anchors, inst_pix, means, unl, cons_pix, eg, n_cons
+# ------------------------------------------------------------------ pixel_terms
+H = 0.5 / SIGMA2
+
+
+def terms_inputs(seed, B=3, N=60, C=5, K=4, device="cpu", dtype=torch.float64, empty=True):
+    """Embeddings off the origin; slots in [-1, C] (-1 ignored, C unlabeled) in runs, image 1
+    without clusters (if empty), slot C-1 unused in image 0; anchor pixels in their clusters."""
+    gen = torch.Generator().manual_seed(seed)
+    emb = torch.randn(B, 3, N, generator=gen, dtype=torch.float64) + 2.0
+    runs = torch.randint(-1, C + 1, (B, (N + 3) // 4), generator=gen)
+    slot = runs.repeat_interleave(4, dim=1)[:, :N].contiguous()
+    slot[0][slot[0] == C - 1] = C
+    if empty and B > 1:
+        slot[1] = torch.where(slot[1] >= 0, C, -1)
+    keys = torch.rand(B, N, generator=gen, dtype=torch.float64)
+    inst_pix = torch_anchors.random_instance_anchors(torch.where(slot < 0, C, slot), keys, C)
+    cons_pix = torch.randint(0, N, (B, K), generator=gen)
+    n_cons = torch.randint(0, K + 1, (B,), generator=gen)
+    eg = emb * 0.9 + 0.1 * torch.randn(emb.shape, generator=gen, dtype=torch.float64)
+    cast = lambda x: x.to(device=device, dtype=dtype).contiguous()  # noqa: E731
+    return cast(emb), slot.to(device), inst_pix.to(device), cons_pix.to(device), cast(eg), n_cons.to(device)
+
+
+def direct_pixel_terms(emb, slot, C, inst_pix, unlabeled_push, cons_pix, eg, n_cons, h=H, dv=0.5, dd=2.0):
+    """pixel_terms from dense torch formulas ((B, C, N) masks; autograd for the gradients)."""
+    B, D, N = emb.shape
+    onehot = (slot[:, None, :] == torch.arange(C, device=emb.device)[None, :, None]).to(emb.dtype)
+    counts = onehot.sum(-1)
+    means = torch.bmm(onehot, emb.transpose(1, 2)) / counts.clamp(min=1)[:, :, None]
+    rank = torch.arange(1, C + 1, device=emb.device)
+    valid = rank[None] <= torch.where(counts > 0, rank, 0).amax(1, keepdim=True)
+    dist = lambda a, e: sq_dist(a, e).clamp(min=1e-30).sqrt()  # noqa: E731
+    pull = (onehot * (dist(means, emb) - dv).clamp(min=0) ** 2).sum(-1)
+    w = ((slot >= 0) & (slot <= C)).to(emb.dtype)[:, None]
+    a = means if inst_pix is None else at(emb, inst_pix)
+    S = torch.exp(-h * sq_dist(a, emb))
+    inst = torch.stack([(w * S * onehot).sum(-1), (w * S * S).sum(-1)]) * valid
+    if unlabeled_push:
+        u = (slot == C).to(emb.dtype)[:, None]
+        up = ((u * (dd - dist(means, emb)).clamp(min=0) ** 2).sum(-1) * valid)[None]
+    else:
+        up = emb.new_zeros((1, B, 0))
+    if cons_pix is None:
+        return means, counts, pull, inst, up, emb.new_zeros((3, B, 0))
+    K = cons_pix.shape[1]
+    sf = torch.exp(-h * sq_dist(at(emb, cons_pix), emb))
+    sg = torch.exp(-h * sq_dist(at(eg, cons_pix), eg))
+    ok = valid_mask(n_cons, K)
+    cons = torch.stack([(w * sf * sg).sum(-1), (w * sf * sf).sum(-1), (w * sg * sg).sum(-1)]) * ok
+    return means, counts, pull, inst, up, cons
 
 
 def at(e, pix):
     return e.gather(2, pix[:, None, :].expand(e.shape[0], e.shape[1], pix.shape[1])).transpose(1, 2)
 
 
+VARIANTS = {  # (pixel anchors, unlabeled push, consistency)
+    "sparse, random anchors": (True, True, True),
+    "sparse, mean anchors": (False, True, True),
+    "dense, random anchors": (True, False, False),
+    "dense, mean anchors": (False, False, False),
+}
+
+
+def variant_args(inputs, variant, C):
+    emb, slot, inst_pix, cons_pix, eg, n_cons = inputs
+    pix, up, cons = VARIANTS[variant]
+    return (slot, C, inst_pix if pix else None, up, cons_pix if cons else None, eg if cons else None,
+            n_cons if cons else None)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("C,N", [(1, 50), (2, 60), (50, 400), (1000, 2100)])
+def test_pixel_terms_equal_direct_formulas(seed, variant, C, N):
+    inputs = terms_inputs(seed % 2**31, B=2 if C == 1000 else 3, N=N, C=C)
+    args = variant_args(inputs, variant, C)
+    compare(lambda e: F.pixel_terms(e, *args, H, 0.5, 2.0), lambda e: direct_pixel_terms(e, *args), [inputs[0]],
+            seed)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_pixel_terms_equal_their_composed_form(seed, variant):
+    """The one-kernel CPU op and its composition from the single-term ops (the CUDA
+    implementation) agree on the CPU."""
+    inputs = terms_inputs(seed % 2**31, N=500, C=7, K=5)
+    args = variant_args(inputs, variant, 7)
+
+    def composed(e):
+        return ComposedTerms.apply(e, args)
+
+    compare(lambda e: F.pixel_terms(e, *args, H, 0.5, 2.0), composed, [inputs[0]], seed)
+
+
+class ComposedTerms(torch.autograd.Function):
+    """F._pixel_terms_composed with F._pixel_terms_backward_composed as its backward."""
+
+    @staticmethod
+    def forward(ctx, emb, args):
+        out = F._pixel_terms_composed(emb, *args, H, 0.5, 2.0)
+        ctx.save_for_backward(emb, out[0], out[1])
+        ctx.args = args
+        return out
+
+    @staticmethod
+    def backward(ctx, gm, gc, gp, gi, gu, gcons):
+        emb, means, counts = ctx.saved_tensors
+        slot, C, inst_pix, up, cons_pix, eg, n_cons = ctx.args
+        g = F._pixel_terms_backward_composed(gm, gp, gi, gu, gcons, emb, slot, means, counts, inst_pix, up, cons_pix,
+                                             eg, n_cons, H, 0.5, 2.0)
+        return g, None
+
+
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("present", ["all, pixel anchors", "all, given anchors", "instance only"])
-def test_anchor_pixel_terms_equal_the_single_terms(seed, device, present):
-    emb, slot, w, n_obj, anchors, inst_pix, means, unl, cons_pix, eg, n_cons = terms_inputs(seed % 2**31, device)
-    if present == "instance only":
-        means = unl = cons_pix = eg = n_cons = None
-    if present == "all, given anchors":
-        inst_pix = None
-    else:
-        anchors = None
-    h = 0.5 / SIGMA2
-
-    def together(e, a, m):
-        return F.anchor_pixel_terms(e, slot, w, n_obj, a, inst_pix, m, unl, cons_pix, eg, n_cons, h, 2.0)
-
-    def apart(e, a, m):
-        a = at(e, inst_pix) if a is None else a
-        inst = F.anchor_pixel_sums(0, a, e, None, None, slot, w, n_obj, h, 0.0)
-        up = F.anchor_pixel_sums(1, m, e, None, None, None, unl, n_obj, 0.0, 2.0) if m is not None \
-            else e.new_zeros((1, 2, 0))
-        cons = F.anchor_pixel_sums(2, at(e, cons_pix), e, at(eg, cons_pix), eg, None, w, n_cons, h, 0.0) \
-            if cons_pix is not None else e.new_zeros((3, 2, 0))
-        return inst, up, cons
-
-    # differentiate with respect to emb and to whichever of anchors / means are tensors
-    if present == "all, given anchors":
-        compare(together, apart, [emb, anchors, means], seed)
-    elif present == "all, pixel anchors":
-        compare(lambda e, m: together(e, None, m), lambda e, m: apart(e, None, m), [emb, means], seed)
-    else:
-        compare(lambda e: together(e, None, None), lambda e: apart(e, None, None), [emb], seed)
+def test_pixel_terms_float32(seed, device):
+    inputs = terms_inputs(seed % 2**31, N=3000, C=20, K=10)
+    args = variant_args(inputs, "sparse, random anchors", 20)
+    ref = direct_pixel_terms(inputs[0], *args)
+    inputs32 = [x.to(device).float() if x.is_floating_point() else x.to(device) for x in inputs]
+    out = F.pixel_terms(inputs32[0], *variant_args(inputs32, "sparse, random anchors", 20), H, 0.5, 2.0)
+    for o, r in zip(out, ref):
+        torch.testing.assert_close(o.cpu().double(), r, rtol=1e-5, atol=1e-5 * max(r.abs().max().item(), 1e-30),
+                                   msg=f"seed {seed}")
 
 
-def test_anchor_pixel_terms_gradcheck_and_opcheck(seed):
-    emb, slot, w, n_obj, anchors, inst_pix, means, unl, cons_pix, eg, n_cons = terms_inputs(seed % 2**31, N=15, C=3,
-                                                                                             K=2)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_pixel_terms_cuda_equals_cpu(seed, variant):
+    inputs = terms_inputs(seed % 2**31, N=2000, C=30, K=8)
+    args = variant_args(inputs, variant, 30)
+    cuda_args = tuple(x.cuda() if isinstance(x, torch.Tensor) else x for x in args)
+
+    def on_cuda(e):
+        return tuple(o.cpu() for o in F.pixel_terms(e.cuda(), *cuda_args, H, 0.5, 2.0))
+
+    compare(on_cuda, lambda e: F.pixel_terms(e, *args, H, 0.5, 2.0), [inputs[0]], seed)
+
+
+def test_pixel_terms_do_not_depend_on_the_thread_count(seed):
+    inputs = terms_inputs(seed % 2**31, B=2, N=20000, C=40, K=10, dtype=torch.float32)
+    args = variant_args(inputs, "sparse, random anchors", 40)
+    runs = []
+    n = torch.get_num_threads()
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            e = inputs[0].clone().requires_grad_()
+            out = F.pixel_terms(e, *args, H, 0.5, 2.0)
+            sum((o * torch.linspace(0.5, 1.5, o.numel()).reshape(o.shape)).sum() for o in out).backward()
+            runs.append([o.detach() for o in out] + [e.grad])
+    finally:
+        torch.set_num_threads(n)
+    for x, y in zip(*runs):
+        assert torch.equal(x, y), f"seed {seed}"
+
+
+def test_pixel_terms_gradcheck_and_opcheck(seed):
+    inputs = terms_inputs(seed % 2**31, B=2, N=16, C=3, K=2)
     req = lambda x: x.clone().requires_grad_()  # noqa: E731
-    h = 0.5 / SIGMA2
-    fn = lambda e, m: F.anchor_pixel_terms(e, slot, w, n_obj, None, inst_pix, m, unl, cons_pix, eg, n_cons, h, 2.0)  # noqa
-    assert torch.autograd.gradcheck(fn, (req(emb), req(means)), eps=1e-6, atol=1e-6)
-    fn = lambda e, a: F.anchor_pixel_terms(e, slot, w, n_obj, a, None, None, None, None, None, None, h, 2.0)  # noqa
-    assert torch.autograd.gradcheck(fn, (req(emb), req(anchors)), eps=1e-6, atol=1e-6)
-    torch.library.opcheck(F.anchor_pixel_terms, (req(emb), slot, w, n_obj, None, inst_pix, req(means), unl, cons_pix,
-                                                 eg, n_cons, h, 2.0))
-    torch.library.opcheck(F.anchor_pixel_terms, (req(emb), slot, w, n_obj, req(anchors), None, None, None, None,
-                                                 None, None, h, 2.0))
-    grads = (torch.randn(2, 2, 3, dtype=torch.float64), torch.randn(1, 2, 3, dtype=torch.float64),
-             torch.randn(3, 2, 2, dtype=torch.float64))
-    torch.library.opcheck(F.anchor_pixel_terms_backward, grads + (emb, slot, w, n_obj, None, inst_pix, means, unl,
-                                                                  cons_pix, eg, n_cons, h, 2.0))
+    for variant in VARIANTS:
+        args = variant_args(inputs, variant, 3)
+        fn = lambda e: F.pixel_terms(e, *args, H, 0.5, 2.0)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, (req(inputs[0]),), eps=1e-6, atol=1e-6), variant
+        torch.library.opcheck(F.pixel_terms, (req(inputs[0]),) + args + (H, 0.5, 2.0))
+        out = fn(inputs[0])
+        grads = tuple(torch.randn(o.shape, dtype=torch.float64) for o in out)
+        slot, C, inst_pix, up, cons_pix, eg, n_cons = args
+        torch.library.opcheck(F.pixel_terms_backward, (grads[0],) + grads[2:] + (
+            inputs[0], slot, out[0], out[1], inst_pix, up, cons_pix, eg, n_cons, H, 0.5, 2.0))
     with pytest.raises(ValueError, match="must be given together"):
-        F.anchor_pixel_terms(emb, slot, w, n_obj, None, inst_pix, means, None, cons_pix, eg, n_cons, h, 2.0)
-    with pytest.raises(ValueError, match="exactly one of anchors and inst_pix"):
-        F.anchor_pixel_terms(emb, slot, w, n_obj, anchors, inst_pix, None, None, None, None, None, h, 2.0)
+        F.pixel_terms(inputs[0], inputs[1], 3, None, True, inputs[3], None, inputs[5], H, 0.5, 2.0)
+    with pytest.raises(ValueError, match="inst_pix must have shape"):
+        F.pixel_terms(inputs[0], inputs[1], 4, inputs[2], True, None, None, None, H, 0.5, 2.0)
+
+

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from .. import _core
+from . import anchors as _anchors
 from .._cuda_loader import cuda_module
 
 #: Kernel ids of the anchor x pixel terms (the contract with csrc/core/loss_terms.hpp).
@@ -386,173 +387,199 @@ def consistency_sums(anchors_f, emb_f, anchors_g, emb_g, weight, sigma2: float, 
     return out[0], out[1], out[2].detach()
 
 
-# ----------------------------------------------- all anchor x pixel terms of a loss call
+# ------------------------------------------------------- all pixel reductions of a loss call
 def _pixels_at(emb: torch.Tensor, pix: torch.Tensor) -> torch.Tensor:
     """Embeddings ``(B, K, D)`` of the pixels ``pix (B, K)`` of ``emb (B, D, N)``."""
     B, D = emb.shape[:2]
     return emb.gather(2, pix[:, None, :].expand(B, D, pix.shape[1])).transpose(1, 2).contiguous()
 
 
-def _check_terms(emb, anchors, inst_pix, means, unlabeled, cons_pix, emb_g, n_cons):
-    if (anchors is None) == (inst_pix is None):
-        raise ValueError("give exactly one of anchors and inst_pix (the instance anchors)")
-    if (means is None) != (unlabeled is None):
-        raise ValueError("means and unlabeled must be given together (the unlabeled push)")
+def _check_pixel_terms(emb, slot, n_slots, inst_pix, cons_pix, emb_g, n_cons) -> tuple[int, int, int, int]:
+    _check_emb("emb", emb)
+    B, D, N = _check_dims(emb)
+    _check_like("slot", slot, (B, N), torch.int64, emb.device)
+    if n_slots < 0:
+        raise ValueError(f"n_slots must be >= 0, got {n_slots}")
+    _check_like("inst_pix", inst_pix, (B, n_slots), torch.int64, emb.device)
     if len({cons_pix is None, emb_g is None, n_cons is None}) != 1:
         raise ValueError("cons_pix, emb_g and n_cons must be given together (the consistency term)")
-    B, N = emb.shape[0], emb.shape[2]
-    for name, pix in (("inst_pix", inst_pix), ("cons_pix", cons_pix)):
-        if pix is not None:
-            # values are not checked here (no host synchronisation): torch's gather and scatter check them
-            if pix.dtype != torch.int64 or pix.dim() != 2 or pix.shape[0] != B or pix.device != emb.device:
-                raise ValueError(f"{name} must be an int64 (B, K) tensor of pixel indices in [0, {N}) "
-                                 f"on {emb.device}")
+    if cons_pix is None:
+        return B, D, N, 0
+    # pixel index values are not checked here (no host synchronisation): the kernels and torch's gather do
+    if cons_pix.dtype != torch.int64 or cons_pix.dim() != 2 or cons_pix.shape[0] != B or cons_pix.device != emb.device:
+        raise ValueError(f"cons_pix must be an int64 (B, K) tensor of pixel indices in [0, {N}) on {emb.device}")
+    _check_like("emb_g", emb_g, (B, D, N), emb.dtype, emb.device)
+    _check_like("n_cons", n_cons, (B,), torch.int64, emb.device)
+    return B, D, N, cons_pix.shape[1]
 
 
-def _terms_list(emb, anchors, inst_pix, means, unlabeled, cons_pix, emb_g, slot, weight, n_obj, n_cons, h, delta_d):
-    """(term, anchors, anchors_g, emb_g, slot, weight, n_valid, h, delta) of each present term."""
-    a = anchors if anchors is not None else _pixels_at(emb, inst_pix)
-    terms = [(TERMS["soft_mask"], a, None, None, slot, weight, n_obj, h, 0.0)]
-    if means is not None:
-        terms.append((TERMS["unlabeled_push"], means, None, None, None, unlabeled, n_obj, 0.0, delta_d))
-    if cons_pix is not None:
-        terms.append((TERMS["consistency"], _pixels_at(emb, cons_pix), _pixels_at(emb_g, cons_pix), emb_g, None,
-                      weight, n_cons, h, 0.0))
-    return terms
+def _pixel_terms_shapes(emb, n_slots, unlabeled_push, K):
+    B, D = emb.shape[:2]
+    C = n_slots
+    return [(B, C, D), (B, C), (B, C), (2, B, C), (1, B, C if unlabeled_push else 0), (3, B, K)]
 
 
-@torch.library.custom_op("spoco::anchor_pixel_terms", mutates_args=())
-def anchor_pixel_terms(emb: torch.Tensor, slot: torch.Tensor, weight: torch.Tensor, n_obj: torch.Tensor,
-                       anchors: torch.Tensor | None, inst_pix: torch.Tensor | None, means: torch.Tensor | None,
-                       unlabeled: torch.Tensor | None, cons_pix: torch.Tensor | None, emb_g: torch.Tensor | None,
-                       n_cons: torch.Tensor | None, h: float, delta_d: float
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every anchor x pixel reduction of one loss call, with one fused backward pass.
+@torch.library.custom_op("spoco::pixel_terms", mutates_args=())
+def pixel_terms(emb: torch.Tensor, slot: torch.Tensor, n_slots: int, inst_pix: torch.Tensor | None,
+                unlabeled_push: bool, cons_pix: torch.Tensor | None, emb_g: torch.Tensor | None,
+                n_cons: torch.Tensor | None, h: float, delta_v: float, delta_d: float
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every per-pixel reduction of one loss call, with a one-pass fused backward.
 
     Parameters
     ----------
-    emb : (B, D, N) pixel embeddings; slot : (B, N) object slots; weight : (B, N) pixel weights
-    n_obj : (B,) int64 slots in use
-    anchors, inst_pix : the instance anchors (Eq. 3), either as embeddings (B, C, D) (e.g. the
-        means) or as pixel indices (B, C) into emb (random anchors); exactly one is given
-    means, unlabeled : (B, C, D) cluster means and (B, N) unlabeled weights, or None (no Eq. 6)
+    emb : (B, D, N) pixel embeddings f
+    slot : (B, N) int64: ``[0, C)`` the pixel's cluster (``C = n_slots``), ``C`` counted but in
+        no cluster (the unlabeled region of the sparse mode), anything else ignored (weight 0)
+    inst_pix : (B, C) int64 pixel of each cluster's instance anchor (Eq. 3), or None: the means
+    unlabeled_push : compute Eq. 6 between the means and the pixels of slot C
     cons_pix, emb_g, n_cons : consistency anchor pixels (B, K) (the same pixel in f and g), the
-        g-embeddings and (B,) anchors in use, or all None (no Eq. 7)
-    h : 1/(2σ²); delta_d : unlabeled-push margin
+        g-embeddings (a constant) and (B,) anchors in use, or all None (no Eq. 7)
+    h : 1/(2σ²); delta_v, delta_d : pull and push margins
 
     Returns
     -------
-    inst : (2, B, C) ``Σ w S I``, ``Σ w S²``;  upush : (1, B, C) (or (1, B, 0));
+    means : (B, C, D) cluster sums / max(size, 1);  counts : (B, C) cluster sizes
+    pull : (B, C) ``Σ_{i∈k} [‖μ_k − e_i‖ − δ_v]₊²``
+    inst : (2, B, C) ``Σ w S_k I_k``, ``Σ w S_k²`` (w = 1 for counted pixels)
+    upush : (1, B, C) ``Σ_{i: slot C} [δ_d − ‖μ_k − e_i‖]₊²`` (or (1, B, 0))
     cons : (3, B, K) ``Σ w S^f S^g``, ``Σ w (S^f)²``, ``Σ w (S^g)²`` (or (3, B, 0))
 
-    The backward (:func:`anchor_pixel_terms_backward`) visits each pixel block once for
-    all terms and returns one ``(B, D, N)`` gradient, into which the gradients of the
-    anchors given as pixels are added in place (no gather backward, no extra full-size tensor).
+    Slots after the last non-empty slot of an image give 0 in pull, inst and upush. The
+    gradient flows to ``emb`` only, through all outputs but ``counts``: through the means
+    to every pixel of a cluster, and through anchors taken at pixels to those pixels.
+    On the CPU both directions are one C++ call (:func:`_core.loss_pixel_terms`); the
+    backward writes the one ``(B, D, N)`` gradient in one compute pass plus one
+    memory-bound pass. Elsewhere (CUDA) they are composed of the single-term ops
+    (:func:`_pixel_terms_composed`), which compute the same values.
     """
-    _check_emb("emb", emb)
-    _check_terms(emb, anchors, inst_pix, means, unlabeled, cons_pix, emb_g, n_cons)
-    B = emb.shape[0]
-    outs = {t[0]: _anchor_pixel_forward(t[0], t[1], emb, *t[2:])
-            for t in _terms_list(emb, anchors, inst_pix, means, unlabeled, cons_pix, emb_g, slot, weight, n_obj,
-                                 n_cons, h, delta_d)}
-    up = outs.get(TERMS["unlabeled_push"], emb.new_zeros((1, B, 0)))
-    cons = outs.get(TERMS["consistency"], emb.new_zeros((3, B, 0)))
-    return outs[TERMS["soft_mask"]], up, cons
+    B, D, N, K = _check_pixel_terms(emb, slot, n_slots, inst_pix, cons_pix, emb_g, n_cons)
+    if emb.device.type != "cpu":
+        return _pixel_terms_composed(emb, slot, n_slots, inst_pix, unlabeled_push, cons_pix, emb_g, n_cons, h,
+                                     delta_v, delta_d)
+    outs = [emb.new_zeros(shape) for shape in _pixel_terms_shapes(emb, n_slots, unlabeled_push, K)]
+    ts = [_contig(x) for x in (emb, emb_g, slot, inst_pix, cons_pix, n_cons)]
+    _core.loss_pixel_terms(False, _dtype(emb), *map(_ptr, ts[:4]), bool(unlabeled_push), _ptr(ts[4]), _ptr(ts[5]),
+                           B, D, N, n_slots, K, float(h), float(delta_v), float(delta_d), outs[0].data_ptr(),
+                           outs[1].data_ptr(), [o.data_ptr() for o in outs[2:]], _threads())
+    return tuple(outs)
 
 
-@anchor_pixel_terms.register_fake
-def _(emb, slot, weight, n_obj, anchors, inst_pix, means, unlabeled, cons_pix, emb_g, n_cons, h, delta_d):
-    B = emb.shape[0]
-    C = anchors.shape[1] if anchors is not None else inst_pix.shape[1]
-    return (emb.new_empty((2, B, C)), emb.new_empty((1, B, C if means is not None else 0)),
-            emb.new_empty((3, B, cons_pix.shape[1] if cons_pix is not None else 0)))
-
-
-@torch.library.custom_op("spoco::anchor_pixel_terms_backward", mutates_args=())
-def anchor_pixel_terms_backward(grad_inst: torch.Tensor, grad_up: torch.Tensor, grad_cons: torch.Tensor,
-                                emb: torch.Tensor, slot: torch.Tensor, weight: torch.Tensor, n_obj: torch.Tensor,
-                                anchors: torch.Tensor | None, inst_pix: torch.Tensor | None,
-                                means: torch.Tensor | None, unlabeled: torch.Tensor | None,
-                                cons_pix: torch.Tensor | None, emb_g: torch.Tensor | None,
-                                n_cons: torch.Tensor | None, h: float, delta_d: float
-                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients ``(grad_emb (B, D, N), grad_anchors, grad_means)`` of :func:`anchor_pixel_terms`.
-
-    Anchors given as pixels add their gradient into ``grad_emb``; ``grad_anchors`` is then
-    empty ``(B, 0, D)``, as is ``grad_means`` without the unlabeled push.
-    """
-    _check_emb("emb", emb)
-    B, D, N = _check_dims(emb)
-    _check_terms(emb, anchors, inst_pix, means, unlabeled, cons_pix, emb_g, n_cons)
-    emb = emb.contiguous()
-    terms = _terms_list(emb, anchors, inst_pix, means, unlabeled, cons_pix, emb_g, slot, weight, n_obj, n_cons, h,
-                        delta_d)
-    grads = {TERMS["soft_mask"]: grad_inst, TERMS["unlabeled_push"]: grad_up, TERMS["consistency"]: grad_cons}
-    cpu = emb.device.type == "cpu"
-    grad_emb = emb.new_empty((B, D, N)) if cpu else emb.new_zeros((B, D, N))
-    outs = {}
-    keep = []  # contiguous copies must outlive the kernel call
-    ptrs, ids, Ks, hs, deltas = [], [], [], [], []
-    for term, a, ag, eg, sl, w, nv, hh, dd in terms:
-        ts, args = _anchor_pixel_args(term, a, emb, ag, eg, sl, w, nv, hh, dd)
-        grad = grads[term]
-        _check_like("grad", grad, (N_OUTPUTS[term], B, a.shape[1]), emb.dtype, emb.device)
-        grad = grad.contiguous()
-        ga = a.new_zeros(a.shape)
-        outs[term] = ga
-        keep += ts + [grad]
-        if cpu:
-            ids.append(term)
-            ptrs += [args[1], args[3], args[2], args[4], args[5], args[6], grad.data_ptr(), ga.data_ptr()]
-            Ks.append(a.shape[1])
-            hs.append(float(hh))
-            deltas.append(float(dd))
-        elif a.shape[1] > 0:  # CUDA: one launch per term, each adding to grad_emb
-            _cuda_call(emb.device, "anchor_pixel_backward", (B, D, N, a.shape[1], emb.element_size()),
-                       "anchor_pixel", term, True, _dtype(emb), *args, 0, grad.data_ptr(), grad_emb.data_ptr(),
-                       ga.data_ptr())
-    if cpu:
-        _core.loss_anchor_terms_backward(_dtype(emb), ids, ptrs, Ks, hs, deltas, emb.data_ptr(), B, D, N,
-                                         grad_emb.data_ptr(), _threads())
-    for pix, term in ((inst_pix, TERMS["soft_mask"]), (cons_pix, TERMS["consistency"])):
-        if pix is not None:  # anchors taken at pixels: their gradient lands on those pixels
-            grad_emb.scatter_add_(2, pix[:, None, :].expand(B, D, pix.shape[1]), outs[term].transpose(1, 2))
-    grad_anchors = outs[TERMS["soft_mask"]] if anchors is not None else emb.new_zeros((B, 0, D))
-    return grad_emb, grad_anchors, outs.get(TERMS["unlabeled_push"], emb.new_zeros((B, 0, D)))
-
-
-@anchor_pixel_terms_backward.register_fake
-def _(grad_inst, grad_up, grad_cons, emb, slot, weight, n_obj, anchors, inst_pix, means, unlabeled, cons_pix, emb_g,
-      n_cons, h, delta_d):
-    B, D = emb.shape[:2]
-    return (emb.new_empty(emb.shape), anchors.new_empty(anchors.shape) if anchors is not None
-            else emb.new_empty((B, 0, D)), means.new_empty(means.shape) if means is not None
-            else emb.new_empty((B, 0, D)))
-
-
-def _anchor_terms_setup(ctx, inputs, output):
-    emb, slot, weight, n_obj, anchors, inst_pix, means, unlabeled, cons_pix, emb_g, n_cons, h, delta_d = inputs
-    ctx.save_for_backward(emb, slot, weight, n_obj, anchors, inst_pix, means, unlabeled, cons_pix, emb_g, n_cons)
-    ctx.h, ctx.delta_d = h, delta_d
-
-
-def _anchor_terms_backward(ctx, grad_inst, grad_up, grad_cons):
-    emb, slot, weight, n_obj, anchors, inst_pix, means, unlabeled, cons_pix, emb_g, n_cons = ctx.saved_tensors
-    B = emb.shape[0]
-    C = anchors.shape[1] if anchors is not None else inst_pix.shape[1]
+@pixel_terms.register_fake
+def _(emb, slot, n_slots, inst_pix, unlabeled_push, cons_pix, emb_g, n_cons, h, delta_v, delta_d):
     K = cons_pix.shape[1] if cons_pix is not None else 0
-    zeros = lambda g, shape: emb.new_zeros(shape) if g is None else g  # noqa: E731  (unused outputs)
-    grad_inst = zeros(grad_inst, (2, B, C))
-    grad_up = zeros(grad_up, (1, B, C if means is not None else 0))
-    grad_cons = zeros(grad_cons, (3, B, K))
-    g_emb, g_a, g_m = anchor_pixel_terms_backward(grad_inst, grad_up, grad_cons, emb, slot, weight, n_obj, anchors,
-                                                  inst_pix, means, unlabeled, cons_pix, emb_g, n_cons, ctx.h,
-                                                  ctx.delta_d)
-    return (g_emb, None, None, None, g_a if anchors is not None else None, None,
-            g_m if means is not None else None, None, None, None, None, None, None)
+    return tuple(emb.new_empty(shape) for shape in _pixel_terms_shapes(emb, n_slots, unlabeled_push, K))
 
 
-anchor_pixel_terms.register_autograd(_anchor_terms_backward, setup_context=_anchor_terms_setup)
+def _composed_terms(emb, slot, means, counts, inst_pix, unlabeled_push, cons_pix, emb_g, n_cons, h, delta_d):
+    """{name: args of the single-term op}: the anchor x pixel terms of :func:`pixel_terms`."""
+    C = means.shape[1]
+    rank = torch.arange(1, C + 1, device=emb.device)
+    n_obj = torch.where(counts > 0, rank, 0).amax(1) if C > 0 else slot.new_zeros(slot.shape[0])
+    weight = ((slot >= 0) & (slot <= C)).to(emb.dtype)
+    inst_a = means if inst_pix is None else _pixels_at(emb, inst_pix)
+    terms = {"inst": (TERMS["soft_mask"], inst_a.contiguous(), emb, None, None, slot, weight, n_obj, h, 0.0)}
+    if unlabeled_push:
+        terms["up"] = (TERMS["unlabeled_push"], means.contiguous(), emb, None, None, None, (slot == C).to(emb.dtype),
+                       n_obj, 0.0, delta_d)
+    if cons_pix is not None:
+        terms["cons"] = (TERMS["consistency"], _pixels_at(emb, cons_pix), emb, _pixels_at(emb_g, cons_pix), emb_g,
+                         None, weight, n_cons, h, 0.0)
+    return terms, n_obj
+
+
+def _pixel_terms_composed(emb, slot, n_slots, inst_pix, unlabeled_push, cons_pix, emb_g, n_cons, h, delta_v,
+                          delta_d):
+    """:func:`pixel_terms` from the single-term ops (the CUDA implementation; any device)."""
+    B, D, N, K = _check_pixel_terms(emb, slot, n_slots, inst_pix, cons_pix, emb_g, n_cons)
+    sums, counts = segment_sum(emb, slot, n_slots)
+    means = sums / counts.clamp(min=1)[:, :, None]
+    pull = pull_sums(emb, means, slot, delta_v)
+    terms, _ = _composed_terms(emb, slot, means, counts, inst_pix, unlabeled_push, cons_pix, emb_g, n_cons, h, delta_d)
+    shapes = _pixel_terms_shapes(emb, n_slots, unlabeled_push, K)
+    outs = {name: _anchor_pixel_forward(*args) for name, args in terms.items()}
+    return (means, counts, pull, outs["inst"], outs.get("up", emb.new_zeros(shapes[4])),
+            outs.get("cons", emb.new_zeros(shapes[5])))
+
+
+@torch.library.custom_op("spoco::pixel_terms_backward", mutates_args=())
+def pixel_terms_backward(grad_means: torch.Tensor, grad_pull: torch.Tensor, grad_inst: torch.Tensor,
+                         grad_up: torch.Tensor, grad_cons: torch.Tensor, emb: torch.Tensor, slot: torch.Tensor,
+                         means: torch.Tensor, counts: torch.Tensor, inst_pix: torch.Tensor | None,
+                         unlabeled_push: bool, cons_pix: torch.Tensor | None, emb_g: torch.Tensor | None,
+                         n_cons: torch.Tensor | None, h: float, delta_v: float, delta_d: float) -> torch.Tensor:
+    """Gradient ``(B, D, N)`` of :func:`pixel_terms` with respect to ``emb`` for the upstream
+    gradients of its outputs ``means``, ``pull``, ``inst``, ``upush`` and ``cons`` (``means``
+    and ``counts`` are the forward's outputs)."""
+    C = means.shape[1]
+    B, D, N, K = _check_pixel_terms(emb, slot, C, inst_pix, cons_pix, emb_g, n_cons)
+    shapes = _pixel_terms_shapes(emb, C, unlabeled_push, K)
+    grads = (grad_means, grad_pull, grad_inst, grad_up, grad_cons)
+    for name, x, shape in zip(("grad_means", "grad_pull", "grad_inst", "grad_up", "grad_cons"), grads,
+                              [shapes[0]] + shapes[2:]):
+        _check_like(name, x, shape, emb.dtype, emb.device)
+    _check_like("means", means, shapes[0], emb.dtype, emb.device)
+    _check_like("counts", counts, shapes[1], emb.dtype, emb.device)
+    if emb.device.type != "cpu":
+        return _pixel_terms_backward_composed(*grads, emb, slot, means, counts, inst_pix, unlabeled_push, cons_pix,
+                                              emb_g, n_cons, h, delta_v, delta_d)
+    grad_emb = emb.new_empty((B, D, N))
+    ts = [_contig(x) for x in (emb, emb_g, slot, inst_pix, cons_pix, n_cons, means, counts) + grads]
+    _core.loss_pixel_terms(True, _dtype(emb), *map(_ptr, ts[:4]), bool(unlabeled_push), _ptr(ts[4]), _ptr(ts[5]),
+                           B, D, N, C, K, float(h), float(delta_v), float(delta_d), ts[6].data_ptr(),
+                           ts[7].data_ptr(), [x.data_ptr() for x in ts[8:]] + [grad_emb.data_ptr()], _threads())
+    return grad_emb
+
+
+@pixel_terms_backward.register_fake
+def _(grad_means, grad_pull, grad_inst, grad_up, grad_cons, emb, slot, means, counts, inst_pix, unlabeled_push,
+      cons_pix, emb_g, n_cons, h, delta_v, delta_d):
+    return emb.new_empty(emb.shape)
+
+
+def _pixel_terms_backward_composed(grad_means, grad_pull, grad_inst, grad_up, grad_cons, emb, slot, means, counts,
+                                   inst_pix, unlabeled_push, cons_pix, emb_g, n_cons, h, delta_v, delta_d):
+    """:func:`pixel_terms_backward` from the single-term ops (the CUDA implementation; any device)."""
+    B, D, N = emb.shape
+    terms, n_obj = _composed_terms(emb, slot, means, counts, inst_pix, unlabeled_push, cons_pix, emb_g, n_cons, h,
+                                   delta_d)
+    grads = {"inst": grad_inst, "up": grad_up, "cons": grad_cons}
+    grad_emb, grad_mu = pull_sums_backward(grad_pull, emb, means, slot, delta_v)
+    grad_mu = grad_mu + grad_means
+    grad_a = {}
+    for name, args in terms.items():
+        grad_a[name], g = anchor_pixel_sums_backward(grads[name], *args)
+        grad_emb = grad_emb + g
+    if "up" in grad_a:
+        grad_mu = grad_mu + grad_a["up"]
+    if inst_pix is None:
+        grad_mu = grad_mu + grad_a["inst"]
+    grad_emb = grad_emb + segment_sum_backward(grad_mu / counts.clamp(min=1)[:, :, None], slot, N)
+    for pix, name in ((inst_pix, "inst"), (cons_pix, "cons")):
+        if pix is not None:  # anchors taken at pixels: their gradient lands on those pixels
+            grad_emb.scatter_add_(2, pix[:, None, :].expand(B, D, pix.shape[1]), grad_a[name].transpose(1, 2))
+    return grad_emb
+
+
+def _pixel_terms_setup(ctx, inputs, output):
+    emb, slot, n_slots, inst_pix, unlabeled_push, cons_pix, emb_g, n_cons, h, delta_v, delta_d = inputs
+    ctx.save_for_backward(emb, slot, output[0], output[1], inst_pix, cons_pix, emb_g, n_cons)
+    ctx.args = (unlabeled_push, h, delta_v, delta_d)
+
+
+def _pixel_terms_backward(ctx, grad_means, grad_counts, grad_pull, grad_inst, grad_up, grad_cons):
+    emb, slot, means, counts, inst_pix, cons_pix, emb_g, n_cons = ctx.saved_tensors
+    unlabeled_push, h, delta_v, delta_d = ctx.args
+    K = cons_pix.shape[1] if cons_pix is not None else 0
+    shapes = _pixel_terms_shapes(emb, means.shape[1], unlabeled_push, K)
+    grads = [emb.new_zeros(shape) if g is None else g
+             for g, shape in zip((grad_means, grad_pull, grad_inst, grad_up, grad_cons), [shapes[0]] + shapes[2:])]
+    grad_emb = pixel_terms_backward(*grads, emb, slot, means, counts, inst_pix, unlabeled_push, cons_pix, emb_g,
+                                    n_cons, h, delta_v, delta_d)
+    return (grad_emb,) + (None,) * 10
+
+
+pixel_terms.register_autograd(_pixel_terms_backward, setup_context=_pixel_terms_setup)
 
 
 # ------------------------------------------------------------- consistency anchors (Eq. 7)
@@ -603,27 +630,63 @@ def _not_finite(x: torch.Tensor | None, device: torch.device) -> torch.Tensor:
     return (~torch.isfinite(x)).any()
 
 
+def _raise_on_checks(f_bad: bool, g_bad: bool, negative: bool) -> None:
+    if f_bad:
+        raise ValueError("f contains NaN or infinite values")
+    if g_bad:
+        raise ValueError("g contains NaN or infinite values")
+    if negative:
+        raise ValueError("target contains negative labels other than ignore_index")
+
+
 @torch.library.custom_op("spoco::cluster_slots", mutates_args=())
-def cluster_slots(target: torch.Tensor, f: torch.Tensor, g: torch.Tensor | None, ignore_index: int,
-                  sparse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image cluster slots of the labels, and the input value checks of a loss call.
+def cluster_slots(target: torch.Tensor, f: torch.Tensor, g: torch.Tensor | None, ignore_index: int, sparse: bool,
+                  keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-image cluster slots of the labels, random instance anchors, and the input checks of a loss call.
 
     Parameters
     ----------
     target : (B, N) int64 labels; ``ignore_index`` = no term; in ``sparse`` mode 0 = unlabeled
     f, g : (B, D, N) embeddings, only checked for NaN/inf (g may be None)
+    keys : (B, N) float64 uniform keys, or None (no anchors)
 
     Returns
     -------
     slot : (B, N) int64, the slot ``0..C-1`` of each pixel's cluster (clusters of an image in
-        ascending label order), or C for pixels in no cluster
+        ascending label order), C for counted pixels in no cluster (sparse: label 0), −1 for
+        ignored pixels
     labels : (B, C) int64, the label of each slot, −1 for slots an image does not use
+    pix : (B, C) int64, the pixel of largest key of each cluster (ties: the lowest index), a
+        uniform draw (:func:`spoco.ops.anchors.random_instance_anchors`); arbitrary for unused
+        slots; (B, 0) without keys
 
     C, the most clusters of an image (at least 1), depends on the data: the op's one host
     synchronisation (its fake implementation gives C as an unbacked size, so
     ``torch.compile(fullgraph=True)`` traces through it). Raises ``ValueError`` for
-    non-finite embeddings or negative labels other than ``ignore_index``.
+    non-finite embeddings or negative labels other than ``ignore_index``. On the CPU one
+    C++ pass per image (:func:`_core.loss_cluster_slots`); elsewhere torch ops
+    (:func:`_cluster_slots_torch`).
     """
+    B, N = target.shape
+    if target.dtype != torch.int64:
+        raise TypeError(f"target must have dtype torch.int64, got {target.dtype}")
+    _check_like("keys", keys, (B, N), torch.float64, target.device)
+    if target.device.type != "cpu":
+        return _cluster_slots_torch(target, f, g, ignore_index, sparse, keys)
+    f_bad, g_bad = bool(_not_finite(f, target.device)), bool(_not_finite(g, target.device))
+    _raise_on_checks(f_bad, g_bad, False)
+    target, keys = target.contiguous(), _contig(keys)
+    slot = torch.empty((B, N), dtype=torch.int64)
+    C, negative, labels, pix = _core.loss_cluster_slots(target.data_ptr(), _ptr(keys), B, N, int(ignore_index),
+                                                        bool(sparse), slot.data_ptr(), _threads())
+    _raise_on_checks(False, False, negative)
+    labels = torch.tensor(labels, dtype=torch.int64).reshape(B, C)
+    pix = torch.tensor(pix, dtype=torch.int64).reshape(B, C) if keys is not None else target.new_empty((B, 0))
+    return slot, labels, pix
+
+
+def _cluster_slots_torch(target, f, g, ignore_index, sparse, keys):
+    """:func:`cluster_slots` with torch ops (one ``torch.unique``; the CUDA implementation)."""
     B, N = target.shape
     counted = target != ignore_index
     in_cluster = counted & (target > 0) if sparse else counted & (target >= 0)
@@ -636,21 +699,19 @@ def cluster_slots(target: torch.Tensor, f: torch.Tensor, g: torch.Tensor | None,
     seg_slot = rank.gather(1, seg_img[:, None])[:, 0] - 1
     host = torch.stack([_not_finite(f, target.device), _not_finite(g, target.device), ((target < 0) & counted).any(),
                         rank[-1].max()]).tolist()  # the one host synchronisation
-    if host[0]:
-        raise ValueError("f contains NaN or infinite values")
-    if host[1]:
-        raise ValueError("g contains NaN or infinite values")
-    if host[2]:
-        raise ValueError("target contains negative labels other than ignore_index")
+    _raise_on_checks(*host[:3])
     n_slots = int(host[3])
     C = max(n_slots, 1)  # at least one (possibly unused) slot: no shape downstream is ever empty
     slot = torch.where(seg_ok, seg_slot, n_slots)[inv]
     labels = target.new_full((B, C + 1), -1).scatter_(1, slot, target)[:, :C]
     slot = torch.where(slot == n_slots, C, slot)
-    return slot.contiguous(), labels.contiguous()
+    pix = _anchors.random_instance_anchors(slot, keys, C) if keys is not None else target.new_empty((B, 0))
+    slot = torch.where(counted, slot, -1)
+    return slot.contiguous(), labels.contiguous(), pix
 
 
 @cluster_slots.register_fake
-def _(target, f, g, ignore_index, sparse):
+def _(target, f, g, ignore_index, sparse, keys=None):
     C = torch.library.get_ctx().new_dynamic_size(min=1)
-    return target.new_empty(target.shape), target.new_empty((target.shape[0], C))
+    B = target.shape[0]
+    return target.new_empty(target.shape), target.new_empty((B, C)), target.new_empty((B, C if keys is not None else 0))
