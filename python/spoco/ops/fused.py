@@ -12,6 +12,12 @@ Layouts, as in :mod:`spoco.ops.loss`: embeddings ``(B, D, N)``, anchors/means
 ``[0, K)`` = none), ``weight (B, N)`` pixel weights (0 = ignored), ``n_valid (B,)``
 int64 (anchors ``k >= n_valid[b]`` of image b are skipped and give 0).
 
+A loss call uses three ops: :func:`cluster_slots` (labels to per-image slots, random
+instance anchors, input checks; the one host synchronisation), :func:`consistency_anchors`
+and :func:`pixel_terms` (every per-pixel sum, one gradient of f). The single-term ops
+(:func:`segment_sum`, :func:`pull_sums`, :func:`anchor_pixel_sums`) are its building
+blocks on CUDA.
+
 The CPU reductions are deterministic and independent of the number of threads.
 On CUDA they use one atomic per (block, anchor), or a fixed-order two-pass
 reduction when ``torch.are_deterministic_algorithms_enabled()``.
