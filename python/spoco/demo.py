@@ -100,7 +100,7 @@ def run_demo(out="demo_output", *, seed: int = 0, iters: int | None = None, kind
     segment_kw = {**SEGMENT_DEFAULTS, **segment_kw}
     rows, figure_rows = [], []
     for i, (image, gt) in enumerate(zip(test_images, test_labels)):
-        emb = predict(model, image, device=device)
+        emb = predict(model, image, halo=config.halo, device=device)
         seg = segment(emb, **segment_kw)
         rows.append({"image": f"test_{i}", **{k: metrics.evaluate(gt, seg)[k] for k in COLUMNS}})
         for name, arr in (("image", image[0]), ("seg", seg.astype(np.uint16)), ("gt", gt.astype(np.uint16))):

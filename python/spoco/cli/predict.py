@@ -25,7 +25,8 @@ def add_parser(sub) -> None:
                    help="f: the trained network; g: its moving average (EMA); default: the one the training "
                    "run validated and kept as best (its eval_network, f unless set)")
     p.add_argument("--tile-shape", type=int, nargs="+", help="tile core size per axis (default: whole image)")
-    p.add_argument("--halo", type=int, nargs="+", help="context added around each tile (default 16 per axis)")
+    p.add_argument("--halo", type=int, nargs="+", help="context added around each tile, the mirrored image past "
+                   "the border (default: the training run's halo, 16 per axis unless set; 0 = zero padding)")
     p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: best available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -59,13 +60,15 @@ def run(args) -> int:
     from ..predict import select_device
     from ..training import load_checkpoint, model_from_checkpoint
 
-    model = model_from_checkpoint(load_checkpoint(args.checkpoint), network=args.network)
+    state = load_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(state, network=args.network)
+    halo = args.halo if args.halo is not None else state.get("config", {}).get("halo")
     device = select_device(args.device)
     model.to(device)
     jobs = _inputs(args)
     for src, dst in jobs:
         predict_file(model, src, dst, key=args.key, out_key=args.out_key, tile_shape=args.tile_shape,
-                     halo=args.halo, device=device, progress=not args.quiet)
+                     halo=halo, device=device, progress=not args.quiet)
         if not args.quiet:
             print(f"{src} -> {dst}:{args.out_key}")
     return 0
