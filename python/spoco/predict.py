@@ -71,7 +71,9 @@ def predict(model: torch.nn.Module, image, *, tile_shape=None, halo=None, device
         Core of each tile. Default: the whole image in one tile.
     halo : ints, optional
         Context added on every side of a core, mirrored image past the border
-        (default: 16 per axis; rounded up to the pooling factor when tiling).
+        (default: 16 per axis; rounded up to the pooling factor when tiling). 0 leaves
+        the image border to the convolutions' zero padding, which suits networks
+        trained on whole images (patch = image) rather than on crops.
     out : array-like ``(D, *spatial)``, optional
         Written core by core (e.g. an HDF5/zarr dataset); returned.
     norm_range : (lo, hi), optional
