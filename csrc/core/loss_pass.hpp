@@ -13,8 +13,10 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include "core/common.hpp"
@@ -239,6 +241,21 @@ void coef_row(const TermSet<T>& ts, const PixelBlock<T>& blk, int64_t b, int64_t
         c[p] = term_coef<TERM, T>(dist[p], with_g ? dist_g[p] : T(0), blk.s[p] == k32, w[p], ts.h, ts.delta, g0, g1);
 }
 
+/// Whether any of the kSub values of a block is non-zero (an OR of the bit patterns without
+/// the sign, which compilers vectorise, unlike a chain of float comparisons).
+template <class T>
+inline bool any_nonzero(const T* v) {
+    using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+    constexpr U magnitude = ~(U(1) << (8 * sizeof(T) - 1));
+    U bits = 0;
+    for (int64_t p = 0; p < kSub; ++p) {
+        U x;
+        std::memcpy(&x, v + p, sizeof(x));
+        bits |= x & magnitude;
+    }
+    return bits != 0;
+}
+
 /// A row of a backward block: an anchor, its coefficients over the block's pixels and the
 /// lane sums of its dL/da (D vectors, or null).
 template <class T>
@@ -370,6 +387,9 @@ void backward_block(const PixelSet<T>& px, const TermSet<T>* terms, int n_terms,
                 case kUnlabeledPush: coef_row<kUnlabeledPush>(ts, blk, b, D, px.B, k, c); break;
                 default: coef_row<kConsistency>(ts, blk, b, D, px.B, k, c); break;
             }
+            // A row of zeros adds nothing (exactly): most unlabeled-push rows, whose hinge is 0
+            // beyond delta_d, and rows of anchors without upstream gradient.
+            if (!any_nonzero(c)) continue;
             rows[n_rows++] = Row<T>{ts.anchors + (b * ts.K + k) * D, ts.grad_anchors ? lanes[i].data() + k * D : nullptr};
             if (n_rows == kRowChunk) flush();
         }
