@@ -12,6 +12,7 @@
 #include <string>
 
 #include "bindings/loss_cpu_entry.hpp"
+#include "core/loss_pass.hpp"
 
 namespace py = pybind11;
 namespace E = spoco::loss_cpu;
@@ -153,5 +154,6 @@ void register_loss(py::module_& m) {
           "Fused loss reductions (segment means, pull, anchor x pixel terms) or their backward, in one pass.");
     m.def("loss_cluster_slots", &cluster_slots,
           "Per-image cluster slots of int64 labels: (C, negative label found, labels (B*C), anchor pixels (B*C)).");
+    m.attr("loss_block_pixels") = py::int_(spoco::loss::kSub);  // pixels per block of the up_active masks
     m.def("loss_isa", &isa_name, "Instruction set of the CPU loss kernels in use.");
 }

@@ -39,10 +39,12 @@ void pixel_terms_t(bool backward, uintptr_t emb, uintptr_t emb_g, uintptr_t slot
                    bool unlabeled_push, uintptr_t cons_pix, uintptr_t n_cons, int64_t B, int64_t D, int64_t N,
                    int64_t C, int64_t K, double h, double delta_v, double delta_d, uintptr_t means, uintptr_t counts,
                    const std::vector<uintptr_t>& outs, int threads) {
-    if (outs.size() != (backward ? 6u : 4u)) throw std::invalid_argument("pixel_terms: wrong number of outputs");
+    // outs: forward pull, inst, up, cons, up_active; backward the five upstream gradients, grad_emb, up_active
+    if (outs.size() != (backward ? 7u : 5u)) throw std::invalid_argument("pixel_terms: wrong number of outputs");
     L::LossTermsArgs<T> a;
     a.emb = cp<T>(emb), a.emb_g = cp<T>(emb_g), a.slot = cp<int64_t>(slot), a.inst_pix = cp<int64_t>(inst_pix);
     a.unlabeled_push = unlabeled_push, a.cons_pix = cp<int64_t>(cons_pix), a.n_cons = cp<int64_t>(n_cons);
+    a.up_active = mp<uint8_t>(outs.back());
     a.B = B, a.D = D, a.N = N, a.C = C, a.K = K;
     a.h = static_cast<T>(h), a.delta_v = static_cast<T>(delta_v), a.delta_d = static_cast<T>(delta_d);
     if (backward)

@@ -160,6 +160,8 @@ struct LossTermsArgs {
     bool unlabeled_push = false;        ///< Eq. 6 between the means and the pixels of slot C
     const int64_t* cons_pix = nullptr;  ///< (B, K) consistency anchor pixels (with emb_g)
     const int64_t* n_cons = nullptr;    ///< (B,) consistency anchors in use
+    uint8_t* up_active = nullptr;       ///< (B, C, ceil(N / kSub)) or null: the forward marks the (mean, pixel
+                                        ///< block) pairs of Eq. 6 with a non-zero hinge, the backward skips the rest
     int64_t B = 0, D = 0, N = 0, C = 0, K = 0;
     T h = T(0), delta_v = T(0), delta_d = T(0);  ///< 1/(2 sigma^2), pull and push margins
 };
@@ -226,7 +228,7 @@ LossTermsSetup<T> loss_terms_setup(const LossTermsArgs<T>& a, const T* means, co
     if (a.unlabeled_push) {
         TermSet<T> up;
         up.term = kUnlabeledPush, up.anchors = means, up.n_valid = st.n_obj.data(), up.K = C, up.delta = a.delta_d;
-        up.on_unlabeled = true;
+        up.on_unlabeled = true, up.active = a.up_active, up.n_blocks = (N + kSub - 1) / kSub;
         st.terms.push_back(up);
     }
     if (a.cons_pix) {

@@ -51,6 +51,9 @@ struct TermSet {
     int64_t K = 0;
     T h = T(0), delta = T(0);          ///< 1/(2 sigma^2) and the unlabeled-push margin
     bool on_unlabeled = false;         ///< weigh pixels by "in slot C" (the unlabeled region), not by w
+    uint8_t* active = nullptr;         ///< (B, K, n_blocks) or null: the forward writes whether any value of
+                                       ///< (anchor, pixel block) is non-zero; the backward skips the others
+    int64_t n_blocks = 0;              ///< pixel blocks per image, ceil(N / kSub)
     T* out = nullptr;                  ///< forward: (n_out, B, K)
     const T* grad_out = nullptr;       ///< backward: upstream gradient (n_out, B, K)
     T* grad_anchors = nullptr;         ///< backward: dL/da (B, K, D), or null
@@ -206,9 +209,25 @@ inline bool pull_block(const PixelSet<T>& px, const PixelBlock<T>& blk, int64_t 
     return true;
 }
 
+/// Whether any of the kSub values of a block is non-zero (an OR of the bit patterns without
+/// the sign, which compilers vectorise, unlike a chain of float comparisons).
+template <class T>
+inline bool any_nonzero(const T* v) {
+    using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+    constexpr U magnitude = ~(U(1) << (8 * sizeof(T) - 1));
+    U bits = 0;
+    for (int64_t p = 0; p < kSub; ++p) {
+        U x;
+        std::memcpy(&x, v + p, sizeof(x));
+        bits |= x & magnitude;
+    }
+    return bits != 0;
+}
+
 /// Forward of one term over a block: lanes[k * n_out + o] += the block's summands of output o.
 template <int TERM, class T>
-void forward_term(const TermSet<T>& ts, const PixelBlock<T>& blk, int64_t b, int64_t D, int64_t Kb, Vec<T>* lanes) {
+void forward_term(const TermSet<T>& ts, const PixelBlock<T>& blk, int64_t b, int64_t D, int64_t Kb, int64_t block,
+                  Vec<T>* lanes) {
     constexpr int n_out = term_outputs(TERM);
     constexpr bool with_g = TERM == kConsistency;
     const T* w = ts.on_unlabeled ? blk.u : blk.w;
@@ -223,6 +242,11 @@ void forward_term(const TermSet<T>& ts, const PixelBlock<T>& blk, int64_t b, int
             for (int o = 0; o < n_out; ++o) v[o][p] = vals[o];
         }
         for (int o = 0; o < n_out; ++o) lanes[k * n_out + o] += block_lanes(v[o]);
+        if (ts.active) {
+            bool any = false;
+            for (int o = 0; o < n_out; ++o) any |= any_nonzero(v[o]);
+            ts.active[(b * ts.K + k) * ts.n_blocks + block] = any;
+        }
     }
 }
 
@@ -239,21 +263,6 @@ void coef_row(const TermSet<T>& ts, const PixelBlock<T>& blk, int64_t b, int64_t
     const int32_t k32 = static_cast<int32_t>(k);
     for (int64_t p = 0; p < kSub; ++p)
         c[p] = term_coef<TERM, T>(dist[p], with_g ? dist_g[p] : T(0), blk.s[p] == k32, w[p], ts.h, ts.delta, g0, g1);
-}
-
-/// Whether any of the kSub values of a block is non-zero (an OR of the bit patterns without
-/// the sign, which compilers vectorise, unlike a chain of float comparisons).
-template <class T>
-inline bool any_nonzero(const T* v) {
-    using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
-    constexpr U magnitude = ~(U(1) << (8 * sizeof(T) - 1));
-    U bits = 0;
-    for (int64_t p = 0; p < kSub; ++p) {
-        U x;
-        std::memcpy(&x, v + p, sizeof(x));
-        bits |= x & magnitude;
-    }
-    return bits != 0;
 }
 
 /// A row of a backward block: an anchor, its coefficients over the block's pixels and the
@@ -348,14 +357,14 @@ int64_t valid_count(const TermSet<T>& ts, int64_t b) {
 /// The forward work of one pixel block: every term's lane sums and the pull sums.
 template <class T>
 void forward_block(const PixelSet<T>& px, const TermSet<T>* terms, int n_terms, PassScratch<T>& sc, int64_t b,
-                   const std::vector<int64_t>& kb, std::vector<std::vector<Vec<T>>>& lanes, double* pull_acc) {
+                   int64_t block,                   const std::vector<int64_t>& kb, std::vector<std::vector<Vec<T>>>& lanes, double* pull_acc) {
     const PixelBlock<T>& blk = sc.blk;
     for (int i = 0; i < n_terms; ++i) {
         Vec<T>* ln = lanes[i].data();
         switch (terms[i].term) {
-            case kSoftMask: forward_term<kSoftMask>(terms[i], blk, b, px.D, kb[i], ln); break;
-            case kUnlabeledPush: forward_term<kUnlabeledPush>(terms[i], blk, b, px.D, kb[i], ln); break;
-            default: forward_term<kConsistency>(terms[i], blk, b, px.D, kb[i], ln); break;
+            case kSoftMask: forward_term<kSoftMask>(terms[i], blk, b, px.D, kb[i], block, ln); break;
+            case kUnlabeledPush: forward_term<kUnlabeledPush>(terms[i], blk, b, px.D, kb[i], block, ln); break;
+            default: forward_term<kConsistency>(terms[i], blk, b, px.D, kb[i], block, ln); break;
         }
     }
     alignas(64) T dist[kSub], v[kSub];
@@ -368,7 +377,7 @@ void forward_block(const PixelSet<T>& px, const TermSet<T>* terms, int n_terms, 
 /// lane sums and the pull's dL/dmu partials.
 template <class T>
 void backward_block(const PixelSet<T>& px, const TermSet<T>* terms, int n_terms, PassScratch<T>& sc, int64_t b,
-                    const std::vector<int64_t>& kb, std::vector<std::vector<Vec<T>>>& lanes, double* pull_acc) {
+                    int64_t block,                    const std::vector<int64_t>& kb, std::vector<std::vector<Vec<T>>>& lanes, double* pull_acc) {
     const PixelBlock<T>& blk = sc.blk;
     const int64_t D = px.D;
     for (int64_t d = 0; d < D; ++d) std::fill(sc.ge[d], sc.ge[d] + kSub, T(0));
@@ -381,6 +390,7 @@ void backward_block(const PixelSet<T>& px, const TermSet<T>* terms, int n_terms,
     for (int i = 0; i < n_terms; ++i) {
         const TermSet<T>& ts = terms[i];
         for (int64_t k = 0; k < kb[i]; ++k) {
+            if (ts.active && !ts.active[(b * ts.K + k) * ts.n_blocks + block]) continue;  // all zero in the forward
             T* c = sc.c + n_rows * kSub;
             switch (ts.term) {
                 case kSoftMask: coef_row<kSoftMask>(ts, blk, b, D, px.B, k, c); break;
@@ -459,9 +469,9 @@ void pixel_pass(const PixelSet<T>& px, const TermSet<T>* terms, int n_terms, boo
             const int64_t np = std::min(kSub, p_end - p0);
             sc->blk.load(px, with_g, b, p0, np);
             if (!backward) {
-                detail::forward_block(px, terms, n_terms, *sc, b, kb, lanes, pull_acc);
+                detail::forward_block(px, terms, n_terms, *sc, b, p0 / kSub, kb, lanes, pull_acc);
             } else {
-                detail::backward_block(px, terms, n_terms, *sc, b, kb, lanes, pull_acc);
+                detail::backward_block(px, terms, n_terms, *sc, b, p0 / kSub, kb, lanes, pull_acc);
                 if (px.grad_emb)
                     for (int64_t d = 0; d < D; ++d) {
                         T* dst = px.grad_emb + (b * D + d) * N + p0;

@@ -316,7 +316,7 @@ class SPOCOLoss(nn.Module):
                 cons_pix, cons_ok = _fused.consistency_anchors(emb.detach(), emb_g, unlabeled, keys, self.max_anchors,
                                                                self.delta_v, self.coverage_stop)
                 n_cons = cons_ok.sum(1)
-        means, counts, pull, inst_sums, up_sums, cons_sums = _fused.pixel_terms(
+        means, counts, pull, inst_sums, up_sums, cons_sums, _ = _fused.pixel_terms(
             emb.contiguous(), slot, C, inst_pix if random else None, self.sparse, cons_pix,
             emb_g.contiguous() if emb_g is not None else None, n_cons, 0.5 / self.sigma2, self.delta_v, self.delta_d)
         terms = {}

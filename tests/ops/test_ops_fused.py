@@ -335,7 +335,7 @@ def variant_args(inputs, variant, C):
 def test_pixel_terms_equal_direct_formulas(seed, variant, C, N):
     inputs = terms_inputs(seed % 2**31, B=2 if C == 1000 else 3, N=N, C=C)
     args = variant_args(inputs, variant, C)
-    compare(lambda e: F.pixel_terms(e, *args, H, 0.5, 2.0), lambda e: direct_pixel_terms(e, *args), [inputs[0]],
+    compare(lambda e: F.pixel_terms(e, *args, H, 0.5, 2.0)[:6], lambda e: direct_pixel_terms(e, *args), [inputs[0]],
             seed)
 
 
@@ -347,9 +347,9 @@ def test_pixel_terms_equal_their_composed_form(seed, variant):
     args = variant_args(inputs, variant, 7)
 
     def composed(e):
-        return ComposedTerms.apply(e, args)
+        return ComposedTerms.apply(e, args)[:6]
 
-    compare(lambda e: F.pixel_terms(e, *args, H, 0.5, 2.0), composed, [inputs[0]], seed)
+    compare(lambda e: F.pixel_terms(e, *args, H, 0.5, 2.0)[:6], composed, [inputs[0]], seed)
 
 
 class ComposedTerms(torch.autograd.Function):
@@ -363,12 +363,37 @@ class ComposedTerms(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, gm, gc, gp, gi, gu, gcons):
+    def backward(ctx, gm, gc, gp, gi, gu, gcons, gactive):
         emb, means, counts = ctx.saved_tensors
         slot, C, inst_pix, up, cons_pix, eg, n_cons = ctx.args
         g = F._pixel_terms_backward_composed(gm, gp, gi, gu, gcons, emb, slot, means, counts, inst_pix, up, cons_pix,
                                              eg, n_cons, H, 0.5, 2.0)
         return g, None
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_unlabeled_push_activity_marks_exactly_the_nonzero_blocks(seed, scale):
+    """up_active is 1 exactly where a mean has a non-zero hinge on a block's unlabeled pixels;
+    the backward skips the other (mean, block) pairs and still gives the exact gradient."""
+    C, N = 6, 3000
+    emb, *rest = terms_inputs(seed % 2**31, B=2, N=N, C=C, K=3)
+    inputs = (emb * scale, *rest)  # scale 3: many unlabeled pixels beyond delta_d of every mean
+    args = variant_args(inputs, "sparse, random anchors", C)
+    active = F.pixel_terms(inputs[0], *args, H, 0.5, 2.0)[6]
+    slot = inputs[1]
+    means, counts = direct_pixel_terms(inputs[0], *args)[:2]
+    hinge = (2.0 - sq_dist(means, inputs[0]).sqrt()).clamp(min=0) * (slot == C)[:, None, :]
+    nb = -(-N // F.BLOCK_PIXELS)
+    padded = torch.nn.functional.pad(hinge, (0, nb * F.BLOCK_PIXELS - N))
+    expected = (padded.reshape(2, C, nb, F.BLOCK_PIXELS) > 0).any(-1).to(torch.uint8)
+    rank = torch.arange(1, C + 1)
+    valid = rank[None] <= torch.where(counts > 0, rank, 0).amax(1, keepdim=True)  # means after the last cluster: none
+    expected *= valid[:, :, None]
+    assert torch.equal(active, expected), f"seed {seed}"
+    if scale == 3.0:
+        assert 0 < int(active.sum()) < active.numel(), f"seed {seed}: nothing to skip or nothing kept"
+    compare(lambda e: F.pixel_terms(e, *args, H, 0.5, 2.0)[:6], lambda e: direct_pixel_terms(e, *args), [inputs[0]],
+            seed)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -377,7 +402,7 @@ def test_pixel_terms_float32(seed, device):
     args = variant_args(inputs, "sparse, random anchors", 20)
     ref = direct_pixel_terms(inputs[0], *args)
     inputs32 = [x.to(device).float() if x.is_floating_point() else x.to(device) for x in inputs]
-    out = F.pixel_terms(inputs32[0], *variant_args(inputs32, "sparse, random anchors", 20), H, 0.5, 2.0)
+    out = F.pixel_terms(inputs32[0], *variant_args(inputs32, "sparse, random anchors", 20), H, 0.5, 2.0)[:6]
     for o, r in zip(out, ref):
         torch.testing.assert_close(o.cpu().double(), r, rtol=1e-5, atol=1e-5 * max(r.abs().max().item(), 1e-30),
                                    msg=f"seed {seed}")
@@ -391,9 +416,9 @@ def test_pixel_terms_cuda_equals_cpu(seed, variant):
     cuda_args = tuple(x.cuda() if isinstance(x, torch.Tensor) else x for x in args)
 
     def on_cuda(e):
-        return tuple(o.cpu() for o in F.pixel_terms(e.cuda(), *cuda_args, H, 0.5, 2.0))
+        return tuple(o.cpu() for o in F.pixel_terms(e.cuda(), *cuda_args, H, 0.5, 2.0)[:6])
 
-    compare(on_cuda, lambda e: F.pixel_terms(e, *args, H, 0.5, 2.0), [inputs[0]], seed)
+    compare(on_cuda, lambda e: F.pixel_terms(e, *args, H, 0.5, 2.0)[:6], [inputs[0]], seed)
 
 
 def test_pixel_terms_do_not_depend_on_the_thread_count(seed):
@@ -406,7 +431,7 @@ def test_pixel_terms_do_not_depend_on_the_thread_count(seed):
             torch.set_num_threads(threads)
             e = inputs[0].clone().requires_grad_()
             out = F.pixel_terms(e, *args, H, 0.5, 2.0)
-            sum((o * torch.linspace(0.5, 1.5, o.numel()).reshape(o.shape)).sum() for o in out).backward()
+            sum((o * torch.linspace(0.5, 1.5, o.numel()).reshape(o.shape)).sum() for o in out[:6]).backward()
             runs.append([o.detach() for o in out] + [e.grad])
     finally:
         torch.set_num_threads(n)
@@ -419,14 +444,14 @@ def test_pixel_terms_gradcheck_and_opcheck(seed):
     req = lambda x: x.clone().requires_grad_()  # noqa: E731
     for variant in VARIANTS:
         args = variant_args(inputs, variant, 3)
-        fn = lambda e: F.pixel_terms(e, *args, H, 0.5, 2.0)  # noqa: E731
+        fn = lambda e: F.pixel_terms(e, *args, H, 0.5, 2.0)[:6]  # noqa: E731
         assert torch.autograd.gradcheck(fn, (req(inputs[0]),), eps=1e-6, atol=1e-6), variant
         torch.library.opcheck(F.pixel_terms, (req(inputs[0]),) + args + (H, 0.5, 2.0))
-        out = fn(inputs[0])
-        grads = tuple(torch.randn(o.shape, dtype=torch.float64) for o in out)
+        out = F.pixel_terms(inputs[0], *args, H, 0.5, 2.0)
+        grads = tuple(torch.randn(o.shape, dtype=torch.float64) for o in out[:6])
         slot, C, inst_pix, up, cons_pix, eg, n_cons = args
         torch.library.opcheck(F.pixel_terms_backward, (grads[0],) + grads[2:] + (
-            inputs[0], slot, out[0], out[1], inst_pix, up, cons_pix, eg, n_cons, H, 0.5, 2.0))
+            inputs[0], slot, out[0], out[1], out[6], inst_pix, up, cons_pix, eg, n_cons, H, 0.5, 2.0))
     with pytest.raises(ValueError, match="must be given together"):
         F.pixel_terms(inputs[0], inputs[1], 3, None, True, inputs[3], None, inputs[5], H, 0.5, 2.0)
     with pytest.raises(ValueError, match="inst_pix must have shape"):

@@ -420,16 +420,28 @@ def _check_pixel_terms(emb, slot, n_slots, inst_pix, cons_pix, emb_g, n_cons) ->
 
 
 def _pixel_terms_shapes(emb, n_slots, unlabeled_push, K):
+    """Shapes of the float outputs of :func:`pixel_terms` (its last output, ``up_active``, is
+    ``(B, C or 0, ceil(N / BLOCK_PIXELS))`` uint8)."""
     B, D = emb.shape[:2]
     C = n_slots
     return [(B, C, D), (B, C), (B, C), (2, B, C), (1, B, C if unlabeled_push else 0), (3, B, K)]
+
+
+#: Pixels per block of the CPU pass (the granularity of ``up_active``).
+BLOCK_PIXELS = int(_core.loss_block_pixels)
+
+
+def _active_shape(emb, n_slots, unlabeled_push):
+    B, _, N = emb.shape
+    return (B, n_slots if unlabeled_push else 0, -(-N // BLOCK_PIXELS))
 
 
 @torch.library.custom_op("spoco::pixel_terms", mutates_args=())
 def pixel_terms(emb: torch.Tensor, slot: torch.Tensor, n_slots: int, inst_pix: torch.Tensor | None,
                 unlabeled_push: bool, cons_pix: torch.Tensor | None, emb_g: torch.Tensor | None,
                 n_cons: torch.Tensor | None, h: float, delta_v: float, delta_d: float
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                           torch.Tensor]:
     """Every per-pixel reduction of one loss call, with a one-pass fused backward.
 
     Parameters
@@ -450,6 +462,10 @@ def pixel_terms(emb: torch.Tensor, slot: torch.Tensor, n_slots: int, inst_pix: t
     inst : (2, B, C) ``Σ w S_k I_k``, ``Σ w S_k²`` (w = 1 for counted pixels)
     upush : (1, B, C) ``Σ_{i: slot C} [δ_d − ‖μ_k − e_i‖]₊²`` (or (1, B, 0))
     cons : (3, B, K) ``Σ w S^f S^g``, ``Σ w (S^f)²``, ``Σ w (S^g)²`` (or (3, B, 0))
+    up_active : (B, C, ceil(N / BLOCK_PIXELS)) uint8 (or (B, 0, ...)): 1 where a mean has a non-zero
+        unlabeled-push hinge on some pixel of a block of BLOCK_PIXELS pixels (all 1 off the CPU);
+        no gradient. The backward skips the other (mean, block) pairs, whose gradient is 0
+        exactly: most of them once the unlabeled pixels lie beyond δ_d.
 
     Slots after the last non-empty slot of an image give 0 in pull, inst and upush. The
     gradient flows to ``emb`` only, through all outputs but ``counts``: through the means
@@ -464,17 +480,20 @@ def pixel_terms(emb: torch.Tensor, slot: torch.Tensor, n_slots: int, inst_pix: t
         return _pixel_terms_composed(emb, slot, n_slots, inst_pix, unlabeled_push, cons_pix, emb_g, n_cons, h,
                                      delta_v, delta_d)
     outs = [emb.new_zeros(shape) for shape in _pixel_terms_shapes(emb, n_slots, unlabeled_push, K)]
+    active = torch.zeros(_active_shape(emb, n_slots, unlabeled_push), dtype=torch.uint8, device=emb.device)
     ts = [_contig(x) for x in (emb, emb_g, slot, inst_pix, cons_pix, n_cons)]
     _core.loss_pixel_terms(False, _dtype(emb), *map(_ptr, ts[:4]), bool(unlabeled_push), _ptr(ts[4]), _ptr(ts[5]),
                            B, D, N, n_slots, K, float(h), float(delta_v), float(delta_d), outs[0].data_ptr(),
-                           outs[1].data_ptr(), [o.data_ptr() for o in outs[2:]], _threads())
-    return tuple(outs)
+                           outs[1].data_ptr(), [o.data_ptr() for o in outs[2:]] + [_ptr(active if unlabeled_push
+                                                                                        else None)], _threads())
+    return (*outs, active)
 
 
 @pixel_terms.register_fake
 def _(emb, slot, n_slots, inst_pix, unlabeled_push, cons_pix, emb_g, n_cons, h, delta_v, delta_d):
     K = cons_pix.shape[1] if cons_pix is not None else 0
-    return tuple(emb.new_empty(shape) for shape in _pixel_terms_shapes(emb, n_slots, unlabeled_push, K))
+    return (*(emb.new_empty(shape) for shape in _pixel_terms_shapes(emb, n_slots, unlabeled_push, K)),
+            emb.new_empty(_active_shape(emb, n_slots, unlabeled_push), dtype=torch.uint8))
 
 
 def _composed_terms(emb, slot, means, counts, inst_pix, unlabeled_push, cons_pix, emb_g, n_cons, h, delta_d):
@@ -505,18 +524,20 @@ def _pixel_terms_composed(emb, slot, n_slots, inst_pix, unlabeled_push, cons_pix
     shapes = _pixel_terms_shapes(emb, n_slots, unlabeled_push, K)
     outs = {name: _anchor_pixel_forward(*args) for name, args in terms.items()}
     return (means, counts, pull, outs["inst"], outs.get("up", emb.new_zeros(shapes[4])),
-            outs.get("cons", emb.new_zeros(shapes[5])))
+            outs.get("cons", emb.new_zeros(shapes[5])),
+            torch.ones(_active_shape(emb, n_slots, unlabeled_push), dtype=torch.uint8, device=emb.device))
 
 
 @torch.library.custom_op("spoco::pixel_terms_backward", mutates_args=())
 def pixel_terms_backward(grad_means: torch.Tensor, grad_pull: torch.Tensor, grad_inst: torch.Tensor,
                          grad_up: torch.Tensor, grad_cons: torch.Tensor, emb: torch.Tensor, slot: torch.Tensor,
-                         means: torch.Tensor, counts: torch.Tensor, inst_pix: torch.Tensor | None,
-                         unlabeled_push: bool, cons_pix: torch.Tensor | None, emb_g: torch.Tensor | None,
-                         n_cons: torch.Tensor | None, h: float, delta_v: float, delta_d: float) -> torch.Tensor:
+                         means: torch.Tensor, counts: torch.Tensor, up_active: torch.Tensor,
+                         inst_pix: torch.Tensor | None, unlabeled_push: bool, cons_pix: torch.Tensor | None,
+                         emb_g: torch.Tensor | None, n_cons: torch.Tensor | None, h: float, delta_v: float,
+                         delta_d: float) -> torch.Tensor:
     """Gradient ``(B, D, N)`` of :func:`pixel_terms` with respect to ``emb`` for the upstream
-    gradients of its outputs ``means``, ``pull``, ``inst``, ``upush`` and ``cons`` (``means``
-    and ``counts`` are the forward's outputs)."""
+    gradients of its outputs ``means``, ``pull``, ``inst``, ``upush`` and ``cons`` (``means``,
+    ``counts`` and ``up_active`` are the forward's outputs)."""
     C = means.shape[1]
     B, D, N, K = _check_pixel_terms(emb, slot, C, inst_pix, cons_pix, emb_g, n_cons)
     shapes = _pixel_terms_shapes(emb, C, unlabeled_push, K)
@@ -526,6 +547,7 @@ def pixel_terms_backward(grad_means: torch.Tensor, grad_pull: torch.Tensor, grad
         _check_like(name, x, shape, emb.dtype, emb.device)
     _check_like("means", means, shapes[0], emb.dtype, emb.device)
     _check_like("counts", counts, shapes[1], emb.dtype, emb.device)
+    _check_like("up_active", up_active, _active_shape(emb, C, unlabeled_push), torch.uint8, emb.device)
     if emb.device.type != "cpu":
         return _pixel_terms_backward_composed(*grads, emb, slot, means, counts, inst_pix, unlabeled_push, cons_pix,
                                               emb_g, n_cons, h, delta_v, delta_d)
@@ -533,13 +555,14 @@ def pixel_terms_backward(grad_means: torch.Tensor, grad_pull: torch.Tensor, grad
     ts = [_contig(x) for x in (emb, emb_g, slot, inst_pix, cons_pix, n_cons, means, counts) + grads]
     _core.loss_pixel_terms(True, _dtype(emb), *map(_ptr, ts[:4]), bool(unlabeled_push), _ptr(ts[4]), _ptr(ts[5]),
                            B, D, N, C, K, float(h), float(delta_v), float(delta_d), ts[6].data_ptr(),
-                           ts[7].data_ptr(), [x.data_ptr() for x in ts[8:]] + [grad_emb.data_ptr()], _threads())
+                           ts[7].data_ptr(), [x.data_ptr() for x in ts[8:]] + [grad_emb.data_ptr()]
+                           + [_ptr(up_active.contiguous() if unlabeled_push else None)], _threads())
     return grad_emb
 
 
 @pixel_terms_backward.register_fake
-def _(grad_means, grad_pull, grad_inst, grad_up, grad_cons, emb, slot, means, counts, inst_pix, unlabeled_push,
-      cons_pix, emb_g, n_cons, h, delta_v, delta_d):
+def _(grad_means, grad_pull, grad_inst, grad_up, grad_cons, emb, slot, means, counts, up_active, inst_pix,
+      unlabeled_push, cons_pix, emb_g, n_cons, h, delta_v, delta_d):
     return emb.new_empty(emb.shape)
 
 
@@ -569,19 +592,19 @@ def _pixel_terms_backward_composed(grad_means, grad_pull, grad_inst, grad_up, gr
 
 def _pixel_terms_setup(ctx, inputs, output):
     emb, slot, n_slots, inst_pix, unlabeled_push, cons_pix, emb_g, n_cons, h, delta_v, delta_d = inputs
-    ctx.save_for_backward(emb, slot, output[0], output[1], inst_pix, cons_pix, emb_g, n_cons)
+    ctx.save_for_backward(emb, slot, output[0], output[1], output[6], inst_pix, cons_pix, emb_g, n_cons)
     ctx.args = (unlabeled_push, h, delta_v, delta_d)
 
 
-def _pixel_terms_backward(ctx, grad_means, grad_counts, grad_pull, grad_inst, grad_up, grad_cons):
-    emb, slot, means, counts, inst_pix, cons_pix, emb_g, n_cons = ctx.saved_tensors
+def _pixel_terms_backward(ctx, grad_means, grad_counts, grad_pull, grad_inst, grad_up, grad_cons, grad_active):
+    emb, slot, means, counts, up_active, inst_pix, cons_pix, emb_g, n_cons = ctx.saved_tensors
     unlabeled_push, h, delta_v, delta_d = ctx.args
     K = cons_pix.shape[1] if cons_pix is not None else 0
     shapes = _pixel_terms_shapes(emb, means.shape[1], unlabeled_push, K)
     grads = [emb.new_zeros(shape) if g is None else g
              for g, shape in zip((grad_means, grad_pull, grad_inst, grad_up, grad_cons), [shapes[0]] + shapes[2:])]
-    grad_emb = pixel_terms_backward(*grads, emb, slot, means, counts, inst_pix, unlabeled_push, cons_pix, emb_g,
-                                    n_cons, h, delta_v, delta_d)
+    grad_emb = pixel_terms_backward(*grads, emb, slot, means, counts, up_active, inst_pix, unlabeled_push, cons_pix,
+                                    emb_g, n_cons, h, delta_v, delta_d)
     return (grad_emb,) + (None,) * 10
 
 
@@ -708,9 +731,9 @@ def _cluster_slots_torch(target, f, g, ignore_index, sparse, keys):
     _raise_on_checks(*host[:3])
     n_slots = int(host[3])
     C = max(n_slots, 1)  # at least one (possibly unused) slot: no shape downstream is ever empty
-    slot = torch.where(seg_ok, seg_slot, n_slots)[inv]
+    # pixels in no cluster go to slot C (also when there is no cluster at all: n_slots = 0 < C = 1)
+    slot = torch.where(seg_ok, seg_slot, C)[inv]
     labels = target.new_full((B, C + 1), -1).scatter_(1, slot, target)[:, :C]
-    slot = torch.where(slot == n_slots, C, slot)
     pix = _anchors.random_instance_anchors(slot, keys, C) if keys is not None else target.new_empty((B, 0))
     slot = torch.where(counted, slot, -1)
     return slot.contiguous(), labels.contiguous(), pix
