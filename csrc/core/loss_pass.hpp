@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <stdexcept>
 #include <type_traits>
@@ -232,9 +233,19 @@ void forward_term(const TermSet<T>& ts, const PixelBlock<T>& blk, int64_t b, int
     constexpr bool with_g = TERM == kConsistency;
     const T* w = ts.on_unlabeled ? blk.u : blk.w;
     alignas(64) T dist[kSub], dist_g[kSub], v[3][kSub];
+    // The unlabeled-push hinge is 0 where d >= delta^2 (the threshold is raised by a few ulps so
+    // that rounding never drops a non-zero value): blocks with no weighted pixel nearer add 0.
+    const T near2 = ts.delta * ts.delta * (T(1) + 4 * std::numeric_limits<T>::epsilon());
     for (int64_t k = 0; k < Kb; ++k) {
         block_sq_dist(blk.e, ts.anchors + (b * ts.K + k) * D, D, dist);
         if constexpr (with_g) block_sq_dist(blk.eg, ts.anchors_g + (b * ts.K + k) * D, D, dist_g);
+        if constexpr (TERM == kUnlabeledPush) {
+            for (int64_t p = 0; p < kSub; ++p) v[0][p] = dist[p] < near2 ? w[p] : T(0);
+            if (!any_nonzero(v[0])) {
+                if (ts.active) ts.active[(b * ts.K + k) * ts.n_blocks + block] = 0;
+                continue;
+            }
+        }
         const int32_t k32 = static_cast<int32_t>(k);
         for (int64_t p = 0; p < kSub; ++p) {
             T vals[3];
