@@ -85,14 +85,6 @@ inline void for_each_slot_run(const int64_t* slot, int64_t begin, int64_t end, i
     }
 }
 
-/// Sum of v[0..len) (len <= kSub) in a fixed order, vectorised.
-template <class T>
-inline double run_sum(const T* v, int64_t len) {
-    alignas(64) T pad[kSub];
-    for (int64_t q = 0; q < kSub; ++q) pad[q] = q < len ? v[q] : T(0);
-    return lane_total<T>(block_lanes(pad));
-}
-
 }  // namespace detail
 
 /// Per-slot sums of the embeddings and pixel counts: sums (B, C, D), counts (B, C).

@@ -164,16 +164,20 @@ inline double lane_total(const Vec<T>& v) {
     return s;
 }
 
-/// Sum of v[p..p+len) of a block's kSub values in a fixed order (vector adds of the run's
-/// masked values, then the lanes).
+/// Sum of v[0..len) in a fixed order (whole vectors, then the tail), at a cost that grows
+/// with len: label runs in 3D are often only a few pixels long.
 template <class T>
-inline double run_total(const T* v, int64_t p, int64_t len) {
-    constexpr int64_t W = vec_width<T>(), NV = kSub / W;
-    alignas(64) T m[kSub];
-    for (int64_t q = 0; q < kSub; ++q) m[q] = (q >= p && q < p + len) ? v[q] : T(0);
-    Vec<T> s = vload(m + (p / W) * W);
-    for (int64_t j = p / W + 1; j * W < p + len && j < NV; ++j) s += vload(m + j * W);
-    return lane_total<T>(s);
+inline double run_sum(const T* v, int64_t len) {
+    constexpr int64_t W = vec_width<T>();
+    double s = 0;
+    int64_t q = 0;
+    if (len >= W) {
+        Vec<T> acc = vload(v);
+        for (q = W; q + W <= len; q += W) acc += vload(v + q);
+        s = lane_total<T>(acc);
+    }
+    for (; q < len; ++q) s += v[q];
+    return s;
 }
 
 /// Calls fn(p, len, s) for the runs of equal slot s in [0, C) among the block's pixels.
@@ -381,7 +385,7 @@ void forward_block(const PixelSet<T>& px, const TermSet<T>* terms, int n_terms, 
     alignas(64) T dist[kSub], v[kSub];
     if (!px.means || !pull_block(px, blk, b, sc.mu, dist)) return;
     for (int64_t p = 0; p < kSub; ++p) v[p] = pull_value(dist[p], px.delta_v);
-    for_each_run(blk, px.C, [&](int64_t p, int64_t len, int64_t s) { pull_acc[s] += run_total(v, p, len); });
+    for_each_run(blk, px.C, [&](int64_t p, int64_t len, int64_t s) { pull_acc[s] += run_sum(v + p, len); });
 }
 
 /// The backward work of one pixel block: sc.ge = dL/de / 2 of its pixels, the terms' dL/da
@@ -429,7 +433,7 @@ void backward_block(const PixelSet<T>& px, const TermSet<T>* terms, int n_terms,
         }
         if (pull_acc)
             for_each_run(blk, px.C, [&](int64_t p, int64_t len, int64_t s) {
-                pull_acc[s * D + d] += run_total(g, p, len);
+                pull_acc[s * D + d] += run_sum(g + p, len);
             });
     }
 }
