@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 # Chosen by measurement (benchmarks/RESULTS.md, "Demo and post-processing"): the whole demo
-# runs in about 7 minutes on 2 CPU cores. The nuclei are generated apart from each other
+# runs in about 4 minutes on 2 CPU cores. The nuclei are generated apart from each other
 # (touching=0) on a moderately textured background (texture=0.5); 200 training images at
 # SPOCO@0.1 give about 250 labelled objects (round(0.1 n) per image, at least one).
 DEFAULTS = dict(kind="intensity", n_train=200, n_val=8, n_test=8, shape=(128, 128), fraction=0.1, iters=3000,
