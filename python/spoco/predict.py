@@ -2,12 +2,16 @@
 
 The image is cut into tiles; each tile is predicted with a ``halo`` of context on
 every side and only its core is kept (the overlap-tile strategy of the original
-U-Net): every output pixel sees at least ``halo`` pixels of context, so tiles agree
-with a whole-image prediction up to the network's far-field influence. Where a halo
-reaches past the image border it holds the mirrored image (reflect padding), also
-when the whole image is one tile: without it the pixels near the border see the
-convolutions' zero padding, which a network trained on patches cut from larger
-images embeds as a strip of its own (false objects along the border). Tiles start at multiples of the network's pooling factor, which
+U-Net): away from the image border every output pixel sees at least ``halo`` pixels
+of context, so tiles agree with a whole-image prediction up to the network's
+far-field influence. At the image border, ``border="zero"`` (the default) leaves the
+network its convolutions' zero padding, as it saw at the edges of its training
+patches; ``border="mirror"`` gives every window ``halo`` pixels of mirrored image
+past the border (the original U-Net's practice), also when the whole image is one
+tile. Which is better depends on the network: mirroring removed a strip of false
+objects along the border of a network trained sparsely on crops of nuclei images
+(the demo), and added false objects for networks trained on tissue or on whole
+images (benchmarks/RESULTS.md). Tiles start at multiples of the network's pooling factor, which
 keeps the U-Net's pooling grid aligned with the whole-image one. Each core is
 written once, so ``out`` may be an HDF5/zarr dataset larger than memory.
 
@@ -22,6 +26,9 @@ import numpy as np
 import torch
 
 from .data.normalize import normalize_image, percentile_range
+
+
+BORDERS = ("zero", "mirror")
 
 
 def select_device(device: str | None = None) -> torch.device:
@@ -54,8 +61,8 @@ def tile_grid(spatial, core, halo):
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, image, *, tile_shape=None, halo=None, device=None, out=None,
-            progress: bool = False, norm_range=None) -> np.ndarray:
+def predict(model: torch.nn.Module, image, *, tile_shape=None, halo=None, border: str = "zero", device=None,
+            out=None, progress: bool = False, norm_range=None) -> np.ndarray:
     """Embeddings ``(D, *spatial)`` float32 of one image.
 
     Parameters
@@ -70,10 +77,11 @@ def predict(model: torch.nn.Module, image, *, tile_shape=None, halo=None, device
     tile_shape : ints, optional
         Core of each tile. Default: the whole image in one tile.
     halo : ints, optional
-        Context added on every side of a core, mirrored image past the border
-        (default: 16 per axis; rounded up to the pooling factor when tiling). 0 leaves
-        the image border to the convolutions' zero padding, which suits networks
-        trained on whole images (patch = image) rather than on crops.
+        Context added on every side of a core (default: 16 per axis; rounded up to the
+        pooling factor when tiling).
+    border : {"zero", "mirror"}
+        What lies past the image border: the convolutions' zero padding, or ``halo``
+        pixels of the mirrored image (see the module docstring).
     out : array-like ``(D, *spatial)``, optional
         Written core by core (e.g. an HDF5/zarr dataset); returned.
     norm_range : (lo, hi), optional
@@ -90,6 +98,8 @@ def predict(model: torch.nn.Module, image, *, tile_shape=None, halo=None, device
         raise ValueError(f"image is empty (shape {tuple(image.shape)})")
     divisor = int(getattr(model, "divisor", 1))
     halo = _spatial_arg(16 if halo is None else halo, "halo", len(spatial), minimum=0)
+    if border not in BORDERS:
+        raise ValueError(f"border must be one of {BORDERS}, got {border!r}")
     if tile_shape is None:
         core = spatial
     else:
@@ -106,15 +116,16 @@ def predict(model: torch.nn.Module, image, *, tile_shape=None, halo=None, device
         tiles = tqdm(tiles, desc="predict", unit="tile")
     for core_sl, win_sl in tiles:
         window = normalize_image(image[(slice(None),) + win_sl], lo=lo, hi=hi)
-        # Halo past the image border: the mirrored image.
-        outside = [(h - (c.start - w.start), max(c.stop + h - s, 0))
-                   for c, w, h, s in zip(core_sl, win_sl, halo, spatial)]
-        if any(a or b for a, b in outside):
-            window = np.pad(window, [(0, 0)] + outside, mode="reflect")
+        start = [c.start - w.start for c, w in zip(core_sl, win_sl)]  # of the core in the window
+        if border == "mirror":  # the halo past the image border: the mirrored image
+            outside = [(h - b, max(c.stop + h - s, 0)) for c, h, b, s in zip(core_sl, halo, start, spatial)]
+            if any(a or b for a, b in outside):
+                window = np.pad(window, [(0, 0)] + outside, mode="reflect")
+            start = list(halo)
         emb = model(torch.from_numpy(window)[None].to(device))[0].float().cpu().numpy()
         if out is None:
             out = np.zeros((emb.shape[0],) + spatial, dtype=np.float32)
-        inner = tuple(slice(h, h + c.stop - c.start) for c, h in zip(core_sl, halo))
+        inner = tuple(slice(b, b + c.stop - c.start) for c, b in zip(core_sl, start))
         out[(slice(None),) + core_sl] = emb[(slice(None),) + inner]
     return out
 

@@ -37,7 +37,7 @@ def folders(tmp_path_factory):
 def test_train_predict_evaluate(folders):
     spoco("train", "--images", "images", "--labels", "labels", "--val-images", "val_images", "--val-labels",
           "val_labels", "--out", "run", "--fraction", "0.5", "--patch-shape", "48", "48", "--iters", "4",
-          "--val-every", "2", "--f-maps", "4", "--embedding-dim", "4", "--halo", "0", "--quiet", cwd=folders)
+          "--val-every", "2", "--f-maps", "4", "--embedding-dim", "4", "--border", "mirror", "--quiet", cwd=folders)
     for name in ("last.pt", "best.pt", "config.yaml", "train_log.csv", "val_log.csv"):
         assert (folders / "run" / name).exists(), name
     spoco("predict", "--checkpoint", "run/best.pt", "--input", "val_images", "--out", "emb", "--tile-shape", "32",
@@ -48,13 +48,13 @@ def test_train_predict_evaluate(folders):
           "--network", "g", "--quiet", cwd=folders)
     one = read_array(folders / "one.zarr", "embeddings")
     assert one.shape == (4, 48, 48)
-    # Without --halo, predict uses the run's (here 0: zero padding, no mirrored context).
+    # Without --border, predict uses the run's (here: mirror).
     from spoco.predict import predict
     from spoco.training import load_checkpoint, model_from_checkpoint
     model = model_from_checkpoint(load_checkpoint(folders / "run" / "last.pt"), network="g")
     image = read_array(folders / "val_images" / "img5.tif")
-    np.testing.assert_allclose(one, predict(model, image, halo=0, device="cpu"), atol=1e-5)
-    assert not np.allclose(one, predict(model, image, halo=16, device="cpu"), atol=1e-5)
+    np.testing.assert_allclose(one, predict(model, image, border="mirror", device="cpu"), atol=1e-5)
+    assert not np.allclose(one, predict(model, image, device="cpu"), atol=1e-5)
     # The README's chain: a folder of embeddings -> a folder of label tifs -> scores.
     spoco("segment", "emb", "--key", "embeddings", "--out", "seg", "--min-size", "5",
           "--no-progress", cwd=folders)

@@ -27,8 +27,7 @@ def _rows(path):
 def test_overfits_tiny_set(tiny_data, tmp_path):
     train, _ = tiny_data
     torch.manual_seed(0)
-    # Trained on whole images (patch = image), the network knows the zero-padded border: halo=0.
-    trainer = Trainer(_config(max_iters=300, val_every=300, sparse=False, halo=0), TinySet(train, 1.0), train[:4],
+    trainer = Trainer(_config(max_iters=300, val_every=300, sparse=False), TinySet(train, 1.0), train[:4],
                       out_dir=tmp_path, progress=False)
     before = trainer.validate()
     result = trainer.fit()
@@ -108,8 +107,8 @@ def test_eval_network_g_validates_and_loads_the_moving_average(tiny_data, tmp_pa
         _config(eval_network="h").check()
     with pytest.raises(ValueError, match="momentum"):
         _config(momentum=1.0).check()
-    with pytest.raises(ValueError, match="halo"):
-        _config(halo=-1).check()
+    with pytest.raises(ValueError, match="border"):
+        _config(border="reflect").check()
 
 
 def test_resume_with_other_model_gives_clear_error(tiny_data, tmp_path):

@@ -25,8 +25,10 @@ def add_parser(sub) -> None:
                    help="f: the trained network; g: its moving average (EMA); default: the one the training "
                    "run validated and kept as best (its eval_network, f unless set)")
     p.add_argument("--tile-shape", type=int, nargs="+", help="tile core size per axis (default: whole image)")
-    p.add_argument("--halo", type=int, nargs="+", help="context added around each tile, the mirrored image past "
-                   "the border (default: the training run's halo, 16 per axis unless set; 0 = zero padding)")
+    p.add_argument("--halo", type=int, nargs="+", help="context added around each tile (default 16 per axis)")
+    p.add_argument("--border", choices=("zero", "mirror"), help="past the image border: the network's zero "
+                   "padding, or --halo pixels of mirrored image (default: the training run's --border, zero "
+                   "unless set)")
     p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: best available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -36,7 +38,7 @@ def _inputs(args):
     return folder_jobs(args.input, args.out, ".h5", "image") or [(args.input, Path(args.out))]
 
 
-def predict_file(model, src, dst: Path, *, key, out_key, tile_shape, halo, device, progress) -> None:
+def predict_file(model, src, dst: Path, *, key, out_key, tile_shape, halo, border, device, progress) -> None:
     """Predict one input file into an HDF5/zarr output dataset, written tile by tile."""
     from ..data import io
     from ..predict import predict
@@ -52,7 +54,8 @@ def predict_file(model, src, dst: Path, *, key, out_key, tile_shape, halo, devic
         raise CLIError(f"--out must end in .h5 or .zarr, got {dst}")
     dst.parent.mkdir(parents=True, exist_ok=True)
     out = io.create_array(dst, shape, "float32", key=out_key, chunks=chunks)  # marked incomplete until done
-    predict(model, image, out=out, tile_shape=tile_shape, halo=halo, device=device, progress=progress)
+    predict(model, image, out=out, tile_shape=tile_shape, halo=halo, border=border, device=device,
+            progress=progress)
     io.set_complete(out, True)
 
 
@@ -62,13 +65,13 @@ def run(args) -> int:
 
     state = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(state, network=args.network)
-    halo = args.halo if args.halo is not None else state.get("config", {}).get("halo")
+    border = args.border or state.get("config", {}).get("border", "zero")
     device = select_device(args.device)
     model.to(device)
     jobs = _inputs(args)
     for src, dst in jobs:
         predict_file(model, src, dst, key=args.key, out_key=args.out_key, tile_shape=args.tile_shape,
-                     halo=halo, device=device, progress=not args.quiet)
+                     halo=args.halo, border=border, device=device, progress=not args.quiet)
         if not args.quiet:
             print(f"{src} -> {dst}:{args.out_key}")
     return 0

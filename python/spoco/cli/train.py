@@ -5,7 +5,7 @@ from . import CLIError
 
 # Flags that override config keys of the same name (None = not given).
 _OVERRIDES = ("fraction", "patch_shape", "batch_size", "max_iters", "lr", "val_every", "embedding_dim", "f_maps",
-              "depth", "norm", "workers", "seed", "momentum", "eval_network", "halo", "background", "min_size",
+              "depth", "norm", "workers", "seed", "momentum", "eval_network", "border", "background", "min_size",
               "merge_distance", "adversarial_weight", "critic_steps", "adversarial_warmup", "adversarial_patch_shape",
               "critic_lr")
 
@@ -42,9 +42,8 @@ def add_parser(sub) -> None:
     p.add_argument("--eval-network", choices=("f", "g"), help="network that validation scores, best.pt keeps and "
                    "spoco predict uses by default: f (default) or its moving average g, smoother once training "
                    "has run for several times 1 / (1 - momentum) steps")
-    p.add_argument("--halo", type=int, help="context (pixels) around each image when validating and, by default, "
-                   "in spoco predict: the mirrored image past the border (default 16; 0 = zero padding, for "
-                   "training on whole images)")
+    p.add_argument("--border", choices=("zero", "mirror"), help="past the image border when validating and, by "
+                   "default, in spoco predict: the network's zero padding (default) or 16 pixels of mirrored image")
     p.add_argument("--background", choices=("none", "largest", "embedding"),
                    help="background rule of the validation segmentation (see spoco segment)")
     p.add_argument("--min-size", type=int, help="smallest object kept in validation segmentations (pixels)")

@@ -53,10 +53,9 @@ class TrainConfig:
     # validation and logging
     val_every: int = 500
     log_every: int = 10
-    # prediction used by validation (and the default of ``spoco predict`` with this run's checkpoints):
-    # context around each image, the mirrored image past its border; 0 = the convolutions' zero
-    # padding, which suits networks trained on whole images (patch = image) rather than on crops
-    halo: int = 16
+    # the image border at validation (and the default of ``spoco predict`` with this run's
+    # checkpoints): "zero" padding or 16 pixels of "mirror"ed image (spoco.predict.predict)
+    border: str = "zero"
     # segmentation used by validation (and stored for ``spoco segment``)
     background: str = "none"
     background_radius: float = 2.0    # "embedding" background: within this of the largest segment (δ_d)
@@ -112,8 +111,8 @@ class TrainConfig:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
         if self.lr <= 0 or self.min_lr < 0:
             raise ValueError(f"lr must be > 0 and min_lr >= 0, got {self.lr}, {self.min_lr}")
-        if not isinstance(self.halo, int) or isinstance(self.halo, bool) or self.halo < 0:
-            raise ValueError(f"halo must be an integer >= 0, got {self.halo!r}")
+        if self.border not in ("zero", "mirror"):
+            raise ValueError(f"border must be 'zero' or 'mirror', got {self.border!r}")
         if self.eval_network not in ("f", "g"):
             raise ValueError(f"eval_network must be 'f' or 'g', got {self.eval_network!r}")
         if not 0 <= self.momentum < 1:

@@ -267,7 +267,7 @@ class Trainer:
         cfg = self.config
         rows = []
         for image, labels in self.val_data:
-            emb = predict(model, image, halo=cfg.halo, device=self.device)
+            emb = predict(model, image, border=cfg.border, device=self.device)
             seg = segment(emb, delta_d=cfg.delta_d, background=cfg.background, merge_distance=cfg.merge_distance,
                           background_radius=cfg.background_radius, min_size=cfg.min_size)
             rows.append(metrics.evaluate(np.asarray(labels), seg))
