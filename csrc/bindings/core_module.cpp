@@ -20,6 +20,8 @@ PYBIND11_MODULE(_core, m) {
     m.attr("has_openmp") = false;
 #endif
     m.def("max_threads", &spoco::max_threads, "Threads OpenMP uses by default (1 without OpenMP).");
+    m.def("set_max_threads", &spoco::set_max_threads, py::arg("threads"),
+          "Set the threads OpenMP uses by default (threads > 0; no-op without OpenMP).");
     register_mws(m);
     register_metrics(m);
     register_loss(m);

@@ -30,6 +30,15 @@ inline int max_threads() {
 #endif
 }
 
+/// Set the default thread count of the OpenMP runtime (no-op without OpenMP).
+inline void set_max_threads(int threads) {
+#ifdef SPOCO_HAVE_OPENMP
+    if (threads > 0) omp_set_num_threads(threads);
+#else
+    (void)threads;
+#endif
+}
+
 /// Resolve a user thread count: <= 0 means "OpenMP default".
 inline int resolve_threads(int threads) {
     return threads > 0 ? threads : max_threads();
