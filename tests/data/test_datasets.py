@@ -55,7 +55,7 @@ def test_geometry_shared_by_views_and_labels(seed):
         s = ds[i]
         y = s["labels"].numpy()
         interior = ndimage.minimum_filter(y, 7, mode="constant") == ndimage.maximum_filter(y, 7, mode="constant")
-        assert interior.mean() > 0.1
+        assert interior.mean() > 0.05  # enough pixels for the fit below
         coefs = []
         for view in ("image_f", "image_g"):
             v = s[view][0].numpy()[interior]
@@ -154,7 +154,6 @@ def test_errors_name_the_file(tmp_path):
     io.write_array(tmp_path / "whole.tif", np.ones((20, 20), np.float32))  # integer ids stored as floats
     kw = dict(patch_shape=(16, 16))
     for label_file, err, match in [("a_lab.tif", ValueError, r"a_lab\.tif.*\(20, 21\) do not match.*\(20, 20\)"),
-                                   ("empty.tif", ValueError, r"empty\.tif.*no objects"),
                                    ("neg.tif", ValueError, r"neg\.tif.*negative"),
                                    ("float.tif", TypeError, r"float\.tif.*integers")]:
         with pytest.raises(err, match=match):
@@ -179,3 +178,25 @@ def test_errors_name_the_file(tmp_path):
         InstanceDataset([y], [y], length=0, **kw)
     with pytest.raises(ValueError, match="seed"):
         InstanceDataset([y], [y], seed=-1, **kw)
+
+
+def test_label_images_without_objects_are_accepted(rng):
+    # Real screens have empty fields of view: they train the unlabeled terms only.
+    image, empty = rng.random((40, 40)), np.zeros((40, 40), np.int64)
+    full = np.zeros((40, 40), np.int64)
+    full[5:15, 5:15] = 3
+    for fraction in (None, 0.5):
+        ds = InstanceDataset([image, image], [empty, full], patch_shape=(16, 16), fraction=fraction, length=8)
+        items = [ds[i] for i in range(8)]
+        assert all(it["labels"].max() == 0 for it in items[0::2])
+        assert (ds.labels[0] == 0).all()
+
+
+def test_patches_hold_a_labelled_pixel_at_varied_places(rng, seed):
+    lab = np.zeros((200, 200), np.int64)
+    lab[100, 100] = 1  # one labelled pixel: every anchored window must contain it
+    ds = InstanceDataset([rng.random((200, 200))], [lab], patch_shape=(32, 32), augment=False, length=400, seed=1)
+    positions = [tuple(np.argwhere(ds[i]["labels"].numpy())[0]) for i in range(400) if ds[i]["labels"].max() > 0]
+    assert 0.7 < len(positions) / 400 < 0.9, seed  # anchored with probability 0.8
+    rows = {p[0] for p in positions}
+    assert len(rows) > 20  # not always the centre of the patch

@@ -106,3 +106,20 @@ def test_list_pairs(tmp_path):
         io.list_pairs(img, tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="image_dir .*nowhere"):
         io.list_pairs(tmp_path / "nowhere", lab)
+
+
+def test_tiff_colour_and_channel_axes_come_first(tmp_path, rng):
+    import tifffile
+
+    rgb = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    np.testing.assert_array_equal(io.read_array(tmp_path / "rgb.tif"), np.moveaxis(rgb, -1, 0))
+    zc = rng.integers(0, 999, (5, 2, 20, 30), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "zc.tif", zc, imagej=True, metadata={"axes": "ZCYX"})
+    np.testing.assert_array_equal(io.read_array(tmp_path / "zc.tif"), np.moveaxis(zc, 1, 0))
+    stack = rng.integers(0, 999, (4, 20, 30), dtype=np.uint16)  # a plain z-stack stays as stored
+    tifffile.imwrite(tmp_path / "z.tif", stack, photometric="minisblack")
+    np.testing.assert_array_equal(io.read_array(tmp_path / "z.tif"), stack)
+    (tmp_path / "text.tif").write_text("not an image")
+    with pytest.raises(ValueError, match="text.tif.*not a readable TIFF"):
+        io.read_array(tmp_path / "text.tif")

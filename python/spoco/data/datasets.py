@@ -51,8 +51,8 @@ class InstanceDataset(torch.utils.data.Dataset):
     names : one name per image for error messages (default ``images[i]``)
 
     Items are dicts ``{"image_f": float32 (C, *patch), "image_g": float32 (C, *patch),
-    "labels": int64 (*patch)}``. Patches are centred on a labelled pixel with
-    probability 0.8, else anywhere.
+    "labels": int64 (*patch)}``. Patches contain a labelled pixel (at a random place)
+    with probability 0.8, else lie anywhere.
     """
 
     def __init__(self, images, labels, *, patch_shape, fraction=None, seed=0, augment=True, length=None,
@@ -112,8 +112,6 @@ class InstanceDataset(torch.utils.data.Dataset):
         lo, hi = (int(lab.min()), int(lab.max())) if lab.size else (0, 0)
         if lo < 0:
             raise ValueError(f"{name}: labels contain negative values ({lo}); use 0 for unlabelled pixels")
-        if hi == 0:
-            raise ValueError(f"{name}: labels contain no objects (all 0)")
         return img, lab.astype(np.int32 if hi < 2 ** 31 else np.int64, copy=False)
 
     def _pad(self, img, lab):
@@ -210,11 +208,16 @@ def _anchors(labels, rng) -> np.ndarray:
 
 
 def _window(shape, window, anchors, rng) -> tuple:
-    """Slices of a ``window``-sized box inside ``shape``, centred on a random
-    labelled pixel with probability 0.8 (shifted to fit), else placed uniformly."""
+    """Slices of a ``window``-sized box inside ``shape`` that contains a random labelled
+    pixel with probability 0.8, else placed uniformly.
+
+    The labelled pixel lands at a uniformly random position inside the box (then the
+    box is shifted to fit the image), not at its centre: a network with zero padding
+    can tell where in a patch a pixel lies, and would learn "the object in the middle
+    is the labelled one" -- which breaks the foreground head (spoco.foreground)."""
     if anchors.size and rng.random() < 0.8:
-        centre = np.unravel_index(anchors[rng.integers(anchors.size)], shape)
-        start = [min(max(0, c - w // 2), s - w) for c, w, s in zip(centre, window, shape)]
+        anchor = np.unravel_index(anchors[rng.integers(anchors.size)], shape)
+        start = [min(max(0, a - int(rng.integers(w))), s - w) for a, w, s in zip(anchor, window, shape)]
     else:
         start = [int(rng.integers(0, s - w + 1)) for w, s in zip(window, shape)]
     return tuple(slice(a, a + w) for a, w in zip(start, window))

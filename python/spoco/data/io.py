@@ -5,7 +5,8 @@ Formats by suffix:
 ===============  ==========  ========================================================
 suffix           library     key
 ===============  ==========  ========================================================
-.tif .tiff       tifffile    none (the whole file; ImageJ hyperstacks as stored)
+.tif .tiff       tifffile    none; colour samples and ImageJ channels are moved to the front
+                             (``(H, W, 3)`` RGB becomes ``(3, H, W)``), other axes as stored
 .png .jpg .jpeg  imageio     none; colour images are returned channels-first (C, Y, X)
 .h5 .hdf5 .hdf   h5py        required: the dataset's path inside the file
 .zarr            zarr        optional when the store is an array, required for a group
@@ -148,16 +149,14 @@ def read_array(path, key: str | None = None) -> np.ndarray:
 
     Returns
     -------
-    np.ndarray as stored (dtype kept), except that colour png/jpg images become
-    channels-first ``(C, Y, X)``.
+    np.ndarray as stored (dtype kept), except that colour images (png/jpg, RGB tif) and
+    ImageJ channel axes become channels-first ``(C, ...)``.
     """
     path, key = split_key(path, key)
     suffix = _suffix(path)
     _existing(path)
     if suffix in TIFF:
-        import tifffile
-
-        return np.asarray(tifffile.imread(path))
+        return _read_tiff(path)
     if suffix in PLAIN:
         import imageio.v3 as iio
 
@@ -169,6 +168,26 @@ def read_array(path, key: str | None = None) -> np.ndarray:
         with h5py.File(path, "r") as f:
             return _h5_dataset(f, path, key)[()]
     return np.asarray(_zarr_node(path, key)[...])
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    """A tif as stored, except that colour samples (RGB, axis 'S') and ImageJ channels
+    (axis 'C') move to the front: ``(H, W, 3)`` becomes ``(3, H, W)``, ``(Z, C, Y, X)``
+    becomes ``(C, Z, Y, X)``."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            arr, axes = np.asarray(series.asarray()), str(series.axes)
+    except (tifffile.TiffFileError, ValueError, IndexError) as err:
+        raise ValueError(f"{path}: not a readable TIFF file ({err})") from None
+    for channel_axis in ("S", "C"):
+        if channel_axis in axes and len(axes) == arr.ndim and arr.ndim >= 3:
+            i = axes.index(channel_axis)
+            arr, axes = np.moveaxis(arr, i, 0), channel_axis + axes[:i] + axes[i + 1:]
+            break
+    return arr
 
 
 def open_array(path, key: str | None = None):
