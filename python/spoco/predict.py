@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .data.normalize import normalize_image, percentile_range
+from .models.outputs import add_coordinates, split_output
 
 
 BORDERS = ("zero", "mirror")
@@ -63,7 +64,9 @@ def tile_grid(spatial, core, halo):
 @torch.no_grad()
 def predict(model: torch.nn.Module, image, *, tile_shape=None, halo=None, border: str = "zero", device=None,
             out=None, progress: bool = False, norm_range=None) -> np.ndarray:
-    """Embeddings ``(D, *spatial)`` float32 of one image.
+    """Embeddings ``(D, *spatial)`` float32 of one image; for a model with a foreground
+    head ``(D + 1, *spatial)``, the last channel the foreground probability in [0, 1].
+    Spatial embeddings (``model.spatial_scale``) include the image coordinates.
 
     Parameters
     ----------
@@ -93,6 +96,13 @@ def predict(model: torch.nn.Module, image, *, tile_shape=None, halo=None, border
     if ndim is not None and image.ndim != ndim + 1:
         raise ValueError(f"image must have shape (C, *spatial) or (*spatial) with {ndim} spatial axes, "
                          f"got shape {tuple(image.shape)}")
+    in_channels = getattr(model, "config", {}).get("in_channels")
+    if in_channels is not None and image.shape[0] != in_channels:
+        what = (f"a {ndim}D network with {in_channels} input channel{'s' * (in_channels > 1)} takes "
+                f"{'(*spatial) or ' * (in_channels == 1)}({in_channels}, *spatial)")
+        hint = (f"; for a stack of {image.shape[0]} 2D slices, predict each slice (image[z]) or train a 3D network"
+                if ndim == 2 and in_channels == 1 else "")
+        raise ValueError(f"image of shape {tuple(image.shape)} does not fit: {what}{hint}")
     spatial = tuple(int(s) for s in image.shape[1:])
     if min(spatial) < 1:
         raise ValueError(f"image is empty (shape {tuple(image.shape)})")
@@ -122,12 +132,25 @@ def predict(model: torch.nn.Module, image, *, tile_shape=None, halo=None, border
             if any(a or b for a, b in outside):
                 window = np.pad(window, [(0, 0)] + outside, mode="reflect")
             start = list(halo)
-        emb = model(torch.from_numpy(window)[None].to(device))[0].float().cpu().numpy()
+        origin = [c.start - b for c, b in zip(core_sl, start)]  # image coordinates of the window's first pixel
+        emb = _embeddings(model, torch.from_numpy(window)[None].to(device), origin)
         if out is None:
             out = np.zeros((emb.shape[0],) + spatial, dtype=np.float32)
         inner = tuple(slice(b, b + c.stop - c.start) for c, b in zip(core_sl, start))
         out[(slice(None),) + core_sl] = emb[(slice(None),) + inner]
     return out
+
+
+def _embeddings(model, window: torch.Tensor, origin) -> np.ndarray:
+    """The model's output for one window ``(1, C, *spatial)`` as ``(D[+1], *spatial)``:
+    spatial embeddings get the image coordinates of their pixels added, and a
+    foreground logit becomes the probability ``min(1, sigmoid(logit) / c)``."""
+    emb, logits = split_output(model(window), model)
+    emb = add_coordinates(emb.float(), getattr(model, "spatial_scale", None), origin)
+    if logits is not None:
+        prob = (torch.sigmoid(logits.float()) / model.label_rate.clamp_min(1e-6)).clamp(max=1.0)
+        emb = torch.cat([emb, prob[:, None]], dim=1)
+    return emb[0].cpu().numpy()
 
 
 class _AddChannel:

@@ -43,11 +43,13 @@ def test_train_predict_evaluate(folders):
     spoco("predict", "--checkpoint", "run/best.pt", "--input", "val_images", "--out", "emb", "--tile-shape", "32",
           "--halo", "8", "--quiet", cwd=folders)
     emb = read_array(folders / "emb" / "img4.h5", "embeddings")
-    assert emb.shape == (4, 48, 48) and np.isfinite(emb).all()
+    # 4 embedding channels and the foreground probability of the default recipe's head
+    assert emb.shape == (5, 48, 48) and np.isfinite(emb).all()
+    assert 0 <= emb[-1].min() and emb[-1].max() <= 1
     spoco("predict", "--checkpoint", "run/last.pt", "--input", "val_images/img5.tif", "--out", "one.zarr",
           "--network", "g", "--quiet", cwd=folders)
     one = read_array(folders / "one.zarr", "embeddings")
-    assert one.shape == (4, 48, 48)
+    assert one.shape == (5, 48, 48)
     # Without --border, predict uses the run's (here: mirror).
     from spoco.predict import predict
     from spoco.training import load_checkpoint, model_from_checkpoint
@@ -59,7 +61,20 @@ def test_train_predict_evaluate(folders):
     spoco("segment", "emb", "--key", "embeddings", "--out", "seg", "--min-size", "5",
           "--no-progress", cwd=folders)
     seg = read_array(folders / "seg" / "img4.tif")
-    assert seg.shape == (48, 48) and seg.dtype == np.uint32 and seg.max() >= 1
+    assert seg.shape == (48, 48) and seg.dtype == np.uint32
+    # Without options, segment applies the settings the training run validated (stored by predict).
+    from spoco.clustering import segment
+    from spoco.training import TrainConfig
+    config = TrainConfig.from_saved(load_checkpoint(folders / "run" / "best.pt")["config"])
+    assert config.foreground and config.min_size > 0
+    spoco("segment", "emb/img4.h5", "--key", "embeddings", "--out", "seg4.tif", "--no-progress", cwd=folders)
+    emb4 = read_array(folders / "emb" / "img4.h5", "embeddings")
+    np.testing.assert_array_equal(read_array(folders / "seg4.tif"), segment(emb4, **config.segmentation()))
+    # Block-wise, the foreground channel masks the blocks the same way.
+    spoco("segment", "emb/img4.h5", "--key", "embeddings", "--out", "seg4b.tif", "--block-shape", "24",
+          "--halo", "27", "--no-progress", cwd=folders)
+    blocks = read_array(folders / "seg4b.tif")
+    assert ((blocks > 0) == (read_array(folders / "seg4.tif") > 0)).mean() > 0.99
     proc = spoco("evaluate", "--gt", "val_labels", "--pred", "seg", "--csv", "scores.csv", cwd=folders)
     lines = proc.stdout.strip().splitlines()
     assert lines[0].split() == ["image", "sbd", "abs_dic", "ap50", "map", "are", "n_gt", "n_pred"]
@@ -83,6 +98,28 @@ def test_segment_postprocessing_matches_library(folders, tmp_path):
     proc = spoco("segment", str(tmp_path / "e.h5"), "--key", "emb", "--out", str(tmp_path / "b.h5"),
                  "--block-shape", "16", "--background", "largest", cwd=folders, ok=False)
     assert proc.returncode == 2 and "omit --block-shape" in proc.stderr
+
+
+def test_train_prints_its_choices_and_takes_real_world_folders(folders, tmp_path):
+    # An empty field of view and one image larger than the others: both train.
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    images, labels = synthetic_images(1, (160, 200), kind="intensity", rng=5)
+    write_array(tmp_path / "images/big.tif", (images[0, 0] * 4000).astype(np.uint16))
+    write_array(tmp_path / "labels/big.tif", labels[0].astype(np.uint16))
+    write_array(tmp_path / "images/empty.tif", np.full((48, 48), 100, np.uint16))
+    write_array(tmp_path / "labels/empty.tif", np.zeros((48, 48), np.uint16))
+    proc = spoco("train", "--images", "images", "--labels", "labels", "--out", "run", "--iters", "2",
+                 "--f-maps", "4", "--batch-size", "2", "--threads", "1", cwd=tmp_path)
+    out = proc.stdout
+    assert "2 training images, 1 without labelled objects" in out, out
+    assert "spatial_scale" in out and "min_size" in out and "patches per epoch" in out, out
+    text = (tmp_path / "run" / "config.yaml").read_text()
+    assert "foreground: true" in text and "spatial_scale:" in text and "samples_per_epoch:" in text
+    proc = spoco("train", "--images", "images", "--labels", "labels", "--out", "run_paper", "--iters", "1",
+                 "--recipe", "paper", "--patch-shape", "32", "32", "--f-maps", "4", "--quiet", cwd=tmp_path)
+    text = (tmp_path / "run_paper" / "config.yaml").read_text()
+    assert "foreground: false" in text and "lr: 0.0002" in text
 
 
 def test_config_file_and_flag_override(folders):

@@ -152,3 +152,32 @@ def test_torchrun_two_gloo_processes(tmp_path):
     assert torch.equal(w0, w1)  # DDP keeps the replicas identical
     assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 4
     assert len(_rows(tmp_path / "train_log.csv")) == 4  # only rank 0 logs
+
+
+def test_cosine_schedule_warmup_and_time_limit(tiny_data, tmp_path):
+    train, _ = tiny_data
+    cfg = _config(max_iters=40, log_every=1, lr_schedule="cosine", warmup=10, lr=1e-3)
+    Trainer(cfg, TinySet(train, 0.5), None, out_dir=tmp_path / "cos", progress=False).fit()
+    lrs = [float(r["lr"]) for r in _rows(tmp_path / "cos" / "train_log.csv")]
+    assert lrs[0] == pytest.approx(1e-4)  # first of 10 warm-up steps
+    assert lrs[8] < lrs[9] and max(lrs) <= 1e-3
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 0.05 * max(lrs)
+    # A time limit ends the run early, validates and saves what was trained.
+    cfg = _config(max_iters=10**6, max_minutes=0.02, val_every=10**5, lr_schedule="cosine")
+    result = Trainer(cfg, TinySet(train, 0.5), train[:2], out_dir=tmp_path / "t", progress=False).fit()
+    assert 0 < result["iterations"] < 10**6
+    assert (tmp_path / "t" / "best.pt").exists()
+    assert int(_rows(tmp_path / "t" / "val_log.csv")[-1]["iteration"]) == result["iterations"]
+
+
+def test_foreground_head_and_spatial_embeddings_train(tiny_data, tmp_path):
+    train, _ = tiny_data
+    cfg = _config(max_iters=30, foreground=True, spatial_scale=4.0, val_every=30, eval_network="g")
+    trainer = Trainer(cfg, TinySet(train, 0.3), train[:2], out_dir=tmp_path, progress=False)
+    trainer.fit()
+    rows = _rows(tmp_path / "train_log.csv")
+    assert all(np.isfinite(float(r["foreground"])) for r in rows)
+    rate = float(trainer.model.label_rate)
+    assert 0 < rate < 1 and float(trainer.ema.g.label_rate) == rate  # c travels to g and to checkpoints
+    model = model_from_checkpoint(load_checkpoint(tmp_path / "last.pt"))
+    assert model.foreground and model.spatial_scale == 4.0 and float(model.label_rate) == pytest.approx(rate)

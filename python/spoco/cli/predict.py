@@ -1,11 +1,15 @@
 """``spoco predict``: embeddings of images or volumes with a trained network, tile by tile."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from . import CLIError, folder_jobs
 
 EMB_KEY = "embeddings"
+# Attribute of the embeddings that holds (as JSON) the segmentation settings the training
+# run validated; spoco segment applies them unless told otherwise.
+SEGMENTATION_ATTR = "spoco_segmentation"
 
 
 def add_parser(sub) -> None:
@@ -14,8 +18,9 @@ def add_parser(sub) -> None:
         description="Predict embeddings (D, *spatial) of one image/volume or of every image in a folder with a "
         "checkpoint written by spoco train. Large inputs are processed in tiles with a halo of context and "
         "written tile by tile, so neither input nor output has to fit in memory. Output: HDF5 (.h5) or zarr "
-        "(.zarr) with the embeddings under --out-key; for a folder input, --out is a folder receiving "
-        "<name>.h5 per image.")
+        "(.zarr) with the embeddings under --out-key (a network with a foreground head adds the foreground "
+        "probability as the last channel) and the run's validated segmentation settings as an attribute that "
+        "spoco segment applies; for a folder input, --out is a folder receiving <name>.h5 per image.")
     p.add_argument("--checkpoint", required=True, help="checkpoint (.pt) from spoco train")
     p.add_argument("--input", required=True, help="image file (tif/png/h5/zarr; 'file.h5:key' or --key) or folder")
     p.add_argument("--key", help="dataset key of the input inside HDF5/zarr files")
@@ -38,7 +43,8 @@ def _inputs(args):
     return folder_jobs(args.input, args.out, ".h5", "image") or [(args.input, Path(args.out))]
 
 
-def predict_file(model, src, dst: Path, *, key, out_key, tile_shape, halo, border, device, progress) -> None:
+def predict_file(model, src, dst: Path, *, key, out_key, tile_shape, halo, border, device, progress,
+                 segmentation=None) -> None:
     """Predict one input file into an HDF5/zarr output dataset, written tile by tile."""
     from ..data import io
     from ..predict import predict
@@ -48,7 +54,7 @@ def predict_file(model, src, dst: Path, *, key, out_key, tile_shape, halo, borde
         raise CLIError(f"{src}: shape {tuple(image.shape)} does not fit a {model.ndim}D network "
                        f"(expected {model.ndim} spatial axes, optionally channels first)")
     spatial = tuple(image.shape[-model.ndim:])
-    shape = (model.config["out_channels"],) + spatial
+    shape = (model.config["out_channels"] + int(model.foreground),) + spatial
     chunks = (shape[0],) + tuple(min(s, 64 if model.ndim == 3 else 512) for s in spatial)
     if dst.suffix.lower() not in io.HDF5 + io.ZARR:
         raise CLIError(f"--out must end in .h5 or .zarr, got {dst}")
@@ -56,22 +62,26 @@ def predict_file(model, src, dst: Path, *, key, out_key, tile_shape, halo, borde
     out = io.create_array(dst, shape, "float32", key=out_key, chunks=chunks)  # marked incomplete until done
     predict(model, image, out=out, tile_shape=tile_shape, halo=halo, border=border, device=device,
             progress=progress)
+    if segmentation is not None:
+        out.attrs[SEGMENTATION_ATTR] = json.dumps(segmentation)
     io.set_complete(out, True)
 
 
 def run(args) -> int:
     from ..predict import select_device
-    from ..training import load_checkpoint, model_from_checkpoint
+    from ..training import TrainConfig, load_checkpoint, model_from_checkpoint
 
     state = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(state, network=args.network)
-    border = args.border or state.get("config", {}).get("border", "zero")
+    config = TrainConfig.from_saved(state.get("config"))
+    border = args.border or config.border
     device = select_device(args.device)
     model.to(device)
     jobs = _inputs(args)
     for src, dst in jobs:
         predict_file(model, src, dst, key=args.key, out_key=args.out_key, tile_shape=args.tile_shape,
-                     halo=args.halo, border=border, device=device, progress=not args.quiet)
+                     halo=args.halo, border=border, device=device, progress=not args.quiet,
+                     segmentation=config.segmentation())
         if not args.quiet:
             print(f"{src} -> {dst}:{args.out_key}")
     return 0

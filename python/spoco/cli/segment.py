@@ -6,6 +6,8 @@ can be added to ``segment_array`` and exposed as flags here.
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from ..clustering.postprocess import BACKGROUND_MODES
@@ -16,7 +18,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "segment", help="cluster pixel embeddings into instances (block-wise mutex watershed)",
         description="Cluster pixel embeddings (D, [Z,] Y, X) from an HDF5/zarr dataset or a tif into instance "
-        "labels with the block-wise mutex watershed: bounded memory, any volume size. Example: "
+        "labels with the block-wise mutex watershed: bounded memory, any volume size. Embeddings written by "
+        "spoco predict carry the segmentation settings their training run validated (foreground threshold, "
+        "min size, ...); they apply unless an option overrides them. Example: "
         "spoco segment emb.zarr --key emb --block-shape 64 256 256 --halo 27 --out labels.zarr --out-key labels")
     p.add_argument("input", help="embeddings (D, [Z,] Y, X): .h5/.hdf5 or .zarr (with --key) or .tif, or a folder "
                    "of such files (e.g. the output of spoco predict); then --out is a folder of label tifs")
@@ -29,27 +33,31 @@ def add_parser(sub) -> None:
     p.add_argument("--halo", type=int, nargs="+", default=None, metavar="N",
                    help="context around every block, at least the longest offset (default: the longest offset)")
     p.add_argument("--threads", type=int, default=None, help="blocks processed at once (default: all CPUs)")
-    p.add_argument("--delta-d", type=float, default=2.0, help="push margin of the loss (Eq. 12; default 2.0)")
+    p.add_argument("--delta-d", type=float, default=None,
+                   help="push margin of the loss (Eq. 12; default: the training run's, 2.0)")
     p.add_argument("--long-range", type=int, nargs="+", default=[3, 9, 27], metavar="R",
                    help="repulsive offsets along every axis (default: 3 9 27)")
     p.add_argument("--strides", type=int, nargs="+", default=None, metavar="S",
                    help="keep every S-th repulsive edge (one per axis or one for all)")
     p.add_argument("--randomize-strides", action="store_true", help="keep repulsive edges at random instead")
-    p.add_argument("--min-size", type=int, default=0, help="objects smaller than this (pixels) become 0")
-    p.add_argument("--background", choices=BACKGROUND_MODES, default="none",
-                   help="networks trained on sparse labels have no background class: 'largest' makes the "
-                   "largest segment background, 'embedding' also every segment whose mean embedding is within "
-                   "--background-radius of it (default: none)")
-    p.add_argument("--background-radius", type=float, default=2.0,
-                   help="embedding distance for --background embedding (default 2.0 = delta_d)")
-    p.add_argument("--merge-distance", type=float, default=0.0,
-                   help="merge touching segments whose mean embeddings are closer than this (default 0: off)")
+    p.add_argument("--min-size", type=int, default=None, help="objects smaller than this (pixels) become 0")
+    p.add_argument("--foreground-threshold", type=float, default=None,
+                   help="embeddings from a network with a foreground head (last channel): cluster only pixels "
+                   "whose foreground probability is above this")
+    p.add_argument("--background", choices=BACKGROUND_MODES, default=None,
+                   help="networks trained on sparse labels without a foreground head have no background class: "
+                   "'largest' makes the largest segment background, 'embedding' also every segment whose mean "
+                   "embedding is within --background-radius of it")
+    p.add_argument("--background-radius", type=float, default=None,
+                   help="embedding distance for --background embedding (default: delta_d)")
+    p.add_argument("--merge-distance", type=float, default=None,
+                   help="merge touching segments whose mean embeddings are closer than this (0: off)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def segment_array(emb, *, block_shape, halo=None, out=None, threads=None, delta_d=2.0, long_range=(3, 9, 27),
-                  strides=None, randomize_strides=False, min_size=0, progress=True):
+                  strides=None, randomize_strides=False, min_size=0, mask=None, progress=True):
     """Instance labels of embeddings ``emb (D, *spatial)`` (any array-like), written to ``out``
     (an integer array of ``spatial`` shape) or returned as an int64 numpy array.
 
@@ -68,7 +76,7 @@ def segment_array(emb, *, block_shape, halo=None, out=None, threads=None, delta_
                              halo=_per_axis(halo, ndim, "--halo"), out=out, threads=threads, delta_d=delta_d,
                              offsets=offsets, n_attractive=n_att,
                              strides=None if strides is None else _per_axis(strides, ndim, "--strides"),
-                             randomize_strides=randomize_strides, min_size=min_size, progress=progress)
+                             randomize_strides=randomize_strides, min_size=min_size, mask=mask, progress=progress)
 
 
 def _per_axis(values, ndim, flag):
@@ -97,6 +105,27 @@ def run(args) -> int:
     return 0
 
 
+def segmentation_settings(emb, args) -> dict:
+    """Keyword arguments of :func:`spoco.clustering.segment`: what the embeddings carry
+    from their training run (attribute written by ``spoco predict``), then the options."""
+    from .predict import SEGMENTATION_ATTR
+
+    settings = dict(delta_d=2.0, foreground=False, foreground_threshold=0.5, background="none",
+                    background_radius=None, merge_distance=0.0, min_size=0)
+    stored = getattr(emb, "attrs", {}).get(SEGMENTATION_ATTR)
+    if stored:
+        settings.update({k: v for k, v in json.loads(stored).items() if k in settings})
+    for name in settings:
+        value = getattr(args, name, None)
+        if value is not None:
+            settings[name] = value
+    if args.foreground_threshold is not None:
+        settings["foreground"] = True
+    if settings["background_radius"] is None:
+        settings["background_radius"] = settings["delta_d"]
+    return settings
+
+
 def segment_file(src, key, out: Path, out_key, args) -> None:
     """Segment one embedding file into ``out`` (tif written whole; HDF5/zarr block by block)."""
     from ..clustering import segment
@@ -107,32 +136,62 @@ def segment_file(src, key, out: Path, out_key, args) -> None:
     emb = io.open_array(src, key)
     if not np.issubdtype(np.dtype(emb.dtype), np.floating):
         raise CLIError(f"{src}: the embeddings must be floats, got dtype {emb.dtype}")
+    settings = segmentation_settings(emb, args)
     spatial = tuple(emb.shape[1:])
-    postprocessing = args.background != "none" or args.merge_distance > 0
+    if settings["foreground"] and emb.shape[0] < 2:
+        raise CLIError(f"{src}: a foreground channel needs embeddings with at least 2 channels, got {emb.shape}")
+    postprocessing = settings["background"] != "none" or settings["merge_distance"] > 0
     if args.block_shape is None:
         if len(spatial) not in (2, 3):
             raise CLIError(f"the embeddings must have shape (D, Y, X) or (D, Z, Y, X), got {tuple(emb.shape)}")
         offsets, n_att = _offsets(len(spatial), args.long_range)
-        labels = segment(np.asarray(emb), background=args.background, background_radius=args.background_radius,
-                         merge_distance=args.merge_distance, min_size=args.min_size, delta_d=args.delta_d,
-                         offsets=offsets, n_attractive=n_att, threads=args.threads,
+        labels = segment(np.asarray(emb), **settings, offsets=offsets, n_attractive=n_att, threads=args.threads,
                          strides=None if args.strides is None else _per_axis(args.strides, len(spatial), "--strides"),
                          randomize_strides=args.randomize_strides)
         _write_labels(out, out_key, labels)
     elif postprocessing:
         raise CLIError("--background and --merge-distance apply to segmentation in memory; omit --block-shape")
-    elif out.suffix.lower() in io.TIFF:
-        _write_labels(out, out_key, segment_array(emb, **_options(args)))
     else:
-        chunks = _per_axis(args.block_shape, len(spatial), "--block-shape")  # fails before the output exists
-        labels_out = io.create_array(out, spatial, np.uint32, key=out_key, chunks=chunks)
-        try:
-            segment_array(emb, out=labels_out, **_options(args))
-        finally:
-            if hasattr(getattr(labels_out, "file", None), "close"):  # h5py
-                labels_out.file.close()
+        mask = None
+        if settings["foreground"]:  # the last channel is the foreground probability
+            emb, mask = _LeadingChannels(emb, emb.shape[0] - 1), _Above(emb, emb.shape[0] - 1,
+                                                                         settings["foreground_threshold"])
+        options = dict(_options(args), delta_d=settings["delta_d"], min_size=settings["min_size"], mask=mask)
+        if out.suffix.lower() in io.TIFF:
+            _write_labels(out, out_key, segment_array(emb, **options))
+        else:
+            chunks = _per_axis(args.block_shape, len(spatial), "--block-shape")  # fails before the output exists
+            labels_out = io.create_array(out, spatial, np.uint32, key=out_key, chunks=chunks)
+            try:
+                segment_array(emb, out=labels_out, **options)
+            finally:
+                if hasattr(getattr(labels_out, "file", None), "close"):  # h5py
+                    labels_out.file.close()
     if not args.no_progress:
         print(f"{src} -> {out}" + (f":{out_key}" if out.suffix.lower() not in io.TIFF else ""))
+
+
+class _LeadingChannels:
+    """A lazy view of the first ``n`` channels of a ``(C, *spatial)`` array-like."""
+
+    def __init__(self, array, n: int):
+        self.array, self.n = array, n
+        self.shape, self.dtype = (n,) + tuple(array.shape[1:]), array.dtype
+
+    def __getitem__(self, index):
+        return np.asarray(self.array[(slice(0, self.n),) + tuple(index[1:])])
+
+
+class _Above:
+    """A lazy boolean ``array[channel] > threshold`` of a ``(C, *spatial)`` array-like."""
+
+    def __init__(self, array, channel: int, threshold: float):
+        self.array, self.channel, self.threshold = array, channel, float(threshold)
+        self.shape, self.dtype, self.ndim = tuple(array.shape[1:]), np.dtype(bool), len(array.shape) - 1
+
+    def __getitem__(self, index):
+        index = index if isinstance(index, tuple) else (index,)
+        return np.asarray(self.array[(self.channel,) + index]) > self.threshold
 
 
 def _offsets(ndim, long_range):
@@ -156,6 +215,6 @@ def _write_labels(out: Path, out_key, labels: np.ndarray) -> None:
 
 
 def _options(args) -> dict:
-    return dict(block_shape=args.block_shape, halo=args.halo, threads=args.threads, delta_d=args.delta_d,
+    return dict(block_shape=args.block_shape, halo=args.halo, threads=args.threads,
                 long_range=tuple(args.long_range), strides=args.strides, randomize_strides=args.randomize_strides,
-                min_size=args.min_size, progress=not args.no_progress)
+                progress=not args.no_progress)

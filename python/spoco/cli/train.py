@@ -4,10 +4,11 @@ from __future__ import annotations
 from . import CLIError
 
 # Flags that override config keys of the same name (None = not given).
-_OVERRIDES = ("fraction", "patch_shape", "batch_size", "max_iters", "lr", "val_every", "embedding_dim", "f_maps",
-              "depth", "norm", "workers", "seed", "momentum", "eval_network", "border", "background", "min_size",
-              "merge_distance", "adversarial_weight", "critic_steps", "adversarial_warmup", "adversarial_patch_shape",
-              "critic_lr")
+_OVERRIDES = ("fraction", "patch_shape", "batch_size", "max_iters", "max_minutes", "lr", "val_every",
+              "embedding_dim", "f_maps", "depth", "norm", "workers", "seed", "momentum", "eval_network", "border",
+              "background", "min_size", "merge_distance", "spatial_scale", "foreground_threshold",
+              "samples_per_epoch", "adversarial_weight", "critic_steps", "adversarial_warmup",
+              "adversarial_patch_shape", "critic_lr")
 
 
 def add_parser(sub) -> None:
@@ -15,8 +16,11 @@ def add_parser(sub) -> None:
         "train", help="train an embedding network (SPOCO loss + EMA g-network)",
         description="Train a U-Net embedding network with the SPOCO loss on pairs of images and label images "
         "matched by file name. Labels: 0 = unlabeled (or background), objects > 0; objects that are not painted "
-        "stay 0 (sparse, positive-unlabeled supervision). Writes last.pt, best.pt (best validation AP@0.5), "
-        "config.yaml, train_log.csv (every loss term) and val_log.csv to --out. Options override --config.")
+        "stay 0 (sparse, positive-unlabeled supervision); label images without objects are fine. The default "
+        "recipe derives its sizes from the labelled objects and prints what it chose and why (--recipe paper: "
+        "the paper's settings). Writes last.pt, best.pt (best validation AP@0.5, scored with the post-processing "
+        "that spoco segment will apply), config.yaml, train_log.csv (every loss term) and val_log.csv to --out. "
+        "Precedence: options, then --config, then the recipe.")
     p.add_argument("--images", required=True, help="folder of training images (tif/png/h5/zarr)")
     p.add_argument("--labels", required=True, help="folder of label images with the same file names")
     p.add_argument("--val-images", help="folder of validation images (densely labelled); enables best.pt")
@@ -25,31 +29,42 @@ def add_parser(sub) -> None:
     p.add_argument("--label-key", help="dataset key of the labels inside HDF5/zarr files")
     p.add_argument("--out", required=True, help="run folder for checkpoints and logs")
     p.add_argument("--config", help="YAML file with TrainConfig keys (see spoco.training.TrainConfig)")
+    p.add_argument("--recipe", choices=("auto", "paper"), default="auto",
+                   help="auto (default): the measured CPU-friendly recipe with spatial embeddings and a foreground "
+                   "head, sizes derived from the labelled objects; paper: the paper's settings (appendix A.1)")
     p.add_argument("--fraction", type=float, help="SPOCO@p: keep this fraction of the objects of each image "
                    "(default: use the labels as they are)")
     p.add_argument("--dense", action="store_true", help="labels are dense: 0 is background, not unlabeled")
     p.add_argument("--no-consistency", action="store_true", help="train without the g-network consistency term")
-    p.add_argument("--patch-shape", type=int, nargs="+", help="training patch (2 or 3 sizes; default 128 128)")
-    p.add_argument("--batch-size", type=int, help="images per step (default 4)")
-    p.add_argument("--iters", dest="max_iters", type=int, help="maximum optimizer steps (default 10000)")
-    p.add_argument("--lr", type=float, help="Adam learning rate (default 2e-4)")
-    p.add_argument("--val-every", type=int, help="validate and checkpoint every N steps (default 500)")
-    p.add_argument("--embedding-dim", type=int, help="embedding dimension D (default 16)")
-    p.add_argument("--f-maps", type=int, help="channels of the first U-Net level (default 16)")
+    p.add_argument("--patch-shape", type=int, nargs="+", help="training patch (2 or 3 sizes)")
+    p.add_argument("--batch-size", type=int, help="images per step")
+    p.add_argument("--iters", dest="max_iters", type=int, help="maximum optimizer steps")
+    p.add_argument("--minutes", dest="max_minutes", type=float,
+                   help="stop after this many minutes of training (then validate and save)")
+    p.add_argument("--lr", type=float, help="Adam learning rate")
+    p.add_argument("--val-every", type=int, help="validate and checkpoint every N steps")
+    p.add_argument("--embedding-dim", type=int, help="embedding dimension D")
+    p.add_argument("--f-maps", type=int, help="channels of the first U-Net level")
     p.add_argument("--depth", type=int, help="U-Net levels (default: receptive field covers the patch)")
     p.add_argument("--norm", choices=("batch", "group", "none"), help="normalisation (default: batch 2D, group 3D)")
-    p.add_argument("--momentum", type=float, help="EMA momentum of the g-network (default 0.999)")
+    p.add_argument("--momentum", type=float, help="EMA momentum of the g-network")
     p.add_argument("--eval-network", choices=("f", "g"), help="network that validation scores, best.pt keeps and "
-                   "spoco predict uses by default: f (default) or its moving average g, smoother once training "
+                   "spoco predict uses by default: f or its moving average g, smoother once training "
                    "has run for several times 1 / (1 - momentum) steps")
     p.add_argument("--border", choices=("zero", "mirror"), help="past the image border when validating and, by "
-                   "default, in spoco predict: the network's zero padding (default) or 16 pixels of mirrored image")
+                   "default, in spoco predict: the network's zero padding or 16 pixels of mirrored image")
     p.add_argument("--background", choices=("none", "largest", "embedding"),
                    help="background rule of the validation segmentation (see spoco segment)")
     p.add_argument("--min-size", type=int, help="smallest object kept in validation segmentations (pixels)")
     p.add_argument("--merge-distance", type=float, help="merge touching segments with closer mean embeddings")
+    p.add_argument("--spatial-scale", type=float, help="spatial embeddings: pixels per embedding unit (auto: "
+                   "a quarter of the median labelled object diameter)")
+    p.add_argument("--no-foreground", action="store_true", help="no foreground head: cluster every pixel")
+    p.add_argument("--foreground-threshold", type=float, help="foreground probability above which pixels are "
+                   "clustered (default 0.5)")
     p.add_argument("--workers", type=int, help="data loading processes (default 0)")
-    p.add_argument("--samples-per-epoch", type=int, help="random patches per epoch (default: 4 per image)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: the CPUs available to this process)")
+    p.add_argument("--samples-per-epoch", type=int, help="random patches per epoch")
     p.add_argument("--seed", type=int, help="seed of sampling, augmentation and initialisation (default 0)")
     adv = p.add_argument_group("adversarial term (appendix A.1)")
     adv.add_argument("--adversarial", action="store_true", help="add zeta * L_wgan: a WGAN-GP critic learns to tell "
@@ -70,11 +85,16 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def build_config(args):
+def build_config(args, summary):
+    """The run's TrainConfig and the reasons for its derived values: the recipe for
+    ``summary`` (a :class:`spoco.training.recipe.LabelSummary`), then ``--config``,
+    then the options."""
     from ..training import TrainConfig
+    from ..training.recipe import RECIPES
 
-    config = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
-    values = config.to_dict()
+    values = {}
+    if args.config:
+        values = TrainConfig.read_yaml(args.config)
     for name in _OVERRIDES:
         value = getattr(args, name, None)
         if value is not None:
@@ -83,9 +103,11 @@ def build_config(args):
         values["sparse"] = False
     if args.no_consistency:
         values["consistency"] = False
+    if args.no_foreground:
+        values["foreground"] = False
     if args.adversarial:
         values["adversarial"] = True
-    return TrainConfig.from_dict(values)
+    return RECIPES[args.recipe](summary, values)
 
 
 def read_pairs(image_dir, label_dir, key, label_key):
@@ -96,23 +118,43 @@ def read_pairs(image_dir, label_dir, key, label_key):
 
 
 def run(args) -> int:
-    from ..data import InstanceDataset
-    from ..training import Trainer
+    from .. import threads
 
     if args.resume and args.finetune:
         raise CLIError("--resume and --finetune exclude each other")
     if (args.val_images is None) != (args.val_labels is None):
         raise CLIError("--val-images and --val-labels go together")
-    config = build_config(args)
-    train = InstanceDataset.from_folders(args.images, args.labels, key=args.key, label_key=args.label_key,
-                                         patch_shape=config.patch_shape, fraction=config.fraction, seed=config.seed,
-                                         augment=config.augment, length=1)
-    train.length = args.samples_per_epoch or 4 * len(train.images)
+    threads.set_threads(args.threads)
+    from ..data import InstanceDataset, io
+    from ..training import Trainer
+    from ..sampling import sparsify
+    from ..training.recipe import summarize_labels
+
+    pairs = io.list_pairs(args.images, args.labels)
+    images = [io.read_array(p, args.key) for p, _ in pairs]
+    labels = [io.read_array(q, args.label_key) for _, q in pairs]
+    # Sizes come from the labels the network will see: after SPOCO@p when --fraction is given.
+    config, _ = build_config(args, summarize_labels(labels))
+    if config.fraction is not None:
+        seen = [sparsify(lab, config.fraction, config.seed, image_index=i) for i, lab in enumerate(labels)]
+        config, reasons = build_config(args, summarize_labels(seen))
+    else:
+        config, reasons = build_config(args, summarize_labels(labels))
+    train = InstanceDataset(images, labels, patch_shape=config.patch_shape, fraction=config.fraction,
+                            seed=config.seed, augment=config.augment, length=1,
+                            names=[f"{p} / {q}" for p, q in pairs])
+    train.length = config.samples_per_epoch or 4 * len(train.images)
+    quiet = args.quiet
+    if not quiet:
+        used = summarize_labels(train.labels)  # after SPOCO@p
+        print(f"spoco train: {used.line()}" + (f" (SPOCO@{config.fraction:g})" if config.fraction else ""))
+        for reason in reasons:
+            print(f"  {reason}")
     val = None
     if args.val_images:
         val = read_pairs(args.val_images, args.val_labels, args.key, args.label_key)  # raw: predict() normalises
     trainer = Trainer(config, train, val, out_dir=args.out, device=args.device, resume=args.resume,
-                      init_from=args.finetune, progress=not args.quiet)
+                      init_from=args.finetune, progress=not quiet)
     result = trainer.fit()
     if trainer.rank == 0:
         best = f", best validation AP@0.5 {result['best_score']:.3f}" if val else ""

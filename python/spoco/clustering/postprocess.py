@@ -121,12 +121,25 @@ def _check(labels, emb):
 
 
 def segment(emb, *, method: str = "mws", background: str = "none", merge_distance: float = 0.0,
-            background_radius: float = 2.0, min_size: int = 0, **cluster_kwargs) -> np.ndarray:
+            background_radius: float = 2.0, min_size: int = 0, foreground: bool = False,
+            foreground_threshold: float = 0.5, **cluster_kwargs) -> np.ndarray:
     """Instances from embeddings ``(D, *spatial)``: :func:`spoco.cluster` followed by
     :func:`postprocess` (merging, background removal, size filter). Returns int64
-    labels ``(*spatial)``, 0 = background, objects 1..K."""
+    labels ``(*spatial)``, 0 = background, objects 1..K.
+
+    ``foreground=True``: the last channel of ``emb`` is a foreground probability (the
+    output of :func:`spoco.predict.predict` for a network with a foreground head); only
+    pixels above ``foreground_threshold`` are clustered, with the other channels."""
     from . import cluster
 
+    if foreground:
+        if "mask" in cluster_kwargs:
+            raise ValueError("give either foreground=True or a mask, not both")
+        emb = emb.detach().float().cpu().numpy() if hasattr(emb, "detach") else np.asarray(emb)
+        if emb.shape[0] < 2:
+            raise ValueError(f"foreground=True needs emb with D + 1 >= 2 channels, got shape {emb.shape}")
+        cluster_kwargs["mask"] = emb[-1] > float(foreground_threshold)
+        emb = emb[:-1]
     labels = cluster(emb, method, **cluster_kwargs)
     if merge_distance > 0 or background == "embedding":
         emb = emb.detach().float().cpu().numpy() if hasattr(emb, "detach") else np.asarray(emb)

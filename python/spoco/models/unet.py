@@ -7,6 +7,8 @@ A ConvBlock (Fig. 7) is two (3×3[×3] convolution → normalisation → ReLU) l
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -77,13 +79,23 @@ class UNet(nn.Module):
         for 3D and electron microscopy).
     groups : int
         Groups of GroupNorm.
+    foreground : bool
+        Add one output channel after the D embedding channels: a foreground logit
+        (trained positive-unlabeled, :func:`spoco.foreground.pu_foreground_loss`).
+    spatial_scale : float, optional
+        Spatial embeddings: the first ``ndim`` embedding channels are offsets to which
+        the pixel coordinates divided by ``spatial_scale`` (pixels per embedding unit)
+        are added outside the network (:func:`spoco.models.embeddings`), so that the
+        embedding of an object is where its pixels point to. The network itself
+        stays translation-equivariant; the value is kept here so checkpoints carry it.
 
     Inputs of any size are accepted: they are padded (reflect) to a multiple of
     ``2**(depth-1)`` and the output is cropped back.
     """
 
     def __init__(self, ndim: int, in_channels: int = 1, out_channels: int = 16, *, f_maps: int = 16,
-                 depth: int | None = None, patch_shape=None, norm: str = "batch", groups: int = 8):
+                 depth: int | None = None, patch_shape=None, norm: str = "batch", groups: int = 8,
+                 foreground: bool = False, spatial_scale: float | None = None):
         super().__init__()
         if ndim not in (2, 3):
             raise ValueError(f"ndim must be 2 or 3, got {ndim!r}")
@@ -96,16 +108,30 @@ class UNet(nn.Module):
             depth = choose_depth(patch_shape) if patch_shape is not None else 4
         if not isinstance(depth, int) or depth < 1:
             raise ValueError(f"depth must be a positive integer, got {depth!r}")
+        if spatial_scale is not None and not (float(spatial_scale) > 0 and math.isfinite(spatial_scale)):
+            raise ValueError(f"spatial_scale must be a positive number or None, got {spatial_scale!r}")
+        if spatial_scale is not None and out_channels < ndim:
+            raise ValueError(f"spatial embeddings need out_channels >= ndim = {ndim}, got {out_channels}")
         self.ndim, self.depth = ndim, depth
+        self.embedding_dim, self.foreground = out_channels, bool(foreground)
+        self.spatial_scale = None if spatial_scale is None else float(spatial_scale)
         self.config = dict(ndim=ndim, in_channels=in_channels, out_channels=out_channels, f_maps=f_maps,
                            depth=depth, norm=norm, groups=groups)
+        if self.foreground:  # only when set, so older checkpoints' configs stay valid
+            self.config["foreground"] = True
+        if self.spatial_scale is not None:
+            self.config["spatial_scale"] = self.spatial_scale
+        if self.foreground:
+            # c of spoco.foreground: the share of object pixels that were labelled in training,
+            # estimated by the trainer; the foreground probability is sigmoid(logit) / c.
+            self.register_buffer("label_rate", torch.ones(()))
         widths = [f_maps * 2 ** level for level in range(depth)]
         self.encoders = nn.ModuleList(
             ConvBlock(ndim, c_in, c_out, norm, groups) for c_in, c_out in zip([in_channels] + widths[:-1], widths))
         self.decoders = nn.ModuleList(
             ConvBlock(ndim, widths[level] + widths[level + 1], widths[level], norm, groups)
             for level in reversed(range(depth - 1)))
-        self.head = (nn.Conv2d if ndim == 2 else nn.Conv3d)(widths[0], out_channels, 1)
+        self.head = (nn.Conv2d if ndim == 2 else nn.Conv3d)(widths[0], out_channels + int(self.foreground), 1)
 
     @property
     def divisor(self) -> int:

@@ -17,11 +17,15 @@ class TrainConfig:
     f_maps: int = 16
     depth: int | None = None          # None: chosen so the receptive field covers the patch
     norm: str | None = None           # None: "batch" for 2D, "group" for 3D
+    foreground: bool = False          # a foreground head trained positive-unlabeled (spoco.foreground)
+    foreground_weight: float = 1.0    # weight of its loss next to the SPOCO loss
+    spatial_scale: float | None = None  # spatial embeddings: pixels per embedding unit (UNet)
     # data
     patch_shape: tuple = (128, 128)
     batch_size: int = 4
     fraction: float | None = None     # SPOCO@p: keep this fraction of objects; None: labels as given
     workers: int = 0
+    samples_per_epoch: int | None = None  # random patches per epoch; None: 4 per training image
     augment: bool = True
     # loss (spoco.SPOCOLoss arguments)
     sparse: bool = True
@@ -34,10 +38,13 @@ class TrainConfig:
     # optimisation
     lr: float = 2e-4
     weight_decay: float = 1e-5
+    lr_schedule: str = "plateau"      # "plateau": x lr_factor when validation stalls; "cosine": to 0 over the run
+    warmup: int = 0                   # steps of linear learning-rate warm-up ("cosine")
     lr_factor: float = 0.2
     lr_patience: int = 10             # validations without improvement before the lr drops
     min_lr: float = 1e-6
     max_iters: int = 10000
+    max_minutes: float | None = None  # stop training after this much wall-clock time (then validate)
     amp: bool = True                  # mixed precision on CUDA
     # adversarial term (appendix A.1): L + ζ·L_wgan with a WGAN-GP critic on object masks
     adversarial: bool = False
@@ -61,6 +68,7 @@ class TrainConfig:
     background_radius: float = 2.0    # "embedding" background: within this of the largest segment (δ_d)
     merge_distance: float = 0.0
     min_size: int = 0
+    foreground_threshold: float = 0.5  # with a foreground head: pixels above this probability are clustered
     seed: int = 0
 
     @classmethod
@@ -80,7 +88,19 @@ class TrainConfig:
         return config
 
     @classmethod
+    def from_saved(cls, values: dict | None) -> "TrainConfig":
+        """The config stored in a checkpoint, keys that this version no longer knows dropped."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls.from_dict({k: v for k, v in dict(values or {}).items() if k in names})
+
+    @classmethod
     def from_yaml(cls, path) -> "TrainConfig":
+        """The config of a YAML file: its keys, TrainConfig's defaults for the rest."""
+        return cls.from_dict(cls.read_yaml(path))
+
+    @staticmethod
+    def read_yaml(path) -> dict:
+        """The keys a YAML config file sets (checked: unknown keys and bad values raise)."""
         import yaml  # safe_load: a config file never executes code
 
         path = Path(path)
@@ -92,7 +112,8 @@ class TrainConfig:
             raise ValueError(f"{path} is not valid YAML: {err}") from None
         if not isinstance(values, dict):
             raise ValueError(f"{path} must hold a mapping of config keys, got {type(values).__name__}")
-        return cls.from_dict(values)
+        TrainConfig.from_dict(values)  # raises on unknown keys and bad values
+        return values
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -104,13 +125,21 @@ class TrainConfig:
     def check(self) -> None:
         if len(self.patch_shape) not in (2, 3) or min(self.patch_shape) < 1:
             raise ValueError(f"patch_shape must be 2 or 3 positive sizes, got {self.patch_shape}")
+        if self.samples_per_epoch is not None and int(self.samples_per_epoch) < 1:
+            raise ValueError(f"samples_per_epoch must be >= 1, got {self.samples_per_epoch}")
         for name in ("embedding_dim", "f_maps", "batch_size", "max_iters", "val_every", "log_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.fraction is not None and not 0 < self.fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+        if self.max_minutes is not None and not 0 < self.max_minutes < float("inf"):
+            raise ValueError(f"max_minutes must be a positive number, got {self.max_minutes!r}")
         if self.lr <= 0 or self.min_lr < 0:
             raise ValueError(f"lr must be > 0 and min_lr >= 0, got {self.lr}, {self.min_lr}")
+        if self.lr_schedule not in ("plateau", "cosine"):
+            raise ValueError(f"lr_schedule must be 'plateau' or 'cosine', got {self.lr_schedule!r}")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"warmup must be an integer >= 0, got {self.warmup!r}")
         if self.border not in ("zero", "mirror"):
             raise ValueError(f"border must be 'zero' or 'mirror', got {self.border!r}")
         if self.eval_network not in ("f", "g"):
@@ -150,6 +179,13 @@ class TrainConfig:
         from ..adversarial import PAPER_PATCH
 
         return tuple(max(8, min(p, s)) for p, s in zip(PAPER_PATCH[self.ndim], self.patch_shape))
+
+    def segmentation(self) -> dict:
+        """Keyword arguments of :func:`spoco.clustering.segment` that validation uses, and
+        that ``spoco predict`` stores with the embeddings for ``spoco segment``."""
+        return dict(delta_d=self.delta_d, foreground=self.foreground, foreground_threshold=self.foreground_threshold,
+                    background=self.background, background_radius=self.background_radius,
+                    merge_distance=self.merge_distance, min_size=self.min_size)
 
     @property
     def ndim(self) -> int:

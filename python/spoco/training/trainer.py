@@ -17,8 +17,10 @@ from .. import metrics
 from ..adversarial import AdversarialTerm
 from ..clustering.postprocess import segment
 from ..ema import EMANet, unwrap
+from ..foreground import labelled_mean_probability, pu_foreground_loss
 from ..losses import TERMS, SPOCOLoss
 from ..models import UNet
+from ..models.outputs import add_coordinates, split_output
 from ..predict import predict, select_device
 from . import distributed as dist_utils
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -30,7 +32,8 @@ def build_model(config: TrainConfig, in_channels: int) -> UNet:
     """The U-Net of ``config`` (batch norm in 2D, group norm in 3D unless set)."""
     norm = config.norm or ("batch" if config.ndim == 2 else "group")
     return UNet(config.ndim, in_channels, config.embedding_dim, f_maps=config.f_maps, depth=config.depth,
-                patch_shape=config.patch_shape, norm=norm)
+                patch_shape=config.patch_shape, norm=norm, foreground=config.foreground,
+                spatial_scale=config.spatial_scale)
 
 
 def model_from_checkpoint(state: dict, *, network: str | None = None) -> UNet:
@@ -190,10 +193,21 @@ class Trainer:
         ctx = (torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
                if self.autocast else contextlib.nullcontext())
         with ctx:
-            f = self.net(x_f)
-            g = self.ema(batch["image_g"].to(self.device, non_blocking=True)) if self.use_g else None
-        loss, terms = self.criterion(f.float(), labels, None if g is None else g.float(), return_terms=True)
+            f, fg_logits = split_output(self.net(x_f), self.model)
+            g = split_output(self.ema(batch["image_g"].to(self.device, non_blocking=True)), self.model)[0] \
+                if self.use_g else None
+        scale = self.model.spatial_scale
+        f = add_coordinates(f.float(), scale)
+        g = None if g is None else add_coordinates(g.float(), scale)
+        loss, terms = self.criterion(f, labels, g, return_terms=True)
         terms = {k: float(v) for k, v in terms.items()}
+        if fg_logits is not None:
+            fg_loss = pu_foreground_loss(fg_logits, labels, ignore_index=self.criterion.ignore_index)
+            loss = loss + self.config.foreground_weight * fg_loss
+            terms["foreground"], terms["total"] = float(fg_loss.detach()), float(loss.detach())
+            rate = labelled_mean_probability(fg_logits, labels)
+            if rate is not None:  # a running mean over ~100 steps of c (spoco.foreground)
+                self.model.label_rate.lerp_(torch.tensor(rate, device=self.device), 0.01 if self.iteration else 1.0)
         if self.adversarial is not None:  # critic updates, then ζ·L_wgan (appendix A.1)
             adv_loss, adv_terms = self.adversarial(f.float(), labels, self.iteration)
             loss = loss + adv_loss
@@ -209,7 +223,8 @@ class Trainer:
 
     @property
     def _extra_terms(self) -> tuple:
-        return ("wgan", "critic", "wasserstein", "gradient_penalty") if self.adversarial is not None else ()
+        extra = ("foreground",) if self.config.foreground else ()
+        return extra + (("wgan", "critic", "wasserstein", "gradient_penalty") if self.adversarial is not None else ())
 
     def fit(self) -> dict:
         """Train until ``max_iters`` or the learning rate falls below ``min_lr``.
@@ -225,7 +240,18 @@ class Trainer:
             from tqdm import tqdm
             bar = tqdm(total=cfg.max_iters, initial=self.iteration, desc="train", unit="it", dynamic_ncols=True)
         batches = self._batches()
-        while self.iteration < cfg.max_iters and self.optimizer.param_groups[0]["lr"] >= cfg.min_lr:
+        budget = math.inf if cfg.max_minutes is None else 60 * cfg.max_minutes
+        while self.iteration < cfg.max_iters and (cfg.lr_schedule != "plateau" or
+                                                  self.optimizer.param_groups[0]["lr"] >= cfg.min_lr):
+            # the share of the run done: of its steps or of its time, whichever is further
+            progress = dist_utils.broadcast_float(
+                max(self.iteration / cfg.max_iters, (time.perf_counter() - start) / budget), self.device)
+            if progress >= 1:  # out of time
+                if self.iteration % cfg.val_every:  # validate what was trained since the last validation
+                    self._validate_and_checkpoint()
+                break
+            if cfg.lr_schedule == "cosine":
+                self._set_lr(progress)
             terms = self.train_step(next(batches))
             if self.rank == 0 and (self.iteration % cfg.log_every == 0 or self.iteration == 1):
                 self._log("train_log.csv", {"iteration": self.iteration, "lr": self.optimizer.param_groups[0]["lr"],
@@ -242,6 +268,15 @@ class Trainer:
         return {"iterations": self.iteration, "best_score": self.best_score,
                 "seconds": time.perf_counter() - start}
 
+    def _set_lr(self, progress: float) -> None:
+        """Cosine decay from ``lr`` to 0 over the run, after a linear warm-up."""
+        cfg = self.config
+        lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        if self.iteration < cfg.warmup:
+            lr *= (self.iteration + 1) / cfg.warmup
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def _validate_and_checkpoint(self) -> None:
         improved = False
         if self.val_data:
@@ -252,7 +287,8 @@ class Trainer:
                 self._log("val_log.csv", {"iteration": self.iteration, **scores})
             # Every rank steps its scheduler with rank 0's score, so the learning rates agree.
             score = dist_utils.broadcast_float(score, self.device)
-            self.scheduler.step(score)
+            if self.config.lr_schedule == "plateau":
+                self.scheduler.step(score)
             improved = score > self.best_score
             self.best_score = max(self.best_score, score)
         if improved:
@@ -268,8 +304,7 @@ class Trainer:
         rows = []
         for image, labels in self.val_data:
             emb = predict(model, image, border=cfg.border, device=self.device)
-            seg = segment(emb, delta_d=cfg.delta_d, background=cfg.background, merge_distance=cfg.merge_distance,
-                          background_radius=cfg.background_radius, min_size=cfg.min_size)
+            seg = segment(emb, **cfg.segmentation())
             rows.append(metrics.evaluate(np.asarray(labels), seg))
         return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
 
