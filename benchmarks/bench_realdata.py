@@ -1,0 +1,132 @@
+"""Quality on real images: SPOCO@p trained by ``spoco train`` next to classic pipelines.
+
+For every labelled fraction p and seed, trains exactly as the command line does
+(``spoco train --images train/images --labels train/labels --val-images val/images
+--val-labels val/labels --fraction p --seed s --minutes M``, in this process), then
+segments every validation image with the run's best checkpoint and the segmentation
+settings that run validated (what ``spoco predict`` + ``spoco segment`` do), and scores
+them. The classic, no-learning baselines (spoco.baselines) segment the same images in
+the same run. Prints mean AP@0.5, SBD, |DiC| and adapted Rand error per setting (mean
+± standard deviation over seeds) and the training time.
+
+    python benchmarks/bench_realdata.py --data ../shared/data/bbbc039 --fractions 0.1 0.4 1.0 --seeds 3 --minutes 15
+    python benchmarks/bench_realdata.py --data ../shared/data/isbi2012 --fractions 0.1 0.4 1.0 --seeds 3 --minutes 15
+
+``--data`` is a folder with ``train/{images,labels}`` and ``val/{images,labels}``.
+Results also go to ``--out`` (``results.csv`` with one row per run, and the runs).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+METRICS = ("ap50", "sbd", "abs_dic", "are")
+HEADER = ("AP@0.5", "SBD", "|DiC|", "ARE")
+
+
+def read_folder(root: Path):
+    from spoco.data import io
+
+    pairs = io.list_pairs(root / "images", root / "labels")
+    return [p.stem for p, _ in pairs], [io.read_array(p) for p, _ in pairs], [io.read_array(q) for _, q in pairs]
+
+
+def score(gts, segs) -> dict:
+    from spoco import metrics
+
+    rows = [metrics.evaluate(gt, seg) for gt, seg in zip(gts, segs)]
+    return {k: float(np.mean([r[k] for r in rows])) for k in METRICS}
+
+
+def baselines(images, gts) -> dict:
+    from spoco.baselines import BASELINES
+
+    out = {}
+    for name, fn in BASELINES.items():
+        start = time.perf_counter()
+        out[name] = score(gts, [fn(img) for img in images]) | {"seconds": time.perf_counter() - start}
+    return out
+
+
+def train_and_score(data: Path, run: Path, fraction: float, seed: int, minutes: float, extra: list) -> dict:
+    from spoco.cli import main as cli
+    from spoco.clustering import segment
+    from spoco.predict import predict
+    from spoco.training import TrainConfig, load_checkpoint, model_from_checkpoint
+
+    argv = ["train", "--images", str(data / "train/images"), "--labels", str(data / "train/labels"),
+            "--val-images", str(data / "val/images"), "--val-labels", str(data / "val/labels"),
+            "--fraction", str(fraction), "--seed", str(seed), "--minutes", str(minutes), "--out", str(run),
+            "--quiet", *extra]
+    start = time.perf_counter()
+    if cli(argv) != 0:
+        raise SystemExit(f"spoco {' '.join(argv)} failed")
+    seconds = time.perf_counter() - start
+    state = load_checkpoint(run / "best.pt")
+    model, config = model_from_checkpoint(state), TrainConfig.from_saved(state["config"])
+    _, images, gts = read_folder(data / "val")
+    segs = [segment(predict(model, img, border=config.border), **config.segmentation()) for img in images]
+    return score(gts, segs) | {"train_seconds": seconds, "iterations": int(state["iteration"])}
+
+
+def _fmt(values) -> str:
+    values = np.asarray(values, dtype=float)
+    return f"{values.mean():.3f}" + (f" ± {values.std():.3f}" if len(values) > 1 else "")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, type=Path, help="folder with train/ and val/ (images/, labels/)")
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.4, 1.0])
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per fraction")
+    p.add_argument("--minutes", type=float, default=15.0, help="training time limit per run")
+    p.add_argument("--out", type=Path, default=None, help="folder for runs and results.csv (default: a temp dir)")
+    p.add_argument("--train-args", nargs=argparse.REMAINDER, default=[],
+                   help="further spoco train options, e.g. --train-args --recipe paper (must come last)")
+    args = p.parse_args(argv)
+    out = args.out or Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_realdata_{args.data.name}"
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"{args.data}: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"load {os.getloadavg()[0]:.2f}; python {platform.python_version()}", flush=True)
+
+    names, images, gts = read_folder(args.data / "val")
+    print(f"validation: {len(images)} images, {sum(int(len(np.unique(g)) - 1) for g in gts)} objects", flush=True)
+    rows = [{"method": name, **res} for name, res in baselines(images, gts).items()]
+    for row in rows:
+        print(f"  {row['method']:<16}" + "  ".join(f"{h} {row[k]:.3f}" for h, k in zip(HEADER, METRICS)), flush=True)
+    for fraction in args.fractions:
+        for seed in range(args.seeds):
+            res = train_and_score(args.data, out / f"p{fraction:g}_s{seed}", fraction, seed, args.minutes,
+                                  args.train_args)
+            rows.append({"method": f"SPOCO@{fraction:g}", "seed": seed, **res})
+            print(f"  SPOCO@{fraction:g} seed {seed}: " + "  ".join(f"{h} {res[k]:.3f}" for h, k in
+                                                                   zip(HEADER, METRICS))
+                  + f"  ({res['iterations']} steps, {res['train_seconds'] / 60:.1f} min)", flush=True)
+    with open(out / "results.csv", "w", newline="") as fh:
+        keys = sorted({k for r in rows for k in r}, key=lambda k: (k != "method", k))
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    print(f"\n{args.data.name} validation ({len(images)} images), mean ± std over seeds; load after "
+          f"{os.getloadavg()[0]:.2f}")
+    print("| method | " + " | ".join(HEADER) + " | training |")
+    print("|---|" + "---|" * (len(HEADER) + 1))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        group = [r for r in rows if r["method"] == method]
+        cells = [_fmt([r[k] for r in group]) for k in METRICS]
+        train = (f"{np.mean([r['train_seconds'] for r in group]) / 60:.1f} min" if "train_seconds" in group[0]
+                 else "none")
+        print(f"| {method} | " + " | ".join(cells) + f" | {train} |")
+    print(f"results: {out / 'results.csv'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
