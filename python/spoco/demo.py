@@ -1,5 +1,12 @@
-"""``spoco demo``: train SPOCO@0.1 on generated microscopy images on the CPU, segment
-held-out images with the mutex watershed, score them and draw a figure."""
+"""``spoco demo``: train SPOCO@0.1 on real nuclei on the CPU, segment held-out fields,
+score them next to the classic pipeline, and draw a figure.
+
+The default data is a small subset of BBBC039 shipped with spoco (``spoco/demo_data``,
+CC0; see ``scripts/make_demo_data.py``): 16 training fields (one of them empty, as real
+screens have), 2 validation fields and 4 held-out test fields of U2OS nuclei, 520×696
+uint16. ``data="synthetic"`` uses generated images instead (no files needed).
+Training uses the default recipe of ``spoco train`` (:mod:`spoco.training.recipe`).
+"""
 from __future__ import annotations
 
 import time
@@ -7,18 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-# Chosen by measurement (benchmarks/RESULTS.md, "Demo and post-processing"): the whole demo
-# runs in about 4 minutes on 2 CPU cores. The nuclei are generated apart from each other
-# (touching=0) on a moderately textured background (texture=0.5); 200 training images at
-# SPOCO@0.1 give about 250 labelled objects (round(0.1 n) per image, at least one).
-DEFAULTS = dict(kind="intensity", n_train=200, n_val=8, n_test=8, shape=(128, 128), fraction=0.1, iters=3000,
-                data=dict(touching=0.0, texture=0.5))
-# Training: 64x64 patches (a 4-level U-Net), Adam at 1e-3 dropped x0.2 after 3 validations
-# without a better AP@0.5; validation, best.pt and prediction use the moving-average network g
-# (momentum 0.995: it averages over ~200 steps, so it is trained well within the 3000) and
-# 16 pixels of mirrored image past the border (no strip of false objects along it).
-TRAIN = dict(patch_shape=(64, 64), batch_size=8, f_maps=8, embedding_dim=16, lr=1e-3, lr_patience=3,
-             val_every=250, momentum=0.995, eval_network="g", border="mirror")
+DATA_DIR = Path(__file__).parent / "demo_data" / "bbbc039"
+DATASETS = ("nuclei", "synthetic")
+# Training steps of the demo: about 5 minutes on 2 CPU cores (benchmarks/README.md).
+ITERS = 5000
+FRACTION = 0.1
+COLUMNS = ("ap50", "sbd", "abs_dic", "are", "n_gt", "n_pred")
 
 
 def _pca_rgb(emb: np.ndarray) -> np.ndarray:
@@ -31,96 +32,144 @@ def _pca_rgb(emb: np.ndarray) -> np.ndarray:
     return rgb.reshape(emb.shape[1:] + (3,))
 
 
-def _figure(rows, path: Path) -> None:
+def _display(image: np.ndarray) -> np.ndarray:
+    """A channel of ``image`` scaled to [0, 1] by its 1st and 99.8th percentiles."""
+    img = np.asarray(image, dtype=np.float32)
+    img = img[0] if img.ndim == 3 else img
+    lo, hi = np.percentile(img, (1, 99.8))
+    return np.clip((img - lo) / max(hi - lo, 1e-9), 0, 1)
+
+
+def _figure(rows, train_example, path: Path) -> None:
+    """One row per test image: image | embeddings (PCA) | segmentation | ground truth,
+    and a fifth column with a training image and its sparse labels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from skimage.color import label2rgb
 
-    titles = ["image", "embeddings (PCA)", "segmentation", "ground truth", "training labels (SPOCO@p)"]
-    fig, axes = plt.subplots(len(rows), 4, figsize=(12, 3.1 * len(rows)), squeeze=False)
-    for ax_row, (name, image, emb, seg, gt) in zip(axes, rows):
-        panels = [image, _pca_rgb(emb), label2rgb(seg, bg_label=0), label2rgb(gt, bg_label=0)]
+    titles = ["image", "embeddings (PCA)", "segmentation", "ground truth"]
+    fig, axes = plt.subplots(len(rows), 5, figsize=(17, 2.9 * len(rows)), squeeze=False)
+    for r, (ax_row, (name, image, emb, seg, gt)) in enumerate(zip(axes, rows)):
+        panels = [_display(image), _pca_rgb(emb), label2rgb(seg, bg_label=0), label2rgb(gt, bg_label=0)]
         for ax, img, title in zip(ax_row, panels, titles):
             ax.imshow(img, cmap="gray", interpolation="nearest")
-            ax.set_title(f"{name}: {title}", fontsize=9)
+            ax.set_title(f"{name}: {title}", fontsize=8)
+        if r < len(train_example):
+            t_name, t_image, t_labels = train_example[r]
+            ax_row[4].imshow(label2rgb(t_labels, image=_display(t_image), bg_label=0, alpha=0.5))
+            ax_row[4].set_title(f"training {t_name}: labels used (SPOCO@p)", fontsize=8)
+        for ax in ax_row:
             ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
-def run_demo(out="demo_output", *, seed: int = 0, iters: int | None = None, kind: str | None = None,
-             fraction: float | None = None, device: str = "cpu", progress: bool = True, **segment_kw) -> dict:
-    """Generate data, train, segment the held-out images and report.
+def _load(split: str):
+    from .data import io
 
-    Writes to ``out``: ``demo.png`` (image | PCA of embeddings | segmentation |
-    ground truth), ``test_<i>_{image,seg,gt}.tif``, ``metrics.csv`` and the training
-    run (``run/``: checkpoints and logs). Returns the mean metrics over the held-out
-    images plus ``seconds``.
+    pairs = io.list_pairs(DATA_DIR / split / "images", DATA_DIR / split / "labels")
+    return ([p.stem for p, _ in pairs], [io.read_array(p) for p, _ in pairs],
+            [io.read_array(q).astype(np.int64) for _, q in pairs])
+
+
+def _synthetic(seed: int):
+    from .data import synthetic_images
+
+    def split(n, offset, prefix):
+        images, labels = synthetic_images(n, (128, 128), kind="intensity", rng=seed + offset, touching=0.0,
+                                          texture=0.5)
+        return [f"{prefix}_{i}" for i in range(n)], list(images), list(labels)
+
+    return split(200, 0, "train"), split(8, 20_000, "val"), split(8, 10_000, "test")
+
+
+def _table(rows) -> str:
+    width = max(len(r["method"]) for r in rows)
+    lines = [f"{'':<{width}}  " + "  ".join(f"{k:>7}" for k in COLUMNS)]
+    for r in rows:
+        lines.append(f"{r['method']:<{width}}  " + "  ".join(f"{r[k]:>7.3f}" for k in COLUMNS))
+    return "\n".join(lines)
+
+
+def run_demo(out="demo_output", *, data: str = "nuclei", seed: int = 0, iters: int | None = None,
+             fraction: float | None = None, device: str = "cpu", progress: bool = True) -> dict:
+    """Train SPOCO@p on ``data``, segment the held-out images, compare with the classic
+    pipeline and report.
+
+    Writes to ``out``: ``demo.png`` (image | PCA of the embeddings | segmentation | ground
+    truth | a training image with the labels used), ``<name>_{seg,gt}.tif`` per test
+    image, ``metrics.csv`` (one row per test image and method) and the training run
+    (``run/``). Returns the mean metrics of spoco over the test images (``ap50``, ``sbd``,
+    ``abs_dic``, ``are``), the classic baseline's as ``baseline_<metric>``, and ``seconds``.
     """
     import tifffile
     import torch
 
     from . import metrics
+    from .baselines import otsu_watershed
     from .clustering import segment
-    from .data import InstanceDataset, synthetic_images
+    from .data import InstanceDataset
     from .predict import predict
-    from .training import Trainer, TrainConfig, load_checkpoint, model_from_checkpoint
-    from .cli.evaluate import COLUMNS, format_table
+    from .sampling import sparsify
+    from .training import Trainer, load_checkpoint, model_from_checkpoint
+    from .training.recipe import auto_config, summarize_labels
 
+    if data not in DATASETS:
+        raise ValueError(f"data must be one of {DATASETS}, got {data!r}")
     start = time.perf_counter()
-    kind = kind or DEFAULTS["kind"]
-    fraction = DEFAULTS["fraction"] if fraction is None else fraction
+    fraction = FRACTION if fraction is None else fraction
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    shape = DEFAULTS["shape"]
-    data = DEFAULTS["data"] if kind == DEFAULTS["kind"] else {}
-    images, labels = synthetic_images(DEFAULTS["n_train"], shape, kind=kind, rng=seed, **data)
-    test_images, test_labels = synthetic_images(DEFAULTS["n_test"], shape, kind=kind, rng=seed + 10_000, **data)
-    # Validation images (dense labels, apart from the test images) pick the best checkpoint
-    # and drive the learning-rate schedule, as in a real run of ``spoco train``.
-    val_images, val_labels = synthetic_images(DEFAULTS["n_val"], shape, kind=kind, rng=seed + 20_000, **data)
-    train = InstanceDataset(list(images), list(labels), patch_shape=TRAIN["patch_shape"], fraction=fraction,
-                            seed=seed, length=4 * len(images))
-    n_kept = sum(int(np.count_nonzero(np.unique(lab))) for lab in train.labels)
-    n_all = sum(int(lab.max()) for lab in labels)
-    print(f"spoco demo: {len(images)} generated {kind}-stained training images {shape}, "
-          f"{n_kept} of {n_all} objects labelled (SPOCO@{fraction:g}); {len(test_images)} held-out images")
-    config = TrainConfig(**TRAIN, max_iters=iters or DEFAULTS["iters"], fraction=fraction, seed=seed,
-                         **{k: v for k, v in SEGMENT_DEFAULTS.items() if k in ("background", "background_radius", "min_size")})
+    if data == "nuclei":
+        train, val, test = _load("train"), _load("val"), _load("test")
+    else:
+        train, val, test = _synthetic(seed)
+    seen = [sparsify(lab, fraction, seed, image_index=i) for i, lab in enumerate(train[2])]
+    summary = summarize_labels(seen)
+    config, reasons = auto_config(summary, dict(fraction=fraction, seed=seed, max_iters=iters or ITERS))
+    what = "BBBC039 nuclei fields" if data == "nuclei" else "generated images"
+    print(f"spoco demo: {len(train[1])} {what} for training, {summary.line().split(', ', 1)[1]} "
+          f"(SPOCO@{fraction:g} of {sum(int(lab.max() > 0) and len(np.unique(lab)) - 1 for lab in train[2])}); "
+          f"{len(test[1])} held-out test images")
+    for reason in reasons:
+        print(f"  {reason}")
+    dataset = InstanceDataset(train[1], train[2], patch_shape=config.patch_shape, fraction=fraction, seed=seed,
+                              length=config.samples_per_epoch)
     torch.manual_seed(seed)
-    trainer = Trainer(config, train, list(zip(val_images, val_labels)), out_dir=out / "run", device=device,
+    trainer = Trainer(config, dataset, list(zip(val[1], val[2])), out_dir=out / "run", device=device,
                       progress=progress)
     trained = trainer.fit()
     model = model_from_checkpoint(load_checkpoint(out / "run" / "best.pt")).to(device)
     print(f"trained {trained['iterations']} steps in {trained['seconds']:.0f} s; best validation AP@0.5 "
           f"{trained['best_score']:.3f} (run/best.pt)")
 
-    segment_kw = {**SEGMENT_DEFAULTS, **segment_kw}
-    rows, figure_rows = [], []
-    for i, (image, gt) in enumerate(zip(test_images, test_labels)):
+    rows, figure_rows, ours, classic = [], [], [], []
+    for name, image, gt in zip(*test):
         emb = predict(model, image, border=config.border, device=device)
-        seg = segment(emb, **segment_kw)
-        rows.append({"image": f"test_{i}", **{k: metrics.evaluate(gt, seg)[k] for k in COLUMNS}})
-        for name, arr in (("image", image[0]), ("seg", seg.astype(np.uint16)), ("gt", gt.astype(np.uint16))):
-            tifffile.imwrite(out / f"test_{i}_{name}.tif", arr)
-        if i < 3:
-            figure_rows.append((f"test_{i}", image[0], emb, seg, gt))
-    _figure(figure_rows, out / "demo.png")
-    table = format_table(rows)
+        seg = segment(emb, **config.segmentation())
+        base = otsu_watershed(image)
+        for method, labels, store in (("spoco", seg, ours), ("otsu_watershed", base, classic)):
+            scores = metrics.evaluate(gt, labels)
+            store.append(scores)
+            rows.append({"image": name, "method": method, **{k: scores[k] for k in COLUMNS}})
+        for kind, arr in (("seg", seg), ("gt", gt)):
+            tifffile.imwrite(out / f"{name}_{kind}.tif", arr.astype(np.uint16), compression="zlib")
+        if len(figure_rows) < 3:
+            figure_rows.append((name, image, emb[:-1] if config.foreground else emb, seg, gt))
+    shown = [(n, im, lab) for n, im, lab in zip(train[0], train[1], dataset.labels) if lab.max() > 0][:3]
+    _figure(figure_rows, shown, out / "demo.png")
     (out / "metrics.csv").write_text(
-        ",".join(["image", *COLUMNS]) + "\n" + "\n".join(",".join(str(r[k]) for k in ["image", *COLUMNS])
-                                                         for r in rows) + "\n")
-    print(table)
-    result = {k: float(np.mean([r[k] for r in rows])) for k in COLUMNS}
+        ",".join(["image", "method", *COLUMNS]) + "\n"
+        + "".join(",".join(str(r[k]) for k in ["image", "method", *COLUMNS]) + "\n" for r in rows))
+    mean = {m: {k: float(np.mean([s[k] for s in store])) for k in COLUMNS}
+            for m, store in (("spoco", ours), ("otsu_watershed", classic))}
+    print(_table([{"method": f"spoco SPOCO@{fraction:g}", **mean["spoco"]},
+                  {"method": "Otsu + watershed", **mean["otsu_watershed"]}]))
+    result = dict(mean["spoco"]) | {f"baseline_{k}": v for k, v in mean["otsu_watershed"].items()}
     result["seconds"] = time.perf_counter() - start
-    print(f"held-out images: SBD {result['sbd']:.3f}, |DiC| {result['abs_dic']:.2f}, "
-          f"AP@0.5 {result['ap50']:.3f}, adapted Rand error {result['are']:.3f}; "
-          f"total {result['seconds']:.0f} s; figure: {out / 'demo.png'}")
+    print(f"held-out test images: spoco AP@0.5 {result['ap50']:.3f} vs {result['baseline_ap50']:.3f} for Otsu + "
+          f"watershed; total {result['seconds']:.0f} s; figure: {out / 'demo.png'}")
     return result
-
-
-# Post-processing of the demo's segmentations (see README, "Segmenting without a background class").
-SEGMENT_DEFAULTS = dict(background="embedding", background_radius=2.0, merge_distance=0.0, min_size=100)
