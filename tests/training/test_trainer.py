@@ -181,3 +181,25 @@ def test_foreground_head_and_spatial_embeddings_train(tiny_data, tmp_path):
     assert 0 < rate < 1 and float(trainer.ema.g.label_rate) == rate  # c travels to g and to checkpoints
     model = model_from_checkpoint(load_checkpoint(tmp_path / "last.pt"))
     assert model.foreground and model.spatial_scale == 4.0 and float(model.label_rate) == pytest.approx(rate)
+
+
+def test_foreground_threshold_chosen_on_validation(tiny_data, tmp_path):
+    """Without a threshold in the config, best.pt gets the candidate that scores best on
+    the validation images, and its stored score is that candidate's."""
+    from spoco.training.trainer import FOREGROUND_THRESHOLDS
+
+    train, _ = tiny_data
+    cfg = _config(max_iters=20, foreground=True, spatial_scale=4.0, val_every=10)
+    trainer = Trainer(cfg, TinySet(train, 0.3), train[:2], out_dir=tmp_path, progress=False)
+    result = trainer.fit()
+    tried = {float(r["foreground_threshold"]): float(r["ap50"]) for r in _rows(tmp_path / "foreground_thresholds.csv")}
+    assert sorted(tried) == sorted(FOREGROUND_THRESHOLDS)
+    state = load_checkpoint(tmp_path / "best.pt")
+    chosen = state["config"]["foreground_threshold"]
+    assert tried[chosen] == max(tried.values()) == pytest.approx(result["best_score"])
+    assert TrainConfig.from_saved(state["config"]).segmentation()["foreground_threshold"] == chosen
+    # a threshold given by the user is kept
+    cfg = _config(max_iters=10, foreground=True, val_every=10, foreground_threshold=0.45)
+    Trainer(cfg, TinySet(train, 0.3), train[:2], out_dir=tmp_path / "fixed", progress=False).fit()
+    assert load_checkpoint(tmp_path / "fixed" / "best.pt")["config"]["foreground_threshold"] == 0.45
+    assert not (tmp_path / "fixed" / "foreground_thresholds.csv").exists()

@@ -158,5 +158,7 @@ def run(args) -> int:
     result = trainer.fit()
     if trainer.rank == 0:
         best = f", best validation AP@0.5 {result['best_score']:.3f}" if val else ""
+        if val and config.foreground:
+            best += f" (foreground threshold {trainer.config.foreground_threshold:g})"
         print(f"trained {result['iterations']} steps in {result['seconds']:.0f} s{best}; checkpoints in {args.out}")
     return 0

@@ -68,7 +68,9 @@ class TrainConfig:
     background_radius: float = 2.0    # "embedding" background: within this of the largest segment (δ_d)
     merge_distance: float = 0.0
     min_size: int = 0
-    foreground_threshold: float = 0.5  # with a foreground head: pixels above this probability are clustered
+    # with a foreground head: pixels above this probability are clustered; None: chosen on the
+    # validation images after training (FOREGROUND_THRESHOLDS), 0.5 without them
+    foreground_threshold: float | None = None
     seed: int = 0
 
     @classmethod
@@ -146,6 +148,8 @@ class TrainConfig:
             raise ValueError(f"eval_network must be 'f' or 'g', got {self.eval_network!r}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if self.foreground_threshold is not None and not 0 < self.foreground_threshold < 1:
+            raise ValueError(f"foreground_threshold must be in (0, 1) or None, got {self.foreground_threshold!r}")
         if self.norm not in (None, "batch", "group", "none"):
             raise ValueError(f"norm must be batch, group or none, got {self.norm!r}")
         self._check_adversarial()
@@ -183,7 +187,8 @@ class TrainConfig:
     def segmentation(self) -> dict:
         """Keyword arguments of :func:`spoco.clustering.segment` that validation uses, and
         that ``spoco predict`` stores with the embeddings for ``spoco segment``."""
-        return dict(delta_d=self.delta_d, foreground=self.foreground, foreground_threshold=self.foreground_threshold,
+        return dict(delta_d=self.delta_d, foreground=self.foreground,
+                    foreground_threshold=0.5 if self.foreground_threshold is None else self.foreground_threshold,
                     background=self.background, background_radius=self.background_radius,
                     merge_distance=self.merge_distance, min_size=self.min_size)
 

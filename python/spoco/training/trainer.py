@@ -28,6 +28,10 @@ from .config import TrainConfig
 
 
 
+# Foreground thresholds tried on the validation images after training (Trainer.fit).
+FOREGROUND_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+
+
 def build_model(config: TrainConfig, in_channels: int) -> UNet:
     """The U-Net of ``config`` (batch norm in 2D, group norm in 3D unless set)."""
     norm = config.norm or ("batch" if config.ndim == 2 else "group")
@@ -264,9 +268,33 @@ class Trainer:
                 self._validate_and_checkpoint()
         if bar is not None:
             bar.close()
+        if self.rank == 0 and cfg.foreground and cfg.foreground_threshold is None and self.val_data \
+                and (self.out_dir / "best.pt").exists():
+            self._choose_foreground_threshold()
         dist_utils.barrier()
         return {"iterations": self.iteration, "best_score": self.best_score,
                 "seconds": time.perf_counter() - start}
+
+    def _choose_foreground_threshold(self) -> None:
+        """Give ``best.pt`` the foreground threshold (of FOREGROUND_THRESHOLDS) under which
+        its network scores best on the validation images, so that segmentation uses it.
+        Logs every candidate's score to ``foreground_thresholds.csv``."""
+        state = load_checkpoint(self.out_dir / "best.pt", map_location=self.device)
+        model = model_from_checkpoint(state).to(self.device)
+        cfg = TrainConfig.from_saved(state["config"])
+        embeddings = [predict(model, image, border=cfg.border, device=self.device) for image, _ in self.val_data]
+        scores = {}
+        for threshold in FOREGROUND_THRESHOLDS:
+            settings = cfg.segmentation() | {"foreground_threshold": threshold}
+            scores[threshold] = float(np.mean([metrics.evaluate(np.asarray(labels), segment(emb, **settings))["ap50"]
+                                               for emb, (_, labels) in zip(embeddings, self.val_data)]))
+            self._log("foreground_thresholds.csv", {"foreground_threshold": threshold, "ap50": scores[threshold]})
+        best = max(scores, key=lambda t: (scores[t], -abs(t - 0.5)))  # ties: the one nearest 0.5
+        self.config.foreground_threshold = state["config"]["foreground_threshold"] = best
+        self.best_score = state["best_score"] = scores[best]
+        save_checkpoint(self.out_dir / "best.pt", state)
+        import yaml
+        (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
 
     def _set_lr(self, progress: float) -> None:
         """Cosine decay from ``lr`` to 0 over the run, after a linear warm-up."""
