@@ -39,11 +39,3 @@ def test_set_threads_sets_torch_and_core():
     finally:
         threads.set_threads(before)
 
-
-def test_passive_wait_keeps_a_user_choice(monkeypatch):
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    threads.passive_wait()
-    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
-    monkeypatch.delenv("OMP_WAIT_POLICY")
-    threads.passive_wait()
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"

@@ -5,11 +5,10 @@ affinity mask (``taskset``, batch schedulers) and a cgroup CPU quota (containers
 ``docker --cpus``), not the machine's core count. :func:`set_threads` gives PyTorch's
 intra-op pool and spoco's C++ kernels that many threads (or the number asked for).
 
-Waiting: OpenMP threads spin between parallel regions by default. When another
-process shares the cores, a spinning thread burns the time slice that the thread it
-waits for needs, and a training step became 4–18× slower. :func:`passive_wait`
-asks the OpenMP runtime to sleep instead; it must run before the runtime starts
-(before ``import torch``), so the command line calls it first thing.
+Waiting policy: letting idle OpenMP threads sleep (``OMP_WAIT_POLICY=PASSIVE``) was
+measured and made a training step slower, alone and beside a busy process
+(``benchmarks/bench_threads.py``), so spoco leaves the policy alone. Beside another
+heavy process, one thread per free core (``--threads 1`` on 2 cores) is fastest.
 """
 from __future__ import annotations
 
@@ -43,12 +42,6 @@ def available_cpus() -> int:
     if quota is not None:
         n = min(n, max(1, math.floor(quota)))
     return max(1, n)
-
-
-def passive_wait() -> None:
-    """Let idle OpenMP threads sleep instead of spinning (unless the user chose otherwise).
-    Effective only before the OpenMP runtime starts, i.e. before ``import torch``."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def set_threads(threads: int | None = None) -> int:
