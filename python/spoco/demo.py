@@ -16,7 +16,7 @@ import numpy as np
 
 DATA_DIR = Path(__file__).parent / "demo_data" / "bbbc039"
 DATASETS = ("nuclei", "synthetic")
-# Training steps of the demo: about 5 minutes on 2 CPU cores (benchmarks/README.md).
+# Training steps of the demo: about 5 minutes on 2 CPU cores (README, "What the demo shows").
 ITERS = 5000
 FRACTION = 0.1
 COLUMNS = ("ap50", "sbd", "abs_dic", "are", "n_gt", "n_pred")
