@@ -236,8 +236,7 @@ class Trainer:
         cfg = self.config
         if self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            import yaml
-            (self.out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            self._write_config()
         start = time.perf_counter()
         bar = None
         if self.progress and self.rank == 0:
@@ -293,7 +292,11 @@ class Trainer:
         self.config.foreground_threshold = state["config"]["foreground_threshold"] = best
         self.best_score = state["best_score"] = scores[best]
         save_checkpoint(self.out_dir / "best.pt", state)
+        self._write_config()
+
+    def _write_config(self) -> None:
         import yaml
+
         (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
 
     def _set_lr(self, progress: float) -> None:
