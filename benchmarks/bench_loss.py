@@ -84,7 +84,7 @@ def worker(args) -> dict:
     import torch
 
     import spoco
-    from spoco.ops.anchors import consistency_anchors
+    from spoco.ops import consistency_anchors
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from naive_loss import naive_spoco_loss

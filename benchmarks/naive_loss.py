@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from spoco.ops.reference.loss import consistency_anchors, kernel_sigma2, pick
+from spoco.loss.reference import consistency_anchors, kernel_sigma2, pick
 
 
 def _dice(s, i):

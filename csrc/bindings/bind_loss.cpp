@@ -1,6 +1,6 @@
 // pybind11 bindings of the SPOCO loss kernels (csrc/core/loss_kernels.hpp).
-// spoco.ops.fused validates every tensor (dtype, device, shape, contiguity) and passes
-// raw CPU pointers; `dtype` selects float32/float64. The kernels are compiled for
+// spoco/ops/_kernel.py validates every tensor (dtype, device, shape, contiguity) and passes
+// raw CPU pointers by name in a LossCall (loss_call.hpp). The kernels are compiled for
 // several instruction sets (loss_cpu_entry.cpp); the best one the CPU supports runs,
 // unless SPOCO_CPU_ISA=generic|avx2|avx512 says otherwise. All give identical results.
 #include <pybind11/pybind11.h>
@@ -11,6 +11,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "bindings/loss_call_bind.hpp"
 #include "bindings/loss_cpu_entry.hpp"
 #include "core/loss_pass.hpp"
 
@@ -49,12 +50,6 @@ Isa isa() {
     return chosen;
 }
 
-bool is_double(const std::string& dtype) {
-    if (dtype == "float64") return true;
-    if (dtype == "float32") return false;
-    throw std::invalid_argument("dtype must be float32 or float64, got " + dtype);
-}
-
 #ifdef SPOCO_LOSS_X86_VARIANTS
 #define SPOCO_DISPATCH(fn, ...)                              \
     switch (isa()) {                                         \
@@ -66,69 +61,20 @@ bool is_double(const std::string& dtype) {
 #define SPOCO_DISPATCH(fn, ...) return E::generic::fn(__VA_ARGS__);
 #endif
 
-void anchor_pixel(int term, bool backward, const std::string& dtype, uintptr_t emb, uintptr_t anchors,
-                  uintptr_t emb_g, uintptr_t anchors_g, uintptr_t slot, uintptr_t weight, uintptr_t n_valid,
-                  int64_t B, int64_t D, int64_t N, int64_t K, double h, double delta, uintptr_t out,
-                  uintptr_t grad_out, uintptr_t grad_emb, uintptr_t grad_anchors, int threads) {
-    const bool dbl = is_double(dtype);
-    py::gil_scoped_release release;
-    SPOCO_DISPATCH(anchor_pixel, term, backward, dbl, emb, anchors, emb_g, anchors_g, slot, weight, n_valid, B, D, N,
-                   K, h, delta, out, grad_out, grad_emb, grad_anchors, threads)
-}
+using spoco::bindings::LossCall;
 
-void segment_sum(const std::string& dtype, uintptr_t emb, uintptr_t slot, int64_t B, int64_t D, int64_t N, int64_t C,
-                 uintptr_t sums, uintptr_t counts, int threads) {
-    const bool dbl = is_double(dtype);
-    py::gil_scoped_release release;
-    SPOCO_DISPATCH(segment_sum, dbl, emb, slot, B, D, N, C, sums, counts, threads)
-}
+// Every entry point takes a LossCall and releases the GIL while the kernel runs.
+#define SPOCO_ENTRY(fn)                        \
+    [](const LossCall& c) {                    \
+        py::gil_scoped_release release;        \
+        SPOCO_DISPATCH(fn, c)                  \
+    }
 
-void segment_sum_backward(const std::string& dtype, uintptr_t grad_sums, uintptr_t slot, int64_t B, int64_t D,
-                          int64_t N, int64_t C, uintptr_t grad_emb, int threads) {
-    const bool dbl = is_double(dtype);
-    py::gil_scoped_release release;
-    SPOCO_DISPATCH(segment_sum_backward, dbl, grad_sums, slot, B, D, N, C, grad_emb, threads)
-}
-
-void pull_sums(const std::string& dtype, uintptr_t emb, uintptr_t means, uintptr_t slot, int64_t B, int64_t D,
-               int64_t N, int64_t C, double delta_v, uintptr_t out, uintptr_t grad, uintptr_t grad_emb,
-               uintptr_t grad_means, int threads) {
-    const bool dbl = is_double(dtype);
-    py::gil_scoped_release release;
-    SPOCO_DISPATCH(pull_sums, dbl, emb, means, slot, B, D, N, C, delta_v, out, grad, grad_emb, grad_means, threads)
-}
-
-void consistency_anchors(const std::string& dtype, uintptr_t emb_f, uintptr_t emb_g, uintptr_t unlabeled,
-                         uintptr_t keys, int64_t B, int64_t D, int64_t N, int64_t K, double delta_v,
-                         double coverage_stop, uintptr_t pix, uintptr_t valid, int threads) {
-    const bool dbl = is_double(dtype);
-    py::gil_scoped_release release;
-    SPOCO_DISPATCH(consistency_anchors, dbl, emb_f, emb_g, unlabeled, keys, B, D, N, K, delta_v, coverage_stop, pix,
-                   valid, threads)
-}
-
-bool all_finite(const std::string& dtype, uintptr_t x, int64_t n, int threads) {
-    const bool dbl = is_double(dtype);
-    py::gil_scoped_release release;
-    SPOCO_DISPATCH(all_finite, dbl, x, n, threads)
-}
-
-void pixel_terms(bool backward, const std::string& dtype, uintptr_t emb, uintptr_t emb_g, uintptr_t slot,
-                 uintptr_t inst_pix, bool unlabeled_push, uintptr_t cons_pix, uintptr_t n_cons, int64_t B, int64_t D,
-                 int64_t N, int64_t C, int64_t K, double h, double delta_v, double delta_d, uintptr_t means,
-                 uintptr_t counts, const std::vector<uintptr_t>& outs, int threads) {
-    const bool dbl = is_double(dtype);
-    py::gil_scoped_release release;
-    SPOCO_DISPATCH(pixel_terms, backward, dbl, emb, emb_g, slot, inst_pix, unlabeled_push, cons_pix, n_cons, B, D, N,
-                   C, K, h, delta_v, delta_d, means, counts, outs, threads)
-}
-
-py::tuple cluster_slots(uintptr_t target, uintptr_t keys, int64_t B, int64_t N, int64_t ignore, bool sparse,
-                        uintptr_t slot, int threads) {
+py::tuple cluster_slots(const LossCall& c) {
     E::SlotsResult r;
     {
         py::gil_scoped_release release;
-        r = [&]() -> E::SlotsResult { SPOCO_DISPATCH(cluster_slots, target, keys, B, N, ignore, sparse, slot, threads) }();
+        r = [&]() -> E::SlotsResult { SPOCO_DISPATCH(cluster_slots, c) }();
     }
     return py::make_tuple(r.C, r.negative, r.labels, r.pix);
 }
@@ -144,14 +90,26 @@ std::string isa_name() {
 }  // namespace
 
 void register_loss(py::module_& m) {
-    m.def("loss_anchor_pixel", &anchor_pixel, "Anchor x pixel sums of the SPOCO loss (forward or backward).");
-    m.def("loss_segment_sum", &segment_sum, "Per-slot embedding sums and pixel counts.");
-    m.def("loss_segment_sum_backward", &segment_sum_backward, "Gradient of loss_segment_sum.");
-    m.def("loss_pull_sums", &pull_sums, "Pull hinge sums per slot (forward, or backward when grad != 0).");
-    m.def("loss_consistency_anchors", &consistency_anchors, "Coverage-driven consistency anchors (Eq. 7).");
-    m.def("loss_all_finite", &all_finite, "Whether n floats at a CPU address are all finite.");
-    m.def("loss_pixel_terms", &pixel_terms,
+    spoco::bindings::register_loss_call(m);
+    // fields read: term, backward, dbl, emb, anchors, emb_g, anchors_g, slot, weight, n_valid, B, D, N, K, h,
+    // delta, then out (forward) or grad_out, grad_emb, grad_anchors (backward), threads
+    m.def("loss_anchor_pixel", SPOCO_ENTRY(anchor_pixel), "Anchor x pixel sums of the SPOCO loss (forward or backward).");
+    // dbl, emb, slot, B, D, N, C, sums, counts, threads
+    m.def("loss_segment_sum", SPOCO_ENTRY(segment_sum), "Per-slot embedding sums and pixel counts.");
+    // dbl, grad_sums, slot, B, D, N, C, grad_emb, threads
+    m.def("loss_segment_sum_backward", SPOCO_ENTRY(segment_sum_backward), "Gradient of loss_segment_sum.");
+    // dbl, backward, emb, means, slot, B, D, N, C, delta_v, then pull (forward) or grad_pull, grad_emb, grad_means
+    m.def("loss_pull_sums", SPOCO_ENTRY(pull_sums), "Pull hinge sums per slot (forward or backward).");
+    // dbl, emb, emb_g, unlabeled, keys, B, D, N, K, delta_v, coverage_stop, pix, valid, threads
+    m.def("loss_consistency_anchors", SPOCO_ENTRY(consistency_anchors), "Coverage-driven consistency anchors (Eq. 7).");
+    // dbl, x, n, threads
+    m.def("loss_all_finite", SPOCO_ENTRY(all_finite), "Whether n floats at a CPU address are all finite.");
+    // dbl, backward, emb, emb_g, slot, inst_pix, unlabeled_push, cons_pix, n_cons, B, D, N, C, K, h, delta_v,
+    // delta_d, up_active, means, counts, then pull, inst, upush, cons (forward) or grad_means, grad_pull,
+    // grad_inst, grad_upush, grad_cons, grad_emb (backward), threads
+    m.def("loss_pixel_terms", SPOCO_ENTRY(pixel_terms),
           "Fused loss reductions (segment means, pull, anchor x pixel terms) or their backward, in one pass.");
+    // target, keys, B, N, ignore_index, sparse, slot, threads
     m.def("loss_cluster_slots", &cluster_slots,
           "Per-image cluster slots of int64 labels: (C, negative label found, labels (B*C), anchor pixels (B*C)).");
     m.attr("loss_block_pixels") = py::int_(spoco::loss::kSub);  // pixels per block of the up_active masks

@@ -12,6 +12,7 @@
 
 #include "cuda/affinities.cuh"
 #include "cuda/loss.cuh"
+#include "bindings/loss_call_bind.hpp"
 #include "bindings/pointers.hpp"
 
 namespace py = pybind11;
@@ -42,105 +43,62 @@ void embedding_affinities(uintptr_t emb, uintptr_t out, const std::string& dtype
         throw std::invalid_argument("dtype must be float32 or float64");
 }
 
-// ---- loss kernels: pointers, dims, then (scratch, scratch_bytes, deterministic, device, stream)
+// ---- loss kernels: arguments by name in a LossCall (loss_call.hpp), the same fields as the CPU entry points,
+// plus scratch, scratch_bytes, deterministic, device and stream
 namespace C = spoco::cuda;
-
-bool is_double(const std::string& dtype) {
-    if (dtype == "float64") return true;
-    if (dtype == "float32") return false;
-    throw std::invalid_argument("dtype must be float32 or float64, got " + dtype);
-}
-
-C::Launch launch(uintptr_t scratch, int64_t scratch_bytes, bool deterministic, int device, uintptr_t stream) {
-    return C::Launch{reinterpret_cast<void*>(scratch), scratch_bytes, deterministic, device,
-                     reinterpret_cast<cudaStream_t>(stream)};
-}
-
 using spoco::bindings::cp;
+using spoco::bindings::LossCall;
 using spoco::bindings::mp;
 
+C::Launch launch(const LossCall& c) {
+    return C::Launch{reinterpret_cast<void*>(c.scratch), c.scratch_bytes, c.deterministic, c.device,
+                     reinterpret_cast<cudaStream_t>(c.stream)};
+}
+
 template <class T>
-void anchor_pixel_t(int term, bool backward, uintptr_t emb, uintptr_t anchors, uintptr_t emb_g, uintptr_t anchors_g,
-                    uintptr_t slot, uintptr_t weight, uintptr_t n_valid, int64_t B, int64_t D, int64_t N, int64_t K,
-                    double h, double delta, uintptr_t out, uintptr_t grad_out, uintptr_t grad_emb,
-                    uintptr_t grad_anchors, const C::Launch& l) {
+void anchor_pixel_t(const LossCall& c) {
     C::LossArgs<T> a;
-    a.emb = cp<T>(emb), a.anchors = cp<T>(anchors), a.emb_g = cp<T>(emb_g), a.anchors_g = cp<T>(anchors_g);
-    a.slot = cp<int64_t>(slot), a.weight = cp<T>(weight), a.n_valid = cp<int64_t>(n_valid);
-    a.B = B, a.D = D, a.N = N, a.K = K, a.h = static_cast<T>(h), a.delta = static_cast<T>(delta);
-    if (backward)
-        C::anchor_pixel_sums_backward<T>(term, a, cp<T>(grad_out), mp<T>(grad_emb), mp<T>(grad_anchors), l);
+    a.emb = cp<T>(c.emb), a.anchors = cp<T>(c.anchors), a.emb_g = cp<T>(c.emb_g), a.anchors_g = cp<T>(c.anchors_g);
+    a.slot = cp<int64_t>(c.slot), a.weight = cp<T>(c.weight), a.n_valid = cp<int64_t>(c.n_valid);
+    a.B = c.B, a.D = c.D, a.N = c.N, a.K = c.K, a.h = static_cast<T>(c.h), a.delta = static_cast<T>(c.delta);
+    if (c.backward)
+        C::anchor_pixel_sums_backward<T>(c.term, a, cp<T>(c.grad_out), mp<T>(c.grad_emb), mp<T>(c.grad_anchors),
+                                         launch(c));
     else
-        C::anchor_pixel_sums<T>(term, a, mp<T>(out), l);
+        C::anchor_pixel_sums<T>(c.term, a, mp<T>(c.out), launch(c));
 }
 
-void loss_anchor_pixel(int term, bool backward, const std::string& dtype, uintptr_t emb, uintptr_t anchors,
-                       uintptr_t emb_g, uintptr_t anchors_g, uintptr_t slot, uintptr_t weight, uintptr_t n_valid,
-                       int64_t B, int64_t D, int64_t N, int64_t K, double h, double delta, uintptr_t out,
-                       uintptr_t grad_out, uintptr_t grad_emb, uintptr_t grad_anchors, uintptr_t scratch,
-                       int64_t scratch_bytes, bool deterministic, int device, uintptr_t stream) {
-    const auto l = launch(scratch, scratch_bytes, deterministic, device, stream);
-    py::gil_scoped_release release;
-    if (is_double(dtype))
-        anchor_pixel_t<double>(term, backward, emb, anchors, emb_g, anchors_g, slot, weight, n_valid, B, D, N, K, h,
-                               delta, out, grad_out, grad_emb, grad_anchors, l);
-    else
-        anchor_pixel_t<float>(term, backward, emb, anchors, emb_g, anchors_g, slot, weight, n_valid, B, D, N, K, h,
-                              delta, out, grad_out, grad_emb, grad_anchors, l);
+template <class T>
+void segment_sum_t(const LossCall& c) {
+    C::segment_sum<T>(cp<T>(c.emb), cp<int64_t>(c.slot), c.B, c.D, c.N, c.C, mp<T>(c.sums), mp<T>(c.counts), launch(c));
 }
 
-void loss_segment_sum(const std::string& dtype, uintptr_t emb, uintptr_t slot, int64_t B, int64_t D, int64_t N,
-                      int64_t K, uintptr_t sums, uintptr_t counts, uintptr_t scratch, int64_t scratch_bytes,
-                      bool deterministic, int device, uintptr_t stream) {
-    const auto l = launch(scratch, scratch_bytes, deterministic, device, stream);
-    py::gil_scoped_release release;
-    if (is_double(dtype))
-        C::segment_sum<double>(cp<double>(emb), cp<int64_t>(slot), B, D, N, K, mp<double>(sums), mp<double>(counts), l);
-    else
-        C::segment_sum<float>(cp<float>(emb), cp<int64_t>(slot), B, D, N, K, mp<float>(sums), mp<float>(counts), l);
+template <class T>
+void segment_sum_backward_t(const LossCall& c) {
+    C::segment_sum_backward<T>(cp<T>(c.grad_sums), cp<int64_t>(c.slot), c.B, c.D, c.N, c.C, mp<T>(c.grad_emb),
+                               launch(c));
 }
 
-void loss_segment_sum_backward(const std::string& dtype, uintptr_t grad_sums, uintptr_t slot, int64_t B, int64_t D,
-                               int64_t N, int64_t K, uintptr_t grad_emb, uintptr_t scratch, int64_t scratch_bytes,
-                               bool deterministic, int device, uintptr_t stream) {
-    const auto l = launch(scratch, scratch_bytes, deterministic, device, stream);
-    py::gil_scoped_release release;
-    if (is_double(dtype))
-        C::segment_sum_backward<double>(cp<double>(grad_sums), cp<int64_t>(slot), B, D, N, K, mp<double>(grad_emb), l);
-    else
-        C::segment_sum_backward<float>(cp<float>(grad_sums), cp<int64_t>(slot), B, D, N, K, mp<float>(grad_emb), l);
+template <class T>
+void pull_sums_t(const LossCall& c) {
+    C::pull_sums<T>(cp<T>(c.emb), cp<T>(c.means), cp<int64_t>(c.slot), c.B, c.D, c.N, c.C, static_cast<T>(c.delta_v),
+                    mp<T>(c.pull), c.backward ? cp<T>(c.grad_pull) : nullptr, mp<T>(c.grad_emb), mp<T>(c.grad_means),
+                    launch(c));
 }
 
-void loss_pull_sums(const std::string& dtype, uintptr_t emb, uintptr_t means, uintptr_t slot, int64_t B, int64_t D,
-                    int64_t N, int64_t K, double delta_v, uintptr_t out, uintptr_t grad, uintptr_t grad_emb,
-                    uintptr_t grad_means, uintptr_t scratch, int64_t scratch_bytes, bool deterministic, int device,
-                    uintptr_t stream) {
-    const auto l = launch(scratch, scratch_bytes, deterministic, device, stream);
-    py::gil_scoped_release release;
-    if (is_double(dtype))
-        C::pull_sums<double>(cp<double>(emb), cp<double>(means), cp<int64_t>(slot), B, D, N, K, delta_v,
-                             mp<double>(out), cp<double>(grad), mp<double>(grad_emb), mp<double>(grad_means), l);
-    else
-        C::pull_sums<float>(cp<float>(emb), cp<float>(means), cp<int64_t>(slot), B, D, N, K,
-                            static_cast<float>(delta_v), mp<float>(out), cp<float>(grad), mp<float>(grad_emb),
-                            mp<float>(grad_means), l);
+template <class T>
+void consistency_anchors_t(const LossCall& c) {
+    C::consistency_anchors<T>(cp<T>(c.emb), cp<T>(c.emb_g), cp<uint8_t>(c.unlabeled), cp<double>(c.keys), c.B, c.D,
+                              c.N, c.K, static_cast<T>(c.delta_v * c.delta_v), c.coverage_stop, mp<int64_t>(c.pix),
+                              mp<uint8_t>(c.valid), launch(c));
 }
 
-void loss_consistency_anchors(const std::string& dtype, uintptr_t emb_f, uintptr_t emb_g, uintptr_t unlabeled,
-                              uintptr_t keys, int64_t B, int64_t D, int64_t N, int64_t K, double delta_v,
-                              double coverage_stop, uintptr_t pix, uintptr_t valid, uintptr_t scratch,
-                              int64_t scratch_bytes, bool deterministic, int device, uintptr_t stream) {
-    const auto l = launch(scratch, scratch_bytes, deterministic, device, stream);
-    py::gil_scoped_release release;
-    if (is_double(dtype))
-        C::consistency_anchors<double>(cp<double>(emb_f), cp<double>(emb_g), cp<uint8_t>(unlabeled),
-                                       cp<double>(keys), B, D, N, K, delta_v * delta_v, coverage_stop,
-                                       mp<int64_t>(pix), mp<uint8_t>(valid), l);
-    else
-        C::consistency_anchors<float>(cp<float>(emb_f), cp<float>(emb_g), cp<uint8_t>(unlabeled), cp<double>(keys), B,
-                                      D, N, K, static_cast<float>(delta_v * delta_v), coverage_stop,
-                                      mp<int64_t>(pix), mp<uint8_t>(valid), l);
-}
+// Every entry point releases the GIL and picks the float type from c.dbl.
+#define SPOCO_CUDA_ENTRY(fn)                            \
+    [](const LossCall& c) {                             \
+        py::gil_scoped_release release;                 \
+        c.dbl ? fn<double>(c) : fn<float>(c);           \
+    }
 
 }  // namespace
 
@@ -155,9 +113,11 @@ PYBIND11_MODULE(_cuda, m) {
           py::arg("D"), py::arg("shape"), py::arg("offsets"), py::arg("n_attractive"), py::arg("delta_d"),
           py::arg("device"), py::arg("stream"));
     m.def("loss_scratch_bytes", &spoco::cuda::loss_scratch_bytes, "Scratch bytes a loss launcher needs.");
-    m.def("loss_anchor_pixel", &loss_anchor_pixel, "Anchor x pixel sums of the SPOCO loss (forward or backward).");
-    m.def("loss_segment_sum", &loss_segment_sum, "Per-slot embedding sums and pixel counts.");
-    m.def("loss_segment_sum_backward", &loss_segment_sum_backward, "Gradient of loss_segment_sum.");
-    m.def("loss_pull_sums", &loss_pull_sums, "Pull hinge sums per slot (forward, or backward when grad != 0).");
-    m.def("loss_consistency_anchors", &loss_consistency_anchors, "Coverage-driven consistency anchors (Eq. 7).");
+    spoco::bindings::register_loss_call(m);
+    m.def("loss_anchor_pixel", SPOCO_CUDA_ENTRY(anchor_pixel_t), "Anchor x pixel sums of the SPOCO loss (forward or backward).");
+    m.def("loss_segment_sum", SPOCO_CUDA_ENTRY(segment_sum_t), "Per-slot embedding sums and pixel counts.");
+    m.def("loss_segment_sum_backward", SPOCO_CUDA_ENTRY(segment_sum_backward_t), "Gradient of loss_segment_sum.");
+    m.def("loss_pull_sums", SPOCO_CUDA_ENTRY(pull_sums_t), "Pull hinge sums per slot (forward or backward).");
+    m.def("loss_consistency_anchors", SPOCO_CUDA_ENTRY(consistency_anchors_t),
+          "Coverage-driven consistency anchors (Eq. 7).");
 }

@@ -1,10 +1,11 @@
 // Entry points of the CPU loss kernels, compiled once per instruction set
 // (loss_cpu_entry.cpp with SPOCO_LOSS_ISA = generic, avx2, avx512) and chosen at run
-// time by bind_loss.cpp. Pointers are raw CPU addresses validated by spoco.ops.fused;
-// `dbl` selects float64 (else float32).
+// time by bind_loss.cpp. Arguments come by name in a LossCall (loss_call.hpp).
 #pragma once
 #include <cstdint>
 #include <vector>
+
+#include "bindings/loss_call.hpp"
 
 namespace spoco::loss_cpu {
 
@@ -18,28 +19,16 @@ struct SlotsResult {
 
 }  // namespace spoco::loss_cpu
 
-#define SPOCO_LOSS_ENTRY_DECLS                                                                                      \
-    void anchor_pixel(int term, bool backward, bool dbl, uintptr_t emb, uintptr_t anchors, uintptr_t emb_g,         \
-                      uintptr_t anchors_g, uintptr_t slot, uintptr_t weight, uintptr_t n_valid, int64_t B,          \
-                      int64_t D, int64_t N, int64_t K, double h, double delta, uintptr_t out, uintptr_t grad_out,   \
-                      uintptr_t grad_emb, uintptr_t grad_anchors, int threads);                                     \
-    void segment_sum(bool dbl, uintptr_t emb, uintptr_t slot, int64_t B, int64_t D, int64_t N, int64_t C,           \
-                     uintptr_t sums, uintptr_t counts, int threads);                                                \
-    void segment_sum_backward(bool dbl, uintptr_t grad_sums, uintptr_t slot, int64_t B, int64_t D, int64_t N,       \
-                              int64_t C, uintptr_t grad_emb, int threads);                                          \
-    void pull_sums(bool dbl, uintptr_t emb, uintptr_t means, uintptr_t slot, int64_t B, int64_t D, int64_t N,       \
-                   int64_t C, double delta_v, uintptr_t out, uintptr_t grad, uintptr_t grad_emb,                    \
-                   uintptr_t grad_means, int threads);                                                              \
-    void pixel_terms(bool backward, bool dbl, uintptr_t emb, uintptr_t emb_g, uintptr_t slot, uintptr_t inst_pix,   \
-                     bool unlabeled_push, uintptr_t cons_pix, uintptr_t n_cons, int64_t B, int64_t D, int64_t N,    \
-                     int64_t C, int64_t K, double h, double delta_v, double delta_d, uintptr_t means,               \
-                     uintptr_t counts, const std::vector<uintptr_t>& outs, int threads);                            \
-    void consistency_anchors(bool dbl, uintptr_t emb_f, uintptr_t emb_g, uintptr_t unlabeled, uintptr_t keys,       \
-                             int64_t B, int64_t D, int64_t N, int64_t K, double delta_v, double coverage_stop,      \
-                             uintptr_t pix, uintptr_t valid, int threads);                                          \
-    bool all_finite(bool dbl, uintptr_t x, int64_t n, int threads);                                                 \
-    SlotsResult cluster_slots(uintptr_t target, uintptr_t keys, int64_t B, int64_t N, int64_t ignore, bool sparse,  \
-                              uintptr_t slot, int threads);
+// Each entry reads the LossCall fields of its kernel (see bind_loss.cpp for which).
+#define SPOCO_LOSS_ENTRY_DECLS                                   \
+    void anchor_pixel(const spoco::bindings::LossCall& c);      \
+    void segment_sum(const spoco::bindings::LossCall& c);       \
+    void segment_sum_backward(const spoco::bindings::LossCall& c); \
+    void pull_sums(const spoco::bindings::LossCall& c);         \
+    void pixel_terms(const spoco::bindings::LossCall& c);       \
+    void consistency_anchors(const spoco::bindings::LossCall& c); \
+    bool all_finite(const spoco::bindings::LossCall& c);        \
+    SlotsResult cluster_slots(const spoco::bindings::LossCall& c);
 
 namespace spoco::loss_cpu {
 namespace generic {

@@ -8,7 +8,7 @@ from ._config import show_config  # noqa: E402
 from .clustering import cluster, cluster_blockwise  # noqa: E402
 from . import metrics  # noqa: E402
 from .ema import EMANet  # noqa: E402
-from .losses import SPOCOLoss  # noqa: E402
+from .loss import SPOCOLoss  # noqa: E402
 from . import adversarial  # noqa: E402
 
 __all__ = ["EMANet", "SPOCOLoss", "__version__", "adversarial", "cluster", "cluster_blockwise", "metrics", "sampling",

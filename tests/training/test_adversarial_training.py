@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TinySet
+from tests._helpers.data import TinySet
 from spoco.training import TrainConfig, Trainer, load_checkpoint
 
 

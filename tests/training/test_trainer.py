@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TinySet, make_images
+from tests._helpers.data import TinySet, make_images
 from spoco.training import TrainConfig, Trainer, load_checkpoint, model_from_checkpoint
 
 
@@ -128,8 +128,8 @@ def test_lr_drops_on_plateau_and_stops_below_min_lr(tiny_data, tmp_path):
 
 _DDP_SCRIPT = """
 import sys, torch
-sys.path.insert(0, {tests!r})
-from conftest import TinySet, make_images
+sys.path.insert(0, {root!r})
+from tests._helpers.data import TinySet, make_images
 from spoco.training import TrainConfig, Trainer
 torch.set_num_threads(1)
 train = make_images(8, seed=1)
@@ -144,7 +144,7 @@ torch.save(w, {out!r} + f"/weights_{{t.rank}}.pt")
 
 def test_torchrun_two_gloo_processes(tmp_path):
     script = tmp_path / "ddp.py"
-    script.write_text(_DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
+    script.write_text(_DDP_SCRIPT.format(root=str(Path(__file__).parents[2]), out=str(tmp_path)))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(script)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]

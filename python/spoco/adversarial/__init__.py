@@ -2,7 +2,7 @@
 learns to tell the soft object masks of the differentiable instance selection
 (Eq. 3) from ground-truth masks, and the embedding network is trained with
 ``L_SO + ζ·L_wgan`` (or ``L_SSO + ζ·L_wgan``) to fool it."""
-from ..ops.object_masks import ObjectPatches, object_mask_patches
+from .object_masks import ObjectPatches, object_mask_patches
 from .critic import Critic
 from .term import PAPER_PATCH, AdversarialTerm
 from .wgan import critic_loss, generator_loss, gradient_penalty

@@ -6,7 +6,7 @@ import math
 import torch
 import torch.distributed as dist
 
-from ..ops.object_masks import object_mask_patches
+from .object_masks import object_mask_patches
 from .critic import Critic
 from .wgan import critic_loss, generator_loss
 

@@ -18,7 +18,7 @@ from ..adversarial import AdversarialTerm
 from ..clustering.postprocess import segment
 from ..ema import EMANet, unwrap
 from ..foreground import labelled_mean_probability, pu_foreground_loss
-from ..losses import TERMS, SPOCOLoss
+from ..loss import TERMS, SPOCOLoss
 from ..models import UNet
 from ..models.outputs import add_coordinates, split_output
 from ..predict import predict, select_device

@@ -1,6 +1,6 @@
-"""Pure-PyTorch references of every spoco op: written to read like the paper's
-equations, slow, and the oracle the fast kernels are tested against."""
+"""Pure-PyTorch oracle of the Eq. 12 affinities: written to read like the paper, slow, and
+what :func:`spoco.ops.embedding_affinities` is tested against. The loss oracle is
+:mod:`spoco.loss.reference`."""
 from .affinities import embedding_affinities
-from .loss import consistency_anchors, dice_loss, kernel_sigma2, soft_mask, spoco_loss
 
-__all__ = ["consistency_anchors", "dice_loss", "embedding_affinities", "kernel_sigma2", "soft_mask", "spoco_loss"]
+__all__ = ["embedding_affinities"]

@@ -9,7 +9,7 @@ from scipy import ndimage
 from spoco.adversarial import (AdversarialTerm, Critic, critic_loss, generator_loss, gradient_penalty,
                                object_mask_patches)
 from spoco.data.synthetic import random_instances
-from spoco.ops.reference.loss import kernel_sigma2, soft_mask
+from spoco.loss.terms import kernel_sigma2, soft_mask
 
 SIGMA2 = kernel_sigma2(0.5, 0.9)
 

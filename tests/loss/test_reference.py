@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import spoco.ops.loss as ops_loss
+import spoco.loss.torch_sums as ops_loss
 from spoco import SPOCOLoss
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

@@ -1,9 +1,10 @@
-"""Default-path building blocks (spoco.ops.loss) against direct autograd formulas; chunking; memory."""
+"""Default-path building blocks (spoco.loss.torch_sums) against direct autograd formulas; chunking; memory."""
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import spoco.ops.loss as L
+import spoco.loss.torch_sums as L
+from spoco.loss.terms import push_per_image
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -120,7 +121,7 @@ def test_segment_means_pull_push():
     compare(fast, direct, [emb])
     means = torch.randn(3, 4, 2, dtype=torch.float64)
     valid = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 1, 0, 1]], dtype=torch.bool)
-    push = L.push_per_image(means, valid, 2.0)
+    push = push_per_image(means, valid, 2.0)
     for b in range(3):
         ks = torch.nonzero(valid[b])[:, 0].tolist()
         terms = [(4 - torch.linalg.vector_norm(means[b, k] - means[b, l])).clamp(min=0) ** 2

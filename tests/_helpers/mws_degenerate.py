@@ -1,7 +1,7 @@
 """Degenerate inputs of the mutex watershed that must not crash.
 
 ``CASES`` maps a name to ``(thunk, expected)``. test_mws.py runs every thunk in a
-child process first (``python tests/mws_degenerate.py``), so that a segfault is
+child process first (``python tests/_helpers/mws_degenerate.py``), so that a segfault is
 reported as a failed test naming the case instead of killing the test session,
 and then checks the results in-process for the cases that did not crash.
 """

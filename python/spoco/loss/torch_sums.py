@@ -1,4 +1,6 @@
-"""Building blocks of :class:`spoco.SPOCOLoss` on its default (``backend="torch"``) path.
+"""The PyTorch backend of :class:`~spoco.loss.SPOCOLoss` (``backend="torch"``; the one
+``"auto"`` picks on devices without spoco kernels, e.g. Apple's MPS): the sums of a loss
+call from batched, chunked PyTorch operations (:func:`torch_sums`).
 
 Every function works on a whole batch in a *padded per-image cluster layout*:
 
@@ -8,18 +10,20 @@ Every function works on a whole batch in a *padded per-image cluster layout*:
 - ``means``/``anchors``: ``(B, C, D)``; slot ``k`` of image ``b`` is one cluster/anchor.
 
 Padded slots (images with fewer than C clusters) are computed and masked by the
-caller. The functions are the units a fused C++/CUDA kernel replaces one by one:
-the per-anchor reductions over all pixels (:func:`soft_mask_sums`,
+caller. The per-anchor reductions over all pixels (:func:`soft_mask_sums`,
 :func:`soft_mask_bce_sums`, :func:`consistency_sums`, :func:`unlabeled_push_sums`)
 never build an ``(anchors, N)`` tensor larger than :data:`CHUNK_ELEMENTS`; their
 backward passes recompute distances chunk by chunk, so memory stays
 ``O(B N D + chunk)``. They accept a shared :class:`Pixels` (centred embeddings) so
 that one loss call prepares the pixels once. The oracle for all of them is
-:mod:`spoco.ops.reference.loss`.
+:mod:`spoco.loss.reference`; :mod:`spoco.ops` holds the same reductions as kernels.
 """
 from __future__ import annotations
 
 import torch
+
+from ..ops.cluster_slots import cluster_slots_torch
+from .terms import Sums
 
 #: Upper bound on the elements of one ``(B, chunk, N)`` anchor x pixel block.
 CHUNK_ELEMENTS = 1 << 23
@@ -105,32 +109,6 @@ def pull_per_instance(emb: torch.Tensor, means: torch.Tensor, slot: torch.Tensor
     far = d > delta_v * delta_v  # the hinge is active (and the square root differentiable)
     hinge = torch.where(far, torch.where(far, d, 1).sqrt() - delta_v, 0).square()
     return d.new_zeros((emb.shape[0], C + 1)).scatter_add(1, slot, hinge)[:, :C]
-
-
-def safe_norm(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """Euclidean norm with gradient 0 (not NaN) at the origin."""
-    sq = x.square().sum(dim)
-    pos = sq > 0
-    return torch.where(pos, torch.where(pos, sq, 1).sqrt(), 0)
-
-
-def push_per_image(means: torch.Tensor, valid: torch.Tensor, delta_d: float) -> torch.Tensor:
-    """Push (Eq. 2) per image: ``Σ_{k≠l} [2δ_d − ‖μ_k − μ_l‖]₊² / (C(C−1))`` over valid slots.
-
-    Parameters
-    ----------
-    means : (B, C, D); valid : (B, C) bool
-
-    Returns
-    -------
-    (B,) push; 0 for images with fewer than two clusters.
-    """
-    C = means.shape[1]
-    dist = safe_norm(means[:, :, None, :] - means[:, None, :, :], -1)  # (B, C, C)
-    pair = valid[:, :, None] & valid[:, None, :] & ~torch.eye(C, dtype=torch.bool, device=means.device)
-    hinge = torch.where(pair, (2 * delta_d - dist).clamp(min=0).square(), 0)
-    n = valid.sum(1).to(means.dtype)
-    return hinge.sum((1, 2)) / (n * (n - 1)).clamp(min=1)
 
 
 # --------------------------------------------------------------- anchor x pixel reductions
@@ -366,3 +344,79 @@ def unlabeled_push_sums(means, emb, unlabeled, delta_d: float, *, pixels: Pixels
     (B, C) sums (divide by N_U for the per-object mean).
     """
     return _AnchorPixelSums.apply(means, emb, _UnlabeledPush(unlabeled, delta_d), pixels)[0]
+
+
+@torch.no_grad()
+def draw_consistency_anchors(emb_f: torch.Tensor, emb_g: torch.Tensor, unlabeled: torch.Tensor, keys: torch.Tensor,
+                             max_anchors: int, delta_v: float, coverage_stop: float, *, pixels: Pixels | None = None,
+                             pixels_g: Pixels | None = None):
+    """The anchors of Eq. 7 (the rule of :mod:`spoco.ops.consistency_anchors`) with torch
+    operations: ``pix (B, K)`` int64 and ``valid (B, K)`` bool (a prefix of each row) for
+    ``emb_f, emb_g (B, D, N)``, ``unlabeled (B, N)`` bool and ``keys (B, N)`` float64.
+    Distances by the chunked expansion of :class:`Pixels` (not bit-exact at the δ_v edge)."""
+    B, D, N = emb_f.shape
+    px_f = pixels if pixels is not None else Pixels(emb_f)
+    px_g = pixels_g if pixels_g is not None else Pixels(emb_g)
+    free = torch.where(unlabeled, keys, -1.0)  # keys of uncovered pixels, −1 once covered
+    thr = coverage_stop * unlabeled.sum(1).to(torch.float64)
+    done = torch.zeros(B, dtype=torch.bool, device=emb_f.device)
+    pix = torch.zeros((B, max_anchors), dtype=torch.int64, device=emb_f.device)
+    valid = torch.zeros((B, max_anchors), dtype=torch.bool, device=emb_f.device)
+    r2 = delta_v * delta_v
+
+    def near(px, p):
+        a = px.e.gather(2, p[:, None, None].expand(B, D, 1)).transpose(1, 2)  # (B, 1, D)
+        return px.sq_dist(a)[:, 0] <= r2
+
+    for k in range(max_anchors):
+        left = (free >= 0).sum(1)
+        done |= (left < thr) | (left == 0)
+        p = free.argmax(1)
+        pix[:, k] = p
+        valid[:, k] = ~done
+        free.masked_fill_((near(px_f, p) | near(px_g, p)) & ~done[:, None], -1.0)
+    return pix, valid
+
+
+def torch_sums(f: torch.Tensor, target: torch.Tensor, g: torch.Tensor | None, keys: torch.Tensor, *, sparse: bool,
+               ignore_index: int, anchor: str, instance_loss: str, sigma2: float, delta_v: float, delta_d: float,
+               max_anchors: int, coverage_stop: float) -> Sums:
+    """:class:`~.terms.Sums` of a loss call (arguments as :func:`.fused_sums.fused_sums`),
+    batched over images, clusters and anchors. Clusters are relabelled into per-image slots
+    by :func:`spoco.ops.cluster_slots.cluster_slots_torch` (the host waits for C); drawing
+    the consistency anchors waits once more (K)."""
+    B, D = f.shape[:2]
+    N = target[0].numel()
+    emb = f.reshape(B, D, N)
+    lab = target.reshape(B, N)
+    emb_g = g.reshape(B, D, N) if g is not None else None
+    slot, labels, inst_pix = cluster_slots_torch(lab, emb.detach(), emb_g, ignore_index, sparse,
+                                                 keys if anchor == "random" else None)
+    C = labels.shape[1]
+    counted = slot >= 0
+    slot = torch.where(counted, slot, C)  # ignored pixels: in no cluster, with weight 0
+    weight = counted.to(f.dtype) if not bool(counted.all()) else None
+    unlabeled = counted & (lab == 0) if sparse else torch.zeros_like(counted)
+    pixels = Pixels(emb)
+    means, counts = segment_means(emb, slot, C)
+    pull = pull_per_instance(emb, means, slot, delta_v)
+    anchors = means if anchor == "mean" else emb.gather(2, inst_pix[:, None, :].expand(B, D, C)).transpose(1, 2)
+    if instance_loss == "bce":
+        inst = (soft_mask_bce_sums(anchors, emb, slot, weight, sigma2, pixels=pixels),)
+    else:
+        inst = soft_mask_sums(anchors, emb, slot, weight, sigma2, pixels=pixels)
+    n_u = unlabeled.sum(1) if sparse else None
+    upush = unlabeled_push_sums(means, emb, unlabeled.to(f.dtype), delta_d, pixels=pixels) if sparse else None
+    cons = cons_ok = None
+    if emb_g is not None:
+        pixels_g = Pixels(emb_g)
+        cons_pix, cons_ok = draw_consistency_anchors(emb.detach(), emb_g, unlabeled, keys, max_anchors, delta_v,
+                                                     coverage_stop, pixels=pixels, pixels_g=pixels_g)
+        K = int(cons_ok.sum(1).max())  # the host waits for the anchors drawn
+        if K:
+            cons_pix, cons_ok = cons_pix[:, :K], cons_ok[:, :K]
+            idx = cons_pix[:, None, :].expand(B, D, K)
+            cons = consistency_sums(emb.gather(2, idx).transpose(1, 2), emb, emb_g.gather(2, idx).transpose(1, 2),
+                                    emb_g, weight, sigma2, pixels=pixels, pixels_g=pixels_g)
+    return Sums(labels=labels, means=means, counts=counts, pull=pull, inst=inst, n_counted=counted.sum(1),
+                upush=upush, n_unlabeled=n_u, cons=cons, cons_ok=cons_ok)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from spoco import SPOCOLoss
-from spoco.ops.reference import kernel_sigma2, soft_mask
+from spoco.loss.terms import kernel_sigma2, soft_mask
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -24,7 +24,6 @@ from spoco.clustering.blocks import BlockGrid, match_face, resolve
 from spoco.data.io import IncompleteArrayError, check_complete, open_array
 from spoco.metrics import adapted_rand_error
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def face_pairs(shape, block):
@@ -324,3 +323,13 @@ def test_one_block_is_whole_volume_mws(volume, rng, seed):
     kw = dict(offsets=off, n_attractive=n_att, min_size=20, mask=labels != 1)
     np.testing.assert_array_equal(spoco.cluster_blockwise(emb, block_shape=(64, 64), halo=9, **kw),
                                   spoco.cluster(emb, **kw), err_msg=f"seed {seed}")
+
+
+@pytest.mark.xfail(strict=True, reason="a known case where block-wise stitching differs from the whole-volume "
+                                       "mutex watershed (adapted Rand error 0.020 unmasked, 0.043 masked); "
+                                       "about one random volume in a few hundred does")
+def test_known_stitching_difference(volume):
+    labels, emb = volume(np.random.default_rng(8628395339633420807), (140, 150), 30)
+    off, n_att = default_offsets(2, (3, 9))
+    got = spoco.cluster_blockwise(emb, block_shape=(48, 40), halo=9, offsets=off, n_attractive=n_att, threads=2)
+    assert adapted_rand_error(spoco.cluster(emb, offsets=off, n_attractive=n_att), got)[0] <= 0.01

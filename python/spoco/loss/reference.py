@@ -1,29 +1,18 @@
 """Reference SPOCO objective (Sec. 3.1–3.2): plain loops over images, clusters and
 anchors that read like the paper's equations. Slow, memory-hungry, and the oracle
-that :class:`spoco.SPOCOLoss`'s default path and every future kernel is tested against.
+that every backend of :class:`spoco.SPOCOLoss` and every kernel is tested against.
+Imported by the tests and ``SPOCOLoss(backend="reference")`` only.
 
 Randomness enters only through ``keys`` (one uniform float64 per pixel): the
 anchor drawn from a set of pixels is the one with the largest key (ties: lowest
-index), as in :mod:`spoco.ops.anchors`.
+index), as in :mod:`spoco.ops`.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 
-TERMS = ("pull", "push", "reg", "instance", "unlabeled_push", "consistency")
-
-
-def kernel_sigma2(delta_v: float, t: float) -> float:
-    """σ² of Eq. 3 such that φ = t exactly at distance δ_v: ``σ² = −δ_v² / (2 ln t)``."""
-    return -delta_v**2 / (2 * math.log(t))
-
-
-def soft_mask(e: torch.Tensor, anchor: torch.Tensor, sigma2: float) -> torch.Tensor:
-    """Eq. 3: ``S(i) = exp(−‖e_i − a‖² / 2σ²)`` for pixel embeddings ``e (N, D)``."""
-    return torch.exp(-((e - anchor) ** 2).sum(1) / (2 * sigma2))
-
+from .terms import TERMS, kernel_sigma2, soft_mask
 
 def dice_loss(s: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
     """Dice loss ``1 − 2 Σ s·i / (Σ s² + Σ i²)`` (Eq. 4, 7)."""

@@ -1,9 +1,11 @@
-"""Anchor selection (spoco.ops.anchors) against the reference loops and the coverage rule of Eq. 7."""
+"""Anchor selection (random_instance_anchors and the torch draw of Eq. 7 anchors) against the reference loops and the coverage rule of Eq. 7."""
 import pytest
 import torch
 
-from spoco.ops import anchors, reference
-from spoco.ops.reference.loss import pick
+from spoco.loss import reference
+from spoco.loss.reference import pick
+from spoco.loss.torch_sums import draw_consistency_anchors
+from spoco.ops.cluster_slots import random_instance_anchors
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -19,7 +21,7 @@ def test_random_instance_anchors_match_reference_and_lie_in_their_object():
     slot[1] = C  # an image without clusters
     keys = keys_for((B, N), 1)
     keys[0, :10] = 0.5  # ties: the lowest pixel index wins
-    pix = anchors.random_instance_anchors(slot, keys, C)
+    pix = random_instance_anchors(slot, keys, C)
     for b in range(B):
         for k in range(C):
             members = torch.nonzero(slot[b] == k)[:, 0]
@@ -30,7 +32,7 @@ def test_random_instance_anchors_match_reference_and_lie_in_their_object():
 
 def test_random_instance_anchor_is_uniform_over_the_object():
     slot = torch.tensor([[1, 0, 0, 1, 0, 2, 0]])  # object (slot) 0 has 4 pixels
-    draws = torch.stack([anchors.random_instance_anchors(slot, keys_for(slot.shape, s), 3)[0, 0]
+    draws = torch.stack([random_instance_anchors(slot, keys_for(slot.shape, s), 3)[0, 0]
                          for s in range(2000)])
     counts = torch.bincount(draws, minlength=7)
     assert counts[[0, 3, 5]].sum() == 0
@@ -49,7 +51,7 @@ def groups(sizes_and_positions, D=2):
 
 
 def select(ef, eg, unl, seed, K=20, stop=0.05):
-    return anchors.consistency_anchors(ef, eg, unl, keys_for(unl.shape, seed), K, 0.5, stop)
+    return draw_consistency_anchors(ef, eg, unl, keys_for(unl.shape, seed), K, 0.5, stop)
 
 
 def test_coverage_is_the_union_of_f_and_g_balls():
@@ -96,7 +98,7 @@ def test_consistency_anchors_match_reference(seed):
     unl = torch.rand(B, N, generator=gen) < 0.6
     unl[2] = False
     keys = keys_for((B, N), seed + 10)
-    pix, ok = anchors.consistency_anchors(ef, eg, unl, keys, 20, 0.5, 0.05)
+    pix, ok = draw_consistency_anchors(ef, eg, unl, keys, 20, 0.5, 0.05)
     assert not (ok[:, 1:] & ~ok[:, :-1]).any()  # the drawn anchors are a prefix
     for b in range(B):
         ref = reference.consistency_anchors(ef[b], eg[b], unl[b], keys[b], 20, 0.5, 0.05)

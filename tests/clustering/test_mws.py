@@ -18,15 +18,15 @@ import scipy.sparse
 import scipy.sparse.csgraph
 import torch
 
-import mws_degenerate
-import mws_oracle as oracle
 import spoco
 import spoco.ops
 from spoco.clustering import (cluster, default_offsets, embedding_affinities, mutex_watershed,
                               mutex_watershed_embeddings, mutex_watershed_graph, remove_small_segments)
 from spoco.ops import reference
+from tests._helpers import mws_degenerate
+from tests._helpers import mws_oracle as oracle
 
-TESTS_DIR = os.path.dirname(__file__)
+HELPERS_DIR = os.path.dirname(mws_degenerate.__file__)
 F32, F64 = np.float32, np.float64
 
 
@@ -968,8 +968,8 @@ def degenerate_run():
     names = list(mws_degenerate.CASES)
     status, log = {}, []
     while names:
-        proc = subprocess.run([sys.executable, os.path.join(TESTS_DIR, "mws_degenerate.py"), *names],
-                              capture_output=True, text=True, timeout=300, cwd=TESTS_DIR)
+        proc = subprocess.run([sys.executable, os.path.join(HELPERS_DIR, "mws_degenerate.py"), *names],
+                              capture_output=True, text=True, timeout=300, cwd=HELPERS_DIR)
         started = [line[6:] for line in proc.stdout.splitlines() if line.startswith("START ")]
         status.update({line[3:]: "ok" for line in proc.stdout.splitlines() if line.startswith("OK ")})
         if proc.returncode == 0:
@@ -986,7 +986,7 @@ def test_degenerate_inputs_do_not_crash(degenerate_run):
     status, log = degenerate_run
     bad = [n for n in mws_degenerate.CASES if status.get(n) != "ok"]
     assert not bad, ("degenerate inputs that killed the interpreter (exit -11 = SIGSEGV) or raised; "
-                     "reproduce one with: python tests/mws_degenerate.py NAME\n" + "\n".join(log))
+                     "reproduce one with: python tests/_helpers/mws_degenerate.py NAME\n" + "\n".join(log))
 
 
 @pytest.mark.parametrize("name", list(mws_degenerate.CASES))

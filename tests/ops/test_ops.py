@@ -1,11 +1,15 @@
-"""Fused loss ops (spoco.ops.fused) against direct PyTorch formulas: values, gradients,
+"""The custom ops of spoco.ops against direct PyTorch formulas: values, gradients,
 gradcheck, opcheck, anchor selection, bad inputs; the same on CUDA when available."""
 import pytest
 import torch
 
-from spoco.ops import anchors as torch_anchors
-from spoco.ops import fused as F
-from spoco.ops import reference
+from spoco import ops as F
+from spoco.loss import reference
+from spoco.loss.torch_sums import draw_consistency_anchors
+from spoco.ops._kernel import BLOCK_PIXELS
+from spoco.ops.anchor_pixel_sums import TERMS
+from spoco.ops.cluster_slots import cluster_slots_torch, random_instance_anchors
+from spoco.ops.pixel_terms import _composed_backward, _composed_forward
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -54,7 +58,7 @@ def direct(term, a, e, slot, w, n_valid, ag=None, eg=None, delta=2.0):
 
 def fused(term, a, e, slot, w, n_valid, ag=None, eg=None, delta=2.0):
     h = 0.5 / SIGMA2
-    return F.anchor_pixel_sums(F.TERMS[term], a, e, ag, eg, slot if term == "soft_mask" else None, w, n_valid,
+    return F.anchor_pixel_sums(TERMS[term], a, e, ag, eg, slot if term == "soft_mask" else None, w, n_valid,
                                h, delta)
 
 
@@ -89,7 +93,7 @@ def test_anchor_pixel_sums_equal_direct_formulas(seed, device, term, N, K):
 @pytest.mark.parametrize("device", DEVICES)
 def test_anchor_pixel_sums_float32(seed, device):
     emb, a, slot, w, nv = data(seed % 2**31, N=2000, K=20, device=device)
-    for term in F.TERMS:
+    for term in TERMS:
         ref = fused(term, a, emb, slot, w, nv, a + 0.1, emb * 0.9)
         out = fused(term, a.float(), emb.float(), slot, w.float(), nv, (a + 0.1).float(), (emb * 0.9).float())
         torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item(),
@@ -119,7 +123,7 @@ def test_gradcheck_every_op(seed):
     emb, a, slot, w, nv = data(seed % 2**31, N=15, K=4)
     eg, ag = emb.flip(-1), a.flip(1)
     req = lambda x: x.clone().requires_grad_()  # noqa: E731
-    for term in F.TERMS:
+    for term in TERMS:
         fn = lambda a, e: fused(term, a, e, slot, w, nv, ag, eg)  # noqa: E731
         assert torch.autograd.gradcheck(fn, (req(a), req(emb)), eps=1e-6, atol=1e-6), term
     assert torch.autograd.gradcheck(lambda e: F.segment_sum(e, slot, 4)[0], (req(emb),))
@@ -169,7 +173,7 @@ def test_consistency_anchors_match_reference(seed, device):
             ref = reference.consistency_anchors(ef[b].to(dtype), eg[b].to(dtype), unl[b], keys[b], 20, 0.5, 0.05)
             assert pix[b, ok[b]].tolist() == ref, f"seed {seed}"
         assert ok[:2].sum(1).min() >= 2
-    tp, tok = torch_anchors.consistency_anchors(ef, eg, unl, keys, 20, 0.5, 0.05)
+    tp, tok = draw_consistency_anchors(ef, eg, unl, keys, 20, 0.5, 0.05)
     assert torch.equal(tok, ok)
 
 
@@ -178,7 +182,7 @@ def test_cluster_slots():
     f = torch.zeros(3, 2, 6)
     keys = torch.tensor([[0.1, 0.9, 0.3, 0.8, 0.5, 0.2], [0.5] * 6, [0.4, 0.6, 0.6, 0.7, 0.9, 0.95]],
                         dtype=torch.float64)
-    for fn in (F.cluster_slots, F._cluster_slots_torch):
+    for fn in (F.cluster_slots, cluster_slots_torch):
         slot, labels, pix = fn(t, f, None, -1, True, keys)
         assert labels.tolist() == [[5, 9], [-1, -1], [3, 7]]
         assert slot.tolist() == [[0, 2, 0, -1, 1, 2], [2] * 6, [1, 0, 0, 1, 2, -1]]
@@ -194,7 +198,7 @@ def test_cluster_slots():
 @pytest.mark.parametrize("spatial", [(30, 31), (6, 12, 13)])
 def test_cluster_slots_cpu_equals_torch_ops(batch, seed, n_objects, spatial):
     """The C++ relabelling (CPU) and the torch one (CUDA) agree, with the random anchors of
-    spoco.ops.anchors; labels up to 10^6, ignored pixels, an empty image, 2D and 3D."""
+    the torch anchors; labels up to 10^6, ignored pixels, an empty image, 2D and 3D."""
     n = 80 if n_objects == 1000 else n_objects
     _, _, t = batch(seed % 2**31, B=3, spatial=spatial, D=2, n_objects=n, ignore=0.1, empty=(1,))
     if n_objects == 1000:  # every pixel its own label
@@ -206,12 +210,12 @@ def test_cluster_slots_cpu_equals_torch_ops(batch, seed, n_objects, spatial):
     for sparse, ignore in [(True, -1), (False, -1), (True, 0), (False, 7)]:
         t = lab if ignore < 0 else lab.clamp(min=0)  # labels -1 are an error unless ignored
         a = F.cluster_slots(t, f, None, ignore, sparse, keys)
-        b = F._cluster_slots_torch(t, f, None, ignore, sparse, keys)
+        b = cluster_slots_torch(t, f, None, ignore, sparse, keys)
         C = a[1].shape[1]
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), f"seed {seed}"
         used = a[1] >= 0
         assert torch.equal(a[2][used], b[2][used]), f"seed {seed}"
-        ref = torch_anchors.random_instance_anchors(torch.where(a[0] < 0, C, a[0]), keys, C)
+        ref = random_instance_anchors(torch.where(a[0] < 0, C, a[0]), keys, C)
         assert torch.equal(a[2][used], ref[used]), f"seed {seed}"
 
 
@@ -248,7 +252,7 @@ def test_cuda_deterministic_mode_is_bit_identical(seed):
     try:
         runs = []
         for _ in range(2):
-            outs = [fused(t, a, emb, slot, w, nv, a + 0.1, emb * 0.9) for t in F.TERMS]
+            outs = [fused(t, a, emb, slot, w, nv, a + 0.1, emb * 0.9) for t in TERMS]
             outs += list(F.anchor_pixel_sums_backward(torch.ones(2, 2, 40, device="cuda"), 0, a, emb, None, None,
                                                       slot, w, nv, 0.4, 0.0))
             outs += list(F.segment_sum(emb, slot, 40)) + [F.pull_sums(emb, a, slot, 0.5)]
@@ -274,7 +278,7 @@ def terms_inputs(seed, B=3, N=60, C=5, K=4, device="cpu", dtype=torch.float64, e
     if empty and B > 1:
         slot[1] = torch.where(slot[1] >= 0, C, -1)
     keys = torch.rand(B, N, generator=gen, dtype=torch.float64)
-    inst_pix = torch_anchors.random_instance_anchors(torch.where(slot < 0, C, slot), keys, C)
+    inst_pix = random_instance_anchors(torch.where(slot < 0, C, slot), keys, C)
     cons_pix = torch.randint(0, N, (B, K), generator=gen)
     n_cons = torch.randint(0, K + 1, (B,), generator=gen)
     eg = emb * 0.9 + 0.1 * torch.randn(emb.shape, generator=gen, dtype=torch.float64)
@@ -353,11 +357,11 @@ def test_pixel_terms_equal_their_composed_form(seed, variant):
 
 
 class ComposedTerms(torch.autograd.Function):
-    """F._pixel_terms_composed with F._pixel_terms_backward_composed as its backward."""
+    """_composed_forward with _composed_backward as its backward."""
 
     @staticmethod
     def forward(ctx, emb, args):
-        out = F._pixel_terms_composed(emb, *args, H, 0.5, 2.0)
+        out = _composed_forward(emb, *args, H, 0.5, 2.0)
         ctx.save_for_backward(emb, out[0], out[1])
         ctx.args = args
         return out
@@ -366,7 +370,7 @@ class ComposedTerms(torch.autograd.Function):
     def backward(ctx, gm, gc, gp, gi, gu, gcons, gactive):
         emb, means, counts = ctx.saved_tensors
         slot, C, inst_pix, up, cons_pix, eg, n_cons = ctx.args
-        g = F._pixel_terms_backward_composed(gm, gp, gi, gu, gcons, emb, slot, means, counts, inst_pix, up, cons_pix,
+        g = _composed_backward(gm, gp, gi, gu, gcons, emb, slot, means, counts, inst_pix, up, cons_pix,
                                              eg, n_cons, H, 0.5, 2.0)
         return g, None
 
@@ -383,9 +387,9 @@ def test_unlabeled_push_activity_marks_exactly_the_nonzero_blocks(seed, scale):
     slot = inputs[1]
     means, counts = direct_pixel_terms(inputs[0], *args)[:2]
     hinge = (2.0 - sq_dist(means, inputs[0]).sqrt()).clamp(min=0) * (slot == C)[:, None, :]
-    nb = -(-N // F.BLOCK_PIXELS)
-    padded = torch.nn.functional.pad(hinge, (0, nb * F.BLOCK_PIXELS - N))
-    expected = (padded.reshape(2, C, nb, F.BLOCK_PIXELS) > 0).any(-1).to(torch.uint8)
+    nb = -(-N // BLOCK_PIXELS)
+    padded = torch.nn.functional.pad(hinge, (0, nb * BLOCK_PIXELS - N))
+    expected = (padded.reshape(2, C, nb, BLOCK_PIXELS) > 0).any(-1).to(torch.uint8)
     rank = torch.arange(1, C + 1)
     valid = rank[None] <= torch.where(counts > 0, rank, 0).amax(1, keepdim=True)  # means after the last cluster: none
     expected *= valid[:, :, None]
@@ -458,3 +462,15 @@ def test_pixel_terms_gradcheck_and_opcheck(seed):
         F.pixel_terms(inputs[0], inputs[1], 4, inputs[2], True, None, None, None, H, 0.5, 2.0)
 
 
+
+
+def test_kernel_arguments_are_named_and_a_misspelled_one_is_refused():
+    from spoco import _core
+    from spoco.ops._kernel import launch
+    call = _core.LossCall()
+    call.emb, call.B = 123, 4
+    assert (call.emb, call.B, call.slot) == (123, 4, 0)  # fields by name; unset pointers stay 0
+    x = torch.zeros(3, dtype=torch.float64)
+    with pytest.raises(AttributeError):
+        launch("all_finite", x, xx=x, n=3)
+    assert launch("all_finite", x, x=x, n=3) is True

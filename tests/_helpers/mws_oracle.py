@@ -1,4 +1,4 @@
-"""A slow, obviously-correct mutex watershed: the oracle of tests/test_mws.py.
+"""A slow, obviously-correct mutex watershed: the oracle of tests/clustering/test_mws.py.
 
 Written for clarity only: an explicit edge list, Python's sort, a union-find
 without tricks and a dict of sets of mutex partners keyed by cluster root.

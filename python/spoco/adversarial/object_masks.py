@@ -3,12 +3,12 @@
 ("real") masks on the same crops.
 
 The soft mask is the instance term's (Eq. 3): ``S_k(i) = exp(−‖e_i − a_k‖² / 2σ²)``
-with the anchor ``a_k`` drawn by :func:`spoco.ops.anchors.random_instance_anchors`
+with the anchor ``a_k`` drawn by :func:`spoco.ops.cluster_slots.random_instance_anchors`
 (a uniform pixel of object k, ``anchor="random"``) or the object's mean embedding
 (``"mean"``; the draws are this function's own, independent of those of a
 :class:`spoco.SPOCOLoss` call on the same batch), and the kernel
-:func:`spoco.ops.reference.loss.soft_mask` with the σ² of
-:func:`~spoco.ops.reference.loss.kernel_sigma2` (:attr:`spoco.SPOCOLoss.sigma2`).
+:func:`spoco.loss.terms.soft_mask` with the σ² of
+:func:`~spoco.loss.terms.kernel_sigma2` (:attr:`spoco.SPOCOLoss.sigma2`).
 It is evaluated only on the crop of each object, a box of ``patch_shape`` centred on
 the object's centroid, so the cost is ``O(objects · patch · D)`` and not
 ``O(objects · image)``. Crop pixels outside the image or equal to ``ignore_index``
@@ -22,9 +22,9 @@ from typing import NamedTuple
 
 import torch
 
-from .anchors import random_instance_anchors
-from .loss import segment_means
-from .reference.loss import soft_mask
+from ..loss.terms import soft_mask
+from ..loss.torch_sums import segment_means
+from ..ops.cluster_slots import random_instance_anchors
 
 
 class ObjectPatches(NamedTuple):
