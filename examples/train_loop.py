@@ -8,7 +8,7 @@ torch.manual_seed(0)
 # Toy data: 8 images whose grey values mark the instances; train on 40% of the objects (SPOCO@0.4).
 full = [torch.from_numpy(random_instances((64, 64), 12, rng=i)) for i in range(8)]
 images = [((lab * 0.37) % 1.0).float()[None] for lab in full]  # (1, H, W)
-targets = [spoco.sampling.sparsify(lab, 0.4, seed=0, image_index=i) for i, lab in enumerate(full)]
+targets = [spoco.data.sampling.sparsify(lab, 0.4, seed=0, image_index=i) for i, lab in enumerate(full)]
 
 f = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 8, 3, padding=1))  # use a U-Net
 g = spoco.EMANet(f, momentum=0.999)        # momentum copy of f, gives the consistency targets

@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 .venv/bin/python -c "import spoco; spoco.show_config()"
+.venv/bin/lint-imports --no-cache  # the layer rules of docs/architecture.md
 .venv/bin/python -m pytest -q "$@"

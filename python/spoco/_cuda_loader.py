@@ -13,11 +13,6 @@ def _load():
     return _cuda, None
 
 
-def has_cuda_module() -> bool:
-    """Whether spoco was built with its CUDA kernels."""
-    return _load()[0] is not None
-
-
 def cuda_module():
     """The ``spoco._cuda`` module; a clear error if it was not built."""
     module, err = _load()

@@ -6,16 +6,15 @@ malformed ever reaches the compiled core.
 from __future__ import annotations
 
 import numbers
+import sys
 
 import numpy as np
 
-try:  # torch is a runtime dependency, but validation must not need it to import
-    import torch
-except ImportError:  # pragma: no cover
-    torch = None
-
 
 def is_tensor(x) -> bool:
+    """Whether x is a torch tensor. Looked up in ``sys.modules``: a tensor cannot exist
+    before torch is imported, and numpy-only callers (clustering, metrics) never import it."""
+    torch = sys.modules.get("torch")
     return torch is not None and isinstance(x, torch.Tensor)
 
 
@@ -23,6 +22,8 @@ def as_numpy(x, name: str) -> np.ndarray:
     """numpy view/copy of an array-like (torch tensors are moved to the CPU;
     bfloat16/float16 tensors become float32, which numpy lacks or computes slowly)."""
     if is_tensor(x):
+        import torch
+
         x = x.detach()
         if x.dtype in (torch.bfloat16, torch.float16):
             x = x.float()

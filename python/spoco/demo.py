@@ -113,7 +113,7 @@ def run_demo(out="demo_output", *, data: str = "nuclei", seed: int = 0, iters: i
     from .clustering import segment
     from .data import InstanceDataset
     from .predict import predict
-    from .sampling import sparsify
+    from .data.sampling import sparsify
     from .training import Trainer, load_checkpoint, model_from_checkpoint
     from .training.recipe import auto_config, summarize_labels
 

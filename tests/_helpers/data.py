@@ -7,7 +7,7 @@ from scipy import ndimage
 
 from spoco.data.normalize import normalize_image
 from spoco.data.synthetic import random_instances, synthetic_embeddings
-from spoco.sampling import sparsify
+from spoco.data.sampling import sparsify
 
 
 def make_batch(seed: int, B: int = 2, spatial=(9, 10), D: int = 3, n_objects: int = 6, *, ignore: float = 0.0,

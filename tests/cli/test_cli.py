@@ -59,7 +59,7 @@ def test_train_predict_evaluate(folders):
     assert not np.allclose(one, predict(model, image, device="cpu"), atol=1e-5)
     # The README's chain: a folder of embeddings -> a folder of label tifs -> scores.
     spoco("segment", "emb", "--key", "embeddings", "--out", "seg", "--min-size", "5",
-          "--no-progress", cwd=folders)
+          "--quiet", cwd=folders)
     seg = read_array(folders / "seg" / "img4.tif")
     assert seg.shape == (48, 48) and seg.dtype == np.uint32
     # Without options, segment applies the settings the training run validated (stored by predict).
@@ -67,12 +67,12 @@ def test_train_predict_evaluate(folders):
     from spoco.training import TrainConfig
     config = TrainConfig.from_saved(load_checkpoint(folders / "run" / "best.pt")["config"])
     assert config.foreground and config.min_size > 0
-    spoco("segment", "emb/img4.h5", "--key", "embeddings", "--out", "seg4.tif", "--no-progress", cwd=folders)
+    spoco("segment", "emb/img4.h5", "--key", "embeddings", "--out", "seg4.tif", "--quiet", cwd=folders)
     emb4 = read_array(folders / "emb" / "img4.h5", "embeddings")
     np.testing.assert_array_equal(read_array(folders / "seg4.tif"), segment(emb4, **config.segmentation()))
     # Block-wise, the foreground channel masks the blocks the same way.
     spoco("segment", "emb/img4.h5", "--key", "embeddings", "--out", "seg4b.tif", "--block-shape", "24",
-          "--halo", "27", "--no-progress", cwd=folders)
+          "--halo", "27", "--quiet", cwd=folders)
     blocks = read_array(folders / "seg4b.tif")
     assert ((blocks > 0) == (read_array(folders / "seg4.tif") > 0)).mean() > 0.99
     proc = spoco("evaluate", "--gt", "val_labels", "--pred", "seg", "--csv", "scores.csv", cwd=folders)
@@ -91,7 +91,7 @@ def test_segment_postprocessing_matches_library(folders, tmp_path):
     emb = rng.normal(size=(3, 30, 40)).astype(np.float32)
     write_array(tmp_path / "e.h5", emb, key="emb")
     spoco("segment", str(tmp_path / "e.h5"), "--key", "emb", "--out", str(tmp_path / "s.h5"), "--background",
-          "embedding", "--background-radius", "1.0", "--merge-distance", "0.8", "--min-size", "3", "--no-progress",
+          "embedding", "--background-radius", "1.0", "--merge-distance", "0.8", "--min-size", "3", "--quiet",
           cwd=folders)
     expected = segment(emb, background="embedding", background_radius=1.0, merge_distance=0.8, min_size=3)
     np.testing.assert_array_equal(read_array(tmp_path / "s.h5", "labels"), expected)

@@ -49,10 +49,10 @@ def test_segment_zarr_and_hdf5_subprocess(files):
     tmp, expected, expected16 = files
     codes, errs = spoco_cli(
         [tmp / "emb.zarr", "--key", "emb", *BLOCKS, "--threads", "2", "--out", tmp / "lab.zarr", "--out-key", "seg"],
-        [tmp / "emb.h5", "--key", "pred/emb", *BLOCKS, "--no-progress", "--out", tmp / "lab.h5"],
+        [tmp / "emb.h5", "--key", "pred/emb", *BLOCKS, "--quiet", "--out", tmp / "lab.h5"],
         [tmp / "emb.h5", "--key", "nope", *BLOCKS, "--out", tmp / "x.zarr"])
     assert codes == [0, 0, 2], errs
-    assert "segment" in errs[0] and errs[1] == ""  # a progress bar, unless --no-progress
+    assert "segment" in errs[0] and errs[1] == ""  # a progress bar, unless --quiet
     assert errs[2].strip() == f"spoco segment: error: {tmp / 'emb.h5'}: no dataset 'nope'; datasets in the file: ['pred/emb']"
     np.testing.assert_array_equal(open_array(str(tmp / "lab.zarr"), "seg")[:], expected16)
     with h5py.File(tmp / "lab.h5", "r") as f:
@@ -64,7 +64,7 @@ def test_segment_tif_in_process(files, capsys):
     tmp, expected, _ = files
     with h5py.File(tmp / "emb.h5", "r") as f:
         tifffile.imwrite(tmp / "emb.tif", f["pred/emb"][:])
-    assert main(["segment", str(tmp / "emb.tif"), *BLOCKS, "--no-progress", "--out", str(tmp / "lab.tif")]) == 0
+    assert main(["segment", str(tmp / "emb.tif"), *BLOCKS, "--quiet", "--out", str(tmp / "lab.tif")]) == 0
     np.testing.assert_array_equal(tifffile.imread(tmp / "lab.tif"), expected)
     assert not (tmp / "lab.tif.partial").exists()
 

@@ -306,7 +306,7 @@ def test_affinity_path_of_torch_blocks_matches_embedding_path(volume, rng, seed)
     """The GPU path (Eq. 12 affinities by the torch op, then MWS on them) equals the
     on-the-fly path; run here with the op's CPU kernel."""
     from spoco.clustering.blocks import MWSOptions, block_mws, block_mws_affinities
-    from spoco.clustering.blockwise import _device_affinities
+    from spoco.clustering.blocks import _device_affinities
 
     _, emb = volume(rng, (20, 30, 40), 8)
     off, n_att = default_offsets(3, (3, 9))

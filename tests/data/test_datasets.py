@@ -7,7 +7,7 @@ from scipy import ndimage
 
 from spoco.data import InstanceDataset, io, synthetic_images
 from spoco.data.augment import GeometricAugment, PhotometricAugment
-from spoco.sampling import n_kept, sparsify
+from spoco.data.sampling import n_kept, sparsify
 
 
 def _data(seed, n=3, shape=(48, 56)):

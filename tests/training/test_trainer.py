@@ -2,14 +2,13 @@
 import csv
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests._helpers.data import TinySet, make_images
+from tests._helpers.data import TinySet
 from spoco.training import TrainConfig, Trainer, load_checkpoint, model_from_checkpoint
 
 

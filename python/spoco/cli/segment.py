@@ -7,6 +7,7 @@ can be added to ``segment_array`` and exposed as flags here.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -52,7 +53,7 @@ def add_parser(sub) -> None:
                    help="embedding distance for --background embedding (default: delta_d)")
     p.add_argument("--merge-distance", type=float, default=None,
                    help="merge touching segments whose mean embeddings are closer than this (0: off)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (as in every subcommand)")
     p.set_defaults(func=run)
 
 
@@ -167,7 +168,7 @@ def segment_file(src, key, out: Path, out_key, args) -> None:
             finally:
                 if hasattr(getattr(labels_out, "file", None), "close"):  # h5py
                     labels_out.file.close()
-    if not args.no_progress:
+    if not args.quiet:
         print(f"{src} -> {out}" + (f":{out_key}" if out.suffix.lower() not in io.TIFF else ""))
 
 
@@ -217,4 +218,4 @@ def _write_labels(out: Path, out_key, labels: np.ndarray) -> None:
 def _options(args) -> dict:
     return dict(block_shape=args.block_shape, halo=args.halo, threads=args.threads,
                 long_range=tuple(args.long_range), strides=args.strides, randomize_strides=args.randomize_strides,
-                progress=not args.no_progress)
+                progress=not args.quiet)

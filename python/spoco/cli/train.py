@@ -127,7 +127,7 @@ def run(args) -> int:
     threads.set_threads(args.threads)
     from ..data import InstanceDataset, io
     from ..training import Trainer
-    from ..sampling import sparsify
+    from ..data.sampling import sparsify
     from ..training.recipe import summarize_labels
 
     pairs = io.list_pairs(args.images, args.labels)

@@ -31,6 +31,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .. import _core
+from .._validation import float_array, is_tensor
 from .mws import mutex_watershed, mutex_watershed_embeddings
 
 
@@ -253,3 +254,45 @@ def slab_items(grid: BlockGrid, flat: int):
 
 __all__ = ["BlockGrid", "MWSOptions", "block_mws", "block_mws_affinities", "number_fragments", "match_face",
            "resolve", "block_lut", "slab_items", "relative"]
+
+
+# ---------------------------------------------------------------------------- one block, shared by
+# the threaded (blockwise.py) and the Dask (blockwise_dask.py) runs
+def fits(out, value: int) -> None:
+    if out is not None and value > np.iinfo(np.dtype(out.dtype)).max:
+        raise ValueError(f"out has dtype {np.dtype(out.dtype)}, too small for label {value}; "
+                         "use a wider integer dtype (uint32 or larger)")
+
+
+def read_block(emb, slices) -> np.ndarray:
+    """One region ``emb[:, slices]`` as a finite float32/float64 numpy array."""
+    block = emb[(slice(None),) + tuple(slices)]
+    if not is_tensor(block):
+        block = np.asarray(block)
+    return float_array(block, "emb")
+
+
+def segment_ext(emb_ext, opts: MWSOptions, mask_ext, core_in_ext):
+    """Mutex watershed of one ext region, fragments numbered (:func:`number_fragments`)."""
+    if is_tensor(emb_ext) and emb_ext.device.type == "cuda":
+        labels = block_mws_affinities(_device_affinities(emb_ext, opts), opts, mask_ext)
+    else:
+        labels = block_mws(emb_ext if isinstance(emb_ext, np.ndarray) else float_array(emb_ext, "emb"), opts,
+                           mask_ext)
+    return number_fragments(labels, core_in_ext)
+
+
+def _device_affinities(emb_ext, opts: MWSOptions) -> np.ndarray:
+    """Eq. 12 affinities ``(C, *ext)`` of a torch block, computed on its device (the GPU for
+    CUDA tensors); only they cross to the host."""
+    import torch
+
+    from ..ops import embedding_affinities as affinities_op
+
+    if emb_ext.dtype in (torch.float16, torch.bfloat16):
+        emb_ext = emb_ext.float()
+    if not bool(torch.isfinite(emb_ext).all()):
+        raise ValueError("emb contains NaN or infinite values")
+    ndim = emb_ext.dim() - 1
+    aff = affinities_op(emb_ext.contiguous(), opts.offsets.ravel().tolist(), ndim, opts.n_attractive, opts.delta_d)
+    return aff.cpu().numpy()

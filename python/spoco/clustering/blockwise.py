@@ -32,12 +32,11 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 import numpy as np
 
-from .._validation import (as_numpy, float_array, int_arg, is_int, is_tensor, offsets_array, positive_float,
+from .._validation import (as_numpy, int_arg, is_int, is_tensor, offsets_array, positive_float,
                            positive_int_tuple)
-from .blocks import (BlockGrid, MWSOptions, block_lut, block_mws, block_mws_affinities, match_face,
-                     number_fragments, resolve, slab_items)
+from .blocks import BlockGrid, MWSOptions, block_lut, fits, match_face, read_block, resolve, segment_ext, slab_items
 from .offsets import default_offsets
-from ..data.io import COMPLETE_ATTR, set_complete
+from .._complete import COMPLETE_ATTR, set_complete
 
 __all__ = ["cluster_blockwise", "COMPLETE_ATTR"]
 
@@ -178,48 +177,6 @@ def check_out(out, spatial):
 
 def _is_dask(x) -> bool:
     return type(x).__module__.split(".")[0] == "dask"
-
-
-def fits(out, value: int) -> None:
-    if out is not None and value > np.iinfo(np.dtype(out.dtype)).max:
-        raise ValueError(f"out has dtype {np.dtype(out.dtype)}, too small for label {value}; "
-                         "use a wider integer dtype (uint32 or larger)")
-
-
-# ---------------------------------------------------------------------------- reading blocks
-
-def read_block(emb, slices) -> np.ndarray:
-    """One region ``emb[:, slices]`` as a finite float32/float64 numpy array."""
-    block = emb[(slice(None),) + tuple(slices)]
-    if not is_tensor(block):
-        block = np.asarray(block)
-    return float_array(block, "emb")
-
-
-def segment_ext(emb_ext, opts: MWSOptions, mask_ext, core_in_ext):
-    """Mutex watershed of one ext region, fragments numbered (:func:`.blocks.number_fragments`)."""
-    if is_tensor(emb_ext) and emb_ext.device.type == "cuda":
-        labels = block_mws_affinities(_device_affinities(emb_ext, opts), opts, mask_ext)
-    else:
-        labels = block_mws(emb_ext if isinstance(emb_ext, np.ndarray) else float_array(emb_ext, "emb"), opts,
-                           mask_ext)
-    return number_fragments(labels, core_in_ext)
-
-
-def _device_affinities(emb_ext, opts: MWSOptions) -> np.ndarray:
-    """Eq. 12 affinities ``(C, *ext)`` of a torch block, computed on its device (the GPU for
-    CUDA tensors); only they cross to the host."""
-    import torch
-
-    from ..ops import embedding_affinities as affinities_op
-
-    if emb_ext.dtype in (torch.float16, torch.bfloat16):
-        emb_ext = emb_ext.float()
-    if not bool(torch.isfinite(emb_ext).all()):
-        raise ValueError("emb contains NaN or infinite values")
-    ndim = emb_ext.dim() - 1
-    aff = affinities_op(emb_ext.contiguous(), opts.offsets.ravel().tolist(), ndim, opts.n_attractive, opts.delta_d)
-    return aff.cpu().numpy()
 
 
 # ---------------------------------------------------------------------------- the threaded run

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .blocks import BlockGrid, MWSOptions, block_lut, match_face, resolve, slab_items
-from ..data.io import set_complete
-from .blockwise import fits, read_block, segment_ext
+from .blocks import BlockGrid, MWSOptions, block_lut, fits, match_face, read_block, resolve, segment_ext, slab_items
+from .._complete import set_complete
 
 __all__ = ["cluster_dask"]
 

@@ -1,6 +1,6 @@
 """Data: synthetic generators, file readers and writers, augmentation and the
 training dataset."""
-from . import io
+from . import io, sampling
 from .augment import GeometricAugment, PhotometricAugment
 from .normalize import normalize_image, percentile_range
 from .datasets import InstanceDataset

@@ -20,7 +20,7 @@ import numbers
 import numpy as np
 import torch
 
-from ..sampling import sparsify
+from .sampling import sparsify
 from . import io
 from .augment import GeometricAugment, PhotometricAugment
 from .normalize import normalize_image

@@ -28,41 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .._complete import COMPLETE_ATTR, IncompleteArrayError, check_complete, set_complete  # noqa: F401
+
 TIFF = (".tif", ".tiff")
 PLAIN = (".png", ".jpg", ".jpeg")
 HDF5 = (".h5", ".hdf5", ".hdf")
 ZARR = (".zarr",)
 SUFFIXES = TIFF + PLAIN + HDF5 + ZARR
 _CONTAINERS = HDF5 + ZARR
-
-#: Attribute of an HDF5/zarr output that says whether its writer finished. Outputs
-#: written block by block are created with ``False`` and set to ``True`` at the end,
-#: so an interrupted run never leaves something that looks like a result.
-COMPLETE_ATTR = "spoco_complete"
-
-
-class IncompleteArrayError(ValueError):
-    """An array marked ``spoco_complete = False``: its writer was interrupted."""
-
-
-def set_complete(array, value: bool) -> None:
-    """Record whether ``array`` holds a finished result (no-op for arrays without attributes)."""
-    attrs = getattr(array, "attrs", None)
-    if attrs is None:
-        return
-    attrs[COMPLETE_ATTR] = bool(value)
-    f = getattr(array, "file", None)
-    if f is not None and hasattr(f, "flush"):
-        f.flush()
-
-
-def check_complete(array, name: str = "array") -> None:
-    """Raise :class:`IncompleteArrayError` if ``array`` is marked as an interrupted write."""
-    attrs = getattr(array, "attrs", None)
-    if attrs is not None and COMPLETE_ATTR in attrs and not bool(attrs[COMPLETE_ATTR]):
-        raise IncompleteArrayError(f"{name} is incomplete ({COMPLETE_ATTR}=False): the run that wrote it "
-                                   "was interrupted; run it again")
-
 
 def split_key(path, key=None) -> tuple[Path, str | None]:
     """``(file path, key)`` from a path that may end in ``":key"`` (container formats

@@ -1,10 +1,10 @@
-"""spoco.sampling: SPOCO@p per image and a fixed annotation budget over a dataset (A.5)."""
+"""spoco.data.sampling: SPOCO@p per image and a fixed annotation budget over a dataset (A.5)."""
 import numpy as np
 import pytest
 import torch
 
 from spoco.data.synthetic import random_instances
-from spoco.sampling import n_kept, sparsify, sparsify_budget
+from spoco.data.sampling import n_kept, sparsify, sparsify_budget
 
 
 def image(seed, n=12, shape=(20, 22)):

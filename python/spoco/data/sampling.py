@@ -15,7 +15,7 @@ import numbers
 
 import numpy as np
 
-from ._validation import as_numpy, is_tensor
+from .._validation import as_numpy, is_tensor
 
 _SPREADS = ("images", "uniform")
 
