@@ -8,7 +8,7 @@ after a warm-up; then segments held-out volumes (mutex watershed) and scores the
 with :mod:`spoco.metrics`. Dense supervision (label 0 = background), as the paper's
 ovules experiment (Table 3).
 
-    python benchmarks/bench_adversarial.py            # the run recorded in RESULTS.md
+    python benchmarks/bench_adversarial.py            # the run recorded in notebook.md
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The README's training example is examples/train_loop.py, and it runs as written."""
+"""The training example of docs/training.md is examples/train_loop.py, and it runs as written."""
 import os
 import re
 import subprocess
@@ -9,8 +9,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def readme_training_example() -> str:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Training with SPOCOLoss and EMANet", 1)[1]
+    readme = (ROOT / "docs" / "training.md").read_text()
+    section = readme.split("# Training with SPOCOLoss and EMANet", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 

@@ -11,7 +11,7 @@ past the border (the original U-Net's practice), also when the whole image is on
 tile. Which is better depends on the network: mirroring removed a strip of false
 objects along the border of a network trained sparsely on crops of nuclei images
 (the demo), and added false objects for networks trained on tissue or on whole
-images (benchmarks/RESULTS.md). Tiles start at multiples of the network's pooling factor, which
+images (benchmarks/notebook.md). Tiles start at multiples of the network's pooling factor, which
 keeps the U-Net's pooling grid aligned with the whole-image one. Each core is
 written once, so ``out`` may be an HDF5/zarr dataset larger than memory.
 

@@ -84,7 +84,7 @@ class BlockGrid:
         """Volume slices of the slab around the face between blocks ``a`` and ``b``."""
         ca, cb = self.core(a), self.core(b)
         # Half the halo on each side: a block's labels deep in its halo (near the
-        # edge of what it saw) are the least reliable; measured in RESULTS.md.
+        # edge of what it saw) are the least reliable; measured in notebook.md.
         h = max(1, -(-self.halo[axis] // 2))
         f = cb[axis].start
         slab = list(ca)
@@ -170,7 +170,7 @@ def match_face(labels_a: np.ndarray, labels_b: np.ndarray, k_a: int, k_b: int,
       cut into pieces near its border while the other kept it whole.
 
     Only fragments (``a <= k_a``, ``b <= k_b``) are returned. Measured against
-    whole-volume MWS in benchmarks/RESULTS.md ("Block-wise clustering").
+    whole-volume MWS in benchmarks/notebook.md ("Block-wise clustering").
 
     Returns ``(M, 2)`` int64 local fragment ids.
     """

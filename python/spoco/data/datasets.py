@@ -50,6 +50,8 @@ class InstanceDataset(torch.utils.data.Dataset):
         percentiles 1 → 0 and 99.8 → 1, per channel); False uses values as given
     names : one name per image for error messages (default ``images[i]``)
 
+    Notes
+    -----
     Items are dicts ``{"image_f": float32 (C, *patch), "image_g": float32 (C, *patch),
     "labels": int64 (*patch)}``. Patches contain a labelled pixel (at a random place)
     with probability 0.8, else lie anywhere.

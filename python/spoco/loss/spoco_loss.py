@@ -84,6 +84,8 @@ class SPOCOLoss(nn.Module):
     generator : torch.Generator, optional
         Default source of randomness for the anchors (overridable per call).
 
+    Notes
+    -----
     Call ``loss(f, target, g=None, *, generator=None, return_terms=False)`` with
     ``f``/``g`` float ``(B, D, *spatial)`` (2D or 3D) and integer ``target (B, *spatial)``.
     Returns the scalar loss (and the terms dict when ``return_terms``); ``last_terms``

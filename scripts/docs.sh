@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Build the documentation site (mkdocs-material + mkdocstrings API reference from the
+# docstrings) with --strict: a broken link or an unparsable docstring fails the build.
+# Uses .venv (scripts/setup_env.sh) and the `docs` extra of pyproject.toml. Output: site/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/python ] || bash scripts/setup_env.sh
+deps=$(.venv/bin/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["docs"]))')
+mapfile -t reqs <<< "$deps"
+.venv/bin/python -m pip install -q "${reqs[@]}"
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict -d site "$@"
