@@ -1,7 +1,7 @@
 """Shared fixtures: one random seed per test run, and the test data generators of
 :mod:`tests._helpers.data` as fixtures.
 
-The run's seed is ``$SPOCO_TEST_SEED`` or a fresh one; pytest prints it in its header.
+The run's seed is ``$SPOCO_TEST_SEED`` or a fresh one, printed when the run starts.
 Every test that takes ``seed`` (or ``rng``) gets a seed derived from the run's seed and
 the test's id, and hypothesis draws from the run's seed, so one number replays a whole
 run or any single test::
@@ -30,8 +30,11 @@ def pytest_configure(config):
         config.option.hypothesis_seed = RUN_SEED
 
 
-def pytest_report_header(config):
-    return f"random seed: {RUN_SEED} (replay with SPOCO_TEST_SEED={RUN_SEED})"
+def pytest_sessionstart(session):
+    # written even under -q (a report header would not be)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"random seed: {RUN_SEED} (replay with SPOCO_TEST_SEED={RUN_SEED})")
 
 
 def seed_of(nodeid: str) -> int:

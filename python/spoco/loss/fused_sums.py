@@ -31,7 +31,6 @@ def fused_sums(f: torch.Tensor, target: torch.Tensor, g: torch.Tensor | None, ke
     random = anchor == "random"
     slot, labels, inst_pix = cluster_slots(lab, emb.detach(), emb_g, ignore_index, sparse, keys if random else None)
     C = labels.shape[1]
-    counted = slot >= 0
     cons_pix = cons_ok = n_cons = n_u = None
     if sparse:
         n_u = (slot == C).sum(1)
@@ -42,11 +41,14 @@ def fused_sums(f: torch.Tensor, target: torch.Tensor, g: torch.Tensor | None, ke
     means, counts, pull, inst, upush, cons, _ = pixel_terms(
         emb.contiguous(), slot, C, inst_pix if random else None, sparse, cons_pix,
         emb_g.contiguous() if emb_g is not None else None, n_cons, 0.5 / sigma2, delta_v, delta_d)
+    n_counted = None
     if instance_loss == "bce":
+        counted = slot >= 0
+        n_counted = counted.sum(1)
         anchors = means if not random else emb.gather(2, inst_pix[:, None, :].expand(B, D, C)).transpose(1, 2)
         inst = (soft_mask_bce_sums(anchors, emb, slot, counted.to(f.dtype), sigma2),)
     else:
         inst = (inst[0], inst[1])
-    return Sums(labels=labels, means=means, counts=counts, pull=pull, inst=inst, n_counted=counted.sum(1),
+    return Sums(labels=labels, means=means, counts=counts, pull=pull, inst=inst, n_counted=n_counted,
                 upush=upush[0] if sparse else None, n_unlabeled=n_u,
                 cons=(cons[0], cons[1], cons[2].detach()) if emb_g is not None else None, cons_ok=cons_ok)

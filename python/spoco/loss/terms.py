@@ -35,7 +35,7 @@ class Sums(NamedTuple):
     means, counts : (B, C, D) cluster means, (B, C) cluster sizes
     pull : (B, C) ``Σ_{i∈k} [‖μ_k − e_i‖ − δ_v]₊²``
     inst : Dice: ``(Σ w S_k I_k, Σ w S_k²)``; BCE: ``(Σ w BCE(S_k, I_k),)`` each (B, C)
-    n_counted : (B,) pixels that count (not ``ignore_index``)
+    n_counted : (B,) pixels that count (not ``ignore_index``); needed by the BCE instance loss only
     upush, n_unlabeled : (B, C) ``Σ_{i∈U} [δ_d − ‖μ_k − e_i‖]₊²`` and (B,) ``|U|`` (sparse), or None
     cons, cons_ok : ``(Σ w S^f S^g, Σ w (S^f)², Σ w (S^g)²)`` each (B, K) and (B, K) bool
         (anchors drawn), or None (no consistency term)
@@ -45,7 +45,7 @@ class Sums(NamedTuple):
     counts: torch.Tensor
     pull: torch.Tensor
     inst: tuple
-    n_counted: torch.Tensor
+    n_counted: torch.Tensor | None
     upush: torch.Tensor | None = None
     n_unlabeled: torch.Tensor | None = None
     cons: tuple | None = None

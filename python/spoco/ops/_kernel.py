@@ -55,6 +55,13 @@ def check_dims(emb: torch.Tensor) -> tuple[int, int, int]:
     return B, D, N
 
 
+def gradient_buffer(like: torch.Tensor, shape: tuple) -> torch.Tensor:
+    """The buffer a backward kernel writes a gradient of ``shape`` into: uninitialised on
+    the CPU, whose kernels write every element, zeros on CUDA, whose kernels accumulate
+    with atomics (the one device difference of the gradient buffers)."""
+    return like.new_empty(shape) if like.device.type == "cpu" else like.new_zeros(shape)
+
+
 def contiguous(x: torch.Tensor | None) -> torch.Tensor | None:
     return None if x is None else x.contiguous()
 

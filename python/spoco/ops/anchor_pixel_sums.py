@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ._kernel import check_dims, check_emb, check_like, contiguous, launch
+from ._kernel import check_dims, check_emb, check_like, contiguous, gradient_buffer, launch
 
 #: Kernel ids of the anchor x pixel terms (the contract with csrc/core/loss_terms.hpp).
 TERMS = {"soft_mask": 0, "unlabeled_push": 1, "consistency": 2}
@@ -87,7 +87,8 @@ def anchor_pixel_sums_backward(grad: torch.Tensor, term: int, anchors: torch.Ten
     fields = _fields(term, anchors, emb, anchors_g, emb_g, slot, weight, n_valid, h, delta)
     B, D, N, K = fields["B"], fields["D"], fields["N"], fields["K"]
     check_like("grad", grad, (N_OUTPUTS[term], B, K), emb.dtype, emb.device)
-    grad_anchors, grad_emb = anchors.new_zeros(anchors.shape), emb.new_zeros(emb.shape)
+    grad_anchors, grad_emb = anchors.new_zeros(anchors.shape), (gradient_buffer(emb, emb.shape) if K
+                                                                else emb.new_zeros(emb.shape))
     if K:
         launch("anchor_pixel", emb, scratch_dims=("anchor_pixel_backward", B, D, N, K), backward=True,
                grad_out=grad.contiguous(), grad_emb=grad_emb, grad_anchors=grad_anchors, **fields)

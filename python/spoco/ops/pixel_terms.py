@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ._kernel import BLOCK_PIXELS, check_dims, check_emb, check_like, contiguous, launch
+from ._kernel import BLOCK_PIXELS, check_dims, check_emb, check_like, contiguous, gradient_buffer, launch
 from .anchor_pixel_sums import TERMS, anchor_pixel_forward, anchor_pixel_sums_backward
 from .pull_sums import pull_sums, pull_sums_backward
 from .segment_sum import segment_sum, segment_sum_backward
@@ -137,7 +137,7 @@ def pixel_terms_backward(grad_means: torch.Tensor, grad_pull: torch.Tensor, grad
     if emb.device.type != "cpu":
         return _composed_backward(*grads, emb, slot, means, counts, inst_pix, unlabeled_push, cons_pix, emb_g, n_cons,
                                   h, delta_v, delta_d)
-    grad_emb = emb.new_zeros((B, D, N))
+    grad_emb = gradient_buffer(emb, (B, D, N))
     launch("pixel_terms", emb, backward=True, emb=emb.contiguous(), emb_g=contiguous(emb_g), slot=slot.contiguous(),
            inst_pix=contiguous(inst_pix), unlabeled_push=bool(unlabeled_push), cons_pix=contiguous(cons_pix),
            n_cons=contiguous(n_cons), B=B, D=D, N=N, C=C, K=K, h=float(h), delta_v=float(delta_v),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ._kernel import check_dims, check_emb, check_like, launch
+from ._kernel import check_dims, check_emb, check_like, gradient_buffer, launch
 
 
 def _check(emb, means, slot):
@@ -45,7 +45,8 @@ def pull_sums_backward(grad: torch.Tensor, emb: torch.Tensor, means: torch.Tenso
     """Gradients ``(grad_emb (B, D, N), grad_means (B, C, D))`` of :func:`pull_sums` for ``grad (B, C)``."""
     B, D, N, C = _check(emb, means, slot)
     check_like("grad", grad, (B, C), emb.dtype, emb.device)
-    grad_emb, grad_means = emb.new_zeros((B, D, N)), means.new_zeros((B, C, D))
+    grad_emb = gradient_buffer(emb, (B, D, N)) if C else emb.new_zeros((B, D, N))
+    grad_means = means.new_zeros((B, C, D))
     if C:
         emb, means, slot, grad = emb.contiguous(), means.contiguous(), slot.contiguous(), grad.contiguous()
         launch("pull_sums", emb, scratch_dims=("pull_sums_backward", B, D, N, C), backward=True, emb=emb,

@@ -42,7 +42,7 @@ def segment_sum_backward(grad_sums: torch.Tensor, slot: torch.Tensor, n_pixels: 
     B, C, D = grad_sums.shape
     check_like("slot", slot, (B, n_pixels), torch.int64, grad_sums.device)
     grad_sums, slot = grad_sums.contiguous(), slot.contiguous()
-    grad_emb = grad_sums.new_zeros((B, D, n_pixels))
+    grad_emb = grad_sums.new_empty((B, D, n_pixels))  # every element is written on both devices
     launch("segment_sum_backward", grad_emb, scratch_dims=("segment_sum", B, D, n_pixels, C), grad_sums=grad_sums,
            slot=slot, B=B, D=D, N=n_pixels, C=C, grad_emb=grad_emb)
     return grad_emb
