@@ -57,10 +57,7 @@ C::Launch launch(const LossCall& c) {
 
 template <class T>
 void anchor_pixel_t(const LossCall& c) {
-    C::LossArgs<T> a;
-    a.emb = cp<T>(c.emb), a.anchors = cp<T>(c.anchors), a.emb_g = cp<T>(c.emb_g), a.anchors_g = cp<T>(c.anchors_g);
-    a.slot = cp<int64_t>(c.slot), a.weight = cp<T>(c.weight), a.n_valid = cp<int64_t>(c.n_valid);
-    a.B = c.B, a.D = c.D, a.N = c.N, a.K = c.K, a.h = static_cast<T>(c.h), a.delta = static_cast<T>(c.delta);
+    const auto a = spoco::bindings::anchor_pixel_args<T, C::LossArgs<T>>(c);
     if (c.backward)
         C::anchor_pixel_sums_backward<T>(c.term, a, cp<T>(c.grad_out), mp<T>(c.grad_emb), mp<T>(c.grad_anchors),
                                          launch(c));

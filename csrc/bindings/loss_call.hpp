@@ -40,4 +40,15 @@ struct LossCall {
     bool deterministic = false;
 };
 
+/// The anchor x pixel arguments of a call, in the kernels' own struct (the CPU
+/// spoco::loss::AnchorPixelArgs<T> or the CUDA spoco::cuda::LossArgs<T>: same fields).
+template <class T, class Args>
+Args anchor_pixel_args(const LossCall& c) {
+    Args a;
+    a.emb = cp<T>(c.emb), a.anchors = cp<T>(c.anchors), a.emb_g = cp<T>(c.emb_g), a.anchors_g = cp<T>(c.anchors_g);
+    a.slot = cp<int64_t>(c.slot), a.weight = cp<T>(c.weight), a.n_valid = cp<int64_t>(c.n_valid);
+    a.B = c.B, a.D = c.D, a.N = c.N, a.K = c.K, a.h = static_cast<T>(c.h), a.delta = static_cast<T>(c.delta);
+    return a;
+}
+
 }  // namespace spoco::bindings

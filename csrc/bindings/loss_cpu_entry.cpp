@@ -22,10 +22,7 @@ using spoco::bindings::mp;
 
 template <class T>
 void anchor_pixel_t(const LossCall& c) {
-    L::AnchorPixelArgs<T> a;
-    a.emb = cp<T>(c.emb), a.anchors = cp<T>(c.anchors), a.emb_g = cp<T>(c.emb_g), a.anchors_g = cp<T>(c.anchors_g);
-    a.slot = cp<int64_t>(c.slot), a.weight = cp<T>(c.weight), a.n_valid = cp<int64_t>(c.n_valid);
-    a.B = c.B, a.D = c.D, a.N = c.N, a.K = c.K, a.h = static_cast<T>(c.h), a.delta = static_cast<T>(c.delta);
+    const auto a = spoco::bindings::anchor_pixel_args<T, L::AnchorPixelArgs<T>>(c);
     if (c.backward && !c.grad_out) throw std::invalid_argument("anchor_pixel backward needs grad_out");
     L::anchor_pixel_sums<T>(c.term, a, c.backward ? nullptr : mp<T>(c.out), c.backward ? cp<T>(c.grad_out) : nullptr,
                             mp<T>(c.grad_emb), mp<T>(c.grad_anchors), c.threads);

@@ -40,13 +40,13 @@ def test_train_predict_evaluate(folders):
           "--val-every", "2", "--f-maps", "4", "--embedding-dim", "4", "--border", "mirror", "--quiet", cwd=folders)
     for name in ("last.pt", "best.pt", "config.yaml", "train_log.csv", "val_log.csv"):
         assert (folders / "run" / name).exists(), name
-    spoco("predict", "--checkpoint", "run/best.pt", "--input", "val_images", "--out", "emb", "--tile-shape", "32",
+    spoco("predict", "--checkpoint", "run/best.pt", "--images", "val_images", "--out", "emb", "--tile-shape", "32",
           "--halo", "8", "--quiet", cwd=folders)
     emb = read_array(folders / "emb" / "img4.h5", "embeddings")
     # 4 embedding channels and the foreground probability of the default recipe's head
     assert emb.shape == (5, 48, 48) and np.isfinite(emb).all()
     assert 0 <= emb[-1].min() and emb[-1].max() <= 1
-    spoco("predict", "--checkpoint", "run/last.pt", "--input", "val_images/img5.tif", "--out", "one.zarr",
+    spoco("predict", "--checkpoint", "run/last.pt", "--images", "val_images/img5.tif", "--out", "one.zarr",
           "--network", "g", "--quiet", cwd=folders)
     one = read_array(folders / "one.zarr", "embeddings")
     assert one.shape == (5, 48, 48)
@@ -151,8 +151,8 @@ def test_train_adversarial(folders):
     (["train", "--images", "images", "--labels", "labels", "--out", "r", "--patch-shape", "8", "8", "8"],
      "for a 3D patch_shape (8, 8, 8)"),
     (["train", "--images", "images", "--labels", "labels", "--out", "r", "--resume"], "checkpoint not found"),
-    (["predict", "--checkpoint", "none.pt", "--input", "images", "--out", "e"], "checkpoint not found"),
-    (["predict", "--checkpoint", "labels/img0.tif", "--input", "images", "--out", "e"],
+    (["predict", "--checkpoint", "none.pt", "--images", "images", "--out", "e"], "checkpoint not found"),
+    (["predict", "--checkpoint", "labels/img0.tif", "--images", "images", "--out", "e"],
      "not a readable spoco checkpoint"),
     (["evaluate", "--gt", "labels", "--pred", "labels/img0.tif"], "both be files or both be folders"),
     (["evaluate", "--gt", "labels/img0.tif", "--pred", "seg.h5", "--pred-key", "x"], "'x'"),

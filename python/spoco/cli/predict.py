@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
         "probability as the last channel) and the run's validated segmentation settings as an attribute that "
         "spoco segment applies; for a folder input, --out is a folder receiving <name>.h5 per image.")
     p.add_argument("--checkpoint", required=True, help="checkpoint (.pt) from spoco train")
-    p.add_argument("--input", required=True, help="image file (tif/png/h5/zarr; 'file.h5:key' or --key) or folder")
+    p.add_argument("--images", required=True, help="image file (tif/png/h5/zarr; 'file.h5:key' or --key) or folder")
     p.add_argument("--key", help="dataset key of the input inside HDF5/zarr files")
     p.add_argument("--out", required=True, help="output .h5/.zarr file, or folder for a folder input")
     p.add_argument("--out-key", default=EMB_KEY, help=f"dataset key of the embeddings (default {EMB_KEY})")
@@ -40,7 +40,7 @@ def add_parser(sub) -> None:
 
 
 def _inputs(args):
-    return folder_jobs(args.input, args.out, ".h5", "image") or [(args.input, Path(args.out))]
+    return folder_jobs(args.images, args.out, ".h5", "image") or [(args.images, Path(args.out))]
 
 
 def predict_file(model, src, dst: Path, *, key, out_key, tile_shape, halo, border, device, progress,

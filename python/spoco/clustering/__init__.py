@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import float_array, is_int, is_tensor, positive_float
+from .._validation import is_int, is_tensor, positive_float
 from .mws import (embedding_affinities, mutex_watershed, mutex_watershed_embeddings, mutex_watershed_graph,
                   remove_small_segments)
 from .offsets import default_offsets
@@ -124,7 +124,7 @@ def _mws_from_cuda(emb, offsets, n_attractive, delta_d, common):
     import torch
 
     from ..ops import embedding_affinities as affinities_op
-    from .mws import _grid
+    from .mws import _grid, grid_mws
 
     ndim = emb.dim() - 1
     if emb.dtype == torch.float16 or emb.dtype == torch.bfloat16:
@@ -135,8 +135,6 @@ def _mws_from_cuda(emb, offsets, n_attractive, delta_d, common):
         raise ValueError(f"emb is empty (shape {tuple(emb.shape)})")
     if not bool(torch.isfinite(emb).all()):
         raise ValueError("emb contains NaN or infinite values")
-    _, off3, n_att = _grid(tuple(emb.shape[1:]), offsets, n_attractive)
-    flat = off3[:, 3 - ndim:].ravel().tolist()
-    aff = affinities_op(emb.contiguous(), flat, ndim, n_att, delta_d)
-    aff = float_array(aff.cpu().numpy(), "affinities")
-    return mutex_watershed(aff, off3[:, 3 - ndim:], n_att, **common)
+    shape3, off3, n_att = _grid(tuple(emb.shape[1:]), offsets, n_attractive)  # offsets checked once
+    aff = affinities_op(emb.contiguous(), off3[:, 3 - ndim:].ravel().tolist(), ndim, n_att, delta_d)
+    return grid_mws(aff.cpu().numpy(), shape3, off3, n_att, **common)  # finite: the embeddings were

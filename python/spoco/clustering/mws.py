@@ -88,6 +88,15 @@ def mutex_watershed(affinities, offsets, n_attractive, *, strides=None, randomiz
     shape3, off3, n_att = _grid(spatial, offsets, n_attractive)
     if len(off3) != a.shape[0]:
         raise ValueError(f"affinities has {a.shape[0]} channels but {len(off3)} offsets were given")
+    return grid_mws(a, shape3, off3, n_att, strides=strides, randomize_strides=randomize_strides, seed=seed,
+                    mask=mask, threads=threads)
+
+
+def grid_mws(a: np.ndarray, shape3, off3, n_att: int, *, strides=None, randomize_strides=False, seed=0, mask=None,
+             threads=None) -> np.ndarray:
+    """:func:`mutex_watershed` on affinities ``a (C, *spatial)`` (finite float array) and the
+    grid ``_grid`` returned (shape3, off3, n_att), already checked: no second conversion."""
+    spatial = a.shape[1:]
     m = mask_array(mask, spatial)
     labels = _core.mws_grid(a.reshape(a.shape[0], -1), shape3, off3, n_att, _strides3(strides, len(spatial)),
                             bool(randomize_strides), _seed(seed), None if m is None else m.ravel(),

@@ -47,9 +47,10 @@ def embedding_affinities(emb: torch.Tensor, offsets: list[int], ndim: int, n_att
     out = torch.empty((C,) + spatial, dtype=emb.dtype, device=emb.device)
     with torch.cuda.device(emb.device):
         stream = torch.cuda.current_stream(emb.device).cuda_stream
-        cuda.embedding_affinities(emb.data_ptr(), out.data_ptr(), str(emb.dtype).removeprefix("torch."),
-                                  emb.shape[0], shape3, off3.ravel().tolist(), n_attractive, delta_d,
-                                  emb.device.index, stream)
+        cuda.embedding_affinities(emb_ptr=emb.data_ptr(), out_ptr=out.data_ptr(),
+                                  dtype=str(emb.dtype).removeprefix("torch."), D=emb.shape[0], shape=shape3,
+                                  offsets=off3.ravel().tolist(), n_attractive=n_attractive, delta_d=delta_d,
+                                  device=emb.device.index, stream=stream)  # by name (the binding's py::arg)
     return out
 
 
