@@ -106,7 +106,6 @@ def cluster(emb, method: str = "mws", *, delta_d: float = 2.0, offsets=None, n_a
                            strides=strides, randomize_strides=randomize_strides, seed=seed, mask=region,
                            threads=threads)
         return per_class(emb, mask, semantic, int(min_size), run)
-    delta_d = positive_float(delta_d, "delta_d")
     ndim = emb.dim() - 1 if is_tensor(emb) else np.ndim(emb) - 1
     if ndim < 1:
         raise ValueError(f"emb must have shape (D, *spatial), got shape {tuple(emb.shape)}")
@@ -135,6 +134,7 @@ def _mws_from_cuda(emb, offsets, n_attractive, delta_d, common):
         raise ValueError(f"emb is empty (shape {tuple(emb.shape)})")
     if not bool(torch.isfinite(emb).all()):
         raise ValueError("emb contains NaN or infinite values")
+    delta_d = positive_float(delta_d, "delta_d")  # (the CPU path checks it in mutex_watershed_embeddings)
     shape3, off3, n_att = _grid(tuple(emb.shape[1:]), offsets, n_attractive)  # offsets checked once
     aff = affinities_op(emb.contiguous(), off3[:, 3 - ndim:].ravel().tolist(), ndim, n_att, delta_d)
     return grid_mws(aff.cpu().numpy(), shape3, off3, n_att, **common)  # finite: the embeddings were
