@@ -47,7 +47,7 @@ def test_train_predict_evaluate(folders):
     assert emb.shape == (5, 48, 48) and np.isfinite(emb).all()
     assert 0 <= emb[-1].min() and emb[-1].max() <= 1
     spoco("predict", "--checkpoint", "run/last.pt", "--images", "val_images/img5.tif", "--out", "one.zarr",
-          "--network", "g", "--quiet", cwd=folders)
+          "--eval-network", "g", "--quiet", cwd=folders)
     one = read_array(folders / "one.zarr", "embeddings")
     assert one.shape == (5, 48, 48)
     # Without --border, predict uses the run's (here: mirror).

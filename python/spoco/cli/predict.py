@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
     p.add_argument("--key", help="dataset key of the input inside HDF5/zarr files")
     p.add_argument("--out", required=True, help="output .h5/.zarr file, or folder for a folder input")
     p.add_argument("--out-key", default=EMB_KEY, help=f"dataset key of the embeddings (default {EMB_KEY})")
-    p.add_argument("--network", choices=("f", "g"),
+    p.add_argument("--eval-network", choices=("f", "g"),
                    help="f: the trained network; g: its moving average (EMA); default: the one the training "
                    "run validated and kept as best (its eval_network, f unless set)")
     p.add_argument("--tile-shape", type=int, nargs="+", help="tile core size per axis (default: whole image)")
@@ -72,7 +72,7 @@ def run(args) -> int:
     from ..training import TrainConfig, load_checkpoint, model_from_checkpoint
 
     state = load_checkpoint(args.checkpoint)
-    model = model_from_checkpoint(state, network=args.network)
+    model = model_from_checkpoint(state, network=args.eval_network)
     config = TrainConfig.from_saved(state.get("config"))
     border = args.border or config.border
     device = select_device(args.device)
