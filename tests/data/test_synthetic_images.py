@@ -50,7 +50,9 @@ def test_deterministic_given_seed_or_generator(kind, seed):
 def test_default_2d_images_are_crowded_touching_and_non_convex(kind, seed):
     img, lab = synthetic_images(4, (128, 128), kind=kind, rng=seed)
     counts = lab.reshape(4, -1).max(1)
-    assert np.all((counts >= 10) & (counts <= 30)), f"seed {seed}: object counts {counts}"
+    # about 19 objects per image; one image in 400 has fewer than 10 (7 in 1200 draws), so the
+    # bound on each image is looser than the one on their mean
+    assert np.all((counts >= 5) & (counts <= 30)) and counts.mean() >= 10, f"seed {seed}: object counts {counts}"
     touching, solidity = 0, []
     for gt in lab:
         # Objects in contact: different non-zero labels at 4-neighbours.
