@@ -79,7 +79,7 @@ CASES = {
                                  np.zeros((2, 1, 1))),
     "cluster_1x1": (lambda: cluster(np.zeros((2, 1, 1), np.float32)), np.array([[1]])),
     "cluster_1x1x1": (lambda: cluster(np.zeros((2, 1, 1, 1), np.float32)), np.array([[[1]]])),
-    "cluster_1d": (lambda: cluster(np.zeros((2, 5), np.float32)), np.ones(5)),
+    "embeddings_1d": (lambda: mutex_watershed_embeddings(np.zeros((2, 5), np.float32), [[-1]], 1), np.ones(5)),
     "cluster_all_false_mask_min_size": (
         lambda: cluster(np.zeros((2, 3, 3)), mask=np.zeros((3, 3), bool), min_size=2), np.zeros((3, 3))),
     "graph_empty": (lambda: mutex_watershed_graph(0, E2, np.zeros(0), E2, np.zeros(0)), np.zeros(0)),

@@ -228,3 +228,11 @@ def test_empty_and_single_pixel_regions(method):
     one[3, 3] = True
     labels = run(emb, method, mask=one, min_size=0)
     assert (labels[~one] == 0).all() and labels[3, 3] == (0 if method == "hdbscan" else 1)
+
+
+@pytest.mark.parametrize("method", ["mws", "meanshift"])
+def test_a_plain_image_is_refused_with_a_hint(method):
+    import spoco
+
+    with pytest.raises(ValueError, match=r"2-D array of shape \(30, 40\); for a single-channel 2D image pass emb\[None\]"):
+        spoco.cluster(np.zeros((30, 40), dtype=np.float32), method)

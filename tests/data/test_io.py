@@ -123,3 +123,12 @@ def test_tiff_colour_and_channel_axes_come_first(tmp_path, rng):
     (tmp_path / "text.tif").write_text("not an image")
     with pytest.raises(ValueError, match="text.tif.*not a readable TIFF"):
         io.read_array(tmp_path / "text.tif")
+
+
+@pytest.mark.parametrize("content", [b"not an hdf5 file", b"\x89HDF\r\n\x1a\n" + bytes(200)])
+def test_unreadable_hdf5_is_a_clear_error_naming_the_file(tmp_path, content):
+    path = tmp_path / "broken.h5"
+    path.write_bytes(content)
+    for read in (io.read_array, io.open_array):
+        with pytest.raises(ValueError, match="broken.h5: not a readable HDF5 file"):
+            read(path, "embeddings")

@@ -58,3 +58,11 @@ def test_corrupt_and_foreign_files(tmp_path):
         load_checkpoint(tmp_path / "other.pt")
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("content", [b"hello", b"", b"PK\x03\x04 truncated zip", bytes(range(256))])
+def test_a_file_that_is_not_a_checkpoint_is_a_clear_error(tmp_path, content):
+    path = tmp_path / "not_a_checkpoint.pt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="not_a_checkpoint.pt is not a"):
+        load_checkpoint(path)

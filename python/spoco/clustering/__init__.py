@@ -32,7 +32,7 @@ def cluster(emb, method: str = "mws", *, delta_d: float = 2.0, offsets=None, n_a
 
     Parameters
     ----------
-    emb : numpy array or torch tensor (CPU or CUDA), shape (D, *spatial), float
+    emb : numpy array or torch tensor (CPU or CUDA), shape (D, *spatial) with 2 or 3 spatial axes, float
         Pixel embeddings of one 2D image (D, H, W) or 3D volume (D, Z, Y, X).
     method : "mws" | "hdbscan" | "meanshift" | "consistency" | "meanshift_merge"
         "mws": mutex watershed on the long-range embedding affinities of Eq. 12.
@@ -90,6 +90,9 @@ def cluster(emb, method: str = "mws", *, delta_d: float = 2.0, offsets=None, n_a
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if (emb.dim() if is_tensor(emb) else np.ndim(emb)) == 2:  # a plain image would be read as D = H channels
+        raise ValueError(f"emb must have shape (D, *spatial) with 2 or 3 spatial axes, got a 2-D array of shape "
+                         f"{tuple(emb.shape)}; for a single-channel 2D image pass emb[None]")
     if not is_int(min_size) or min_size < 0:
         raise ValueError(f"min_size must be a non-negative integer, got {min_size!r}")
     check_method_args(method, offsets=offsets, n_attractive=n_attractive, strides=strides,

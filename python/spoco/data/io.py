@@ -82,6 +82,20 @@ def _h5_dataset(f, path, key):
     return obj
 
 
+def _h5_open(path, mode: str = "r"):
+    """``h5py.File`` with a clear error naming the file when it is not readable HDF5
+    (corrupt, truncated, another format under an .h5 name)."""
+    import h5py
+
+    try:
+        return h5py.File(path, mode)
+    except OSError as exc:
+        if mode == "r" or Path(path).exists():
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ValueError(f"{path}: not a readable HDF5 file ({first})") from None
+        raise
+
+
 def _zarr_node(path, key):
     import zarr
 
@@ -136,9 +150,7 @@ def read_array(path, key: str | None = None) -> np.ndarray:
         arr = np.asarray(iio.imread(path))
         return np.moveaxis(arr, -1, 0) if arr.ndim == 3 else arr
     if suffix in HDF5:
-        import h5py
-
-        with h5py.File(path, "r") as f:
+        with _h5_open(path) as f:
             return _h5_dataset(f, path, key)[()]
     return np.asarray(_zarr_node(path, key)[...])
 
@@ -180,9 +192,7 @@ def open_array(path, key: str | None = None):
         except ValueError:  # compressed or tiled: not memory-mappable
             return read_array(path)
     if suffix in HDF5:
-        import h5py
-
-        f = h5py.File(path, "r")
+        f = _h5_open(path)
         try:
             arr = _h5_dataset(f, path, key)
             check_complete(arr, f"{path}:{key}")
