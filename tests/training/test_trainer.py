@@ -70,8 +70,9 @@ def test_checkpoint_resume_restores_state(tiny_data, tmp_path):
     assert _same_tensors(resumed.state_dict(), saved)
     assert resumed.iteration == 12
     resumed.config.max_iters = 15
-    resumed.fit()
+    result = resumed.fit()
     assert resumed.iteration == 15
+    assert (result["iterations"], result["steps_this_run"]) == (15, 3)  # 3 steps ran in this call
     assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 15
 
 

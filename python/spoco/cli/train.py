@@ -160,5 +160,7 @@ def run(args) -> int:
         best = f", best validation AP@0.5 {result['best_score']:.3f}" if val else ""
         if val and config.foreground:
             best += f" (foreground threshold {trainer.config.foreground_threshold:g})"
-        print(f"trained {result['iterations']} steps in {result['seconds']:.0f} s{best}; checkpoints in {args.out}")
+        steps = result["steps_this_run"]
+        resumed = f" (step {result['iterations']} in all)" if steps != result["iterations"] else ""
+        print(f"trained {steps} steps in {result['seconds']:.0f} s{resumed}{best}; checkpoints in {args.out}")
     return 0

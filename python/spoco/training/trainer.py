@@ -232,8 +232,11 @@ class Trainer:
 
     def fit(self) -> dict:
         """Train until ``max_iters`` or the learning rate falls below ``min_lr``.
-        Returns ``{"iterations", "best_score", "seconds"}``."""
+        Returns ``{"iterations", "steps_this_run", "best_score", "seconds"}``: the total step
+        count (with ``--resume``, including the earlier runs' steps), the steps and wall time
+        of this call."""
         cfg = self.config
+        first_step = self.iteration
         if self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self._write_config()
@@ -271,8 +274,8 @@ class Trainer:
                 and (self.out_dir / "best.pt").exists():
             self._choose_foreground_threshold()
         dist_utils.barrier()
-        return {"iterations": self.iteration, "best_score": self.best_score,
-                "seconds": time.perf_counter() - start}
+        return {"iterations": self.iteration, "steps_this_run": self.iteration - first_step,
+                "best_score": self.best_score, "seconds": time.perf_counter() - start}
 
     def _choose_foreground_threshold(self) -> None:
         """Give ``best.pt`` the foreground threshold (of FOREGROUND_THRESHOLDS) under which
