@@ -132,3 +132,11 @@ def test_unreadable_hdf5_is_a_clear_error_naming_the_file(tmp_path, content):
     for read in (io.read_array, io.open_array):
         with pytest.raises(ValueError, match="broken.h5: not a readable HDF5 file"):
             read(path, "embeddings")
+
+
+@pytest.mark.parametrize("name", ["broken.png", "broken.jpg"])
+def test_unreadable_png_or_jpeg_is_a_clear_error_naming_the_file(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=f"{name}: not a readable"):
+        io.read_array(path)

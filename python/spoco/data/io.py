@@ -147,7 +147,11 @@ def read_array(path, key: str | None = None) -> np.ndarray:
     if suffix in PLAIN:
         import imageio.v3 as iio
 
-        arr = np.asarray(iio.imread(path))
+        try:
+            arr = np.asarray(iio.imread(path))
+        except Exception as exc:  # noqa: BLE001 - imageio raises several types for unreadable files
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ValueError(f"{path}: not a readable {suffix.lstrip('.')} image ({first})") from None
         return np.moveaxis(arr, -1, 0) if arr.ndim == 3 else arr
     if suffix in HDF5:
         with _h5_open(path) as f:
