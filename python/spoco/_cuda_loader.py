@@ -13,6 +13,12 @@ def _load():
     return _cuda, None
 
 
+def has_cuda_kernels() -> bool:
+    """Whether spoco was built with its CUDA kernels (wheels are not: a source build with
+    nvcc is); callers fall back to PyTorch or the CPU without them."""
+    return _load()[0] is not None
+
+
 def cuda_module():
     """The ``spoco._cuda`` module; a clear error if it was not built."""
     module, err = _load()

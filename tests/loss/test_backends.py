@@ -125,3 +125,16 @@ def test_cuda_deterministic_loss_is_bit_identical(batch):
     finally:
         torch.use_deterministic_algorithms(False)
     assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2])
+
+
+def test_auto_uses_the_kernels_only_where_they_exist(monkeypatch):
+    """A wheel has no spoco._cuda: "auto" must then give CUDA tensors the torch backend."""
+    import spoco.loss.spoco_loss as module
+
+    cpu, cuda, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
+    for built in (True, False):
+        monkeypatch.setattr(module, "has_cuda_kernels", lambda: built)
+        assert module.uses_fused_kernels("auto", cpu)
+        assert module.uses_fused_kernels("auto", cuda) is built
+        assert not module.uses_fused_kernels("auto", mps)
+        assert module.uses_fused_kernels("fused", cuda) and not module.uses_fused_kernels("torch", cpu)

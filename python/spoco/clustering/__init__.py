@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._cuda_loader import has_cuda_kernels
 from .._validation import is_int, is_tensor, positive_float
 from .mws import (embedding_affinities, mutex_watershed, mutex_watershed_embeddings, mutex_watershed_graph,
                   remove_small_segments)
@@ -85,8 +86,8 @@ def cluster(emb, method: str = "mws", *, delta_d: float = 2.0, offsets=None, n_a
     -----
     Edges are processed by priority descending, ties by edge id ascending
     (channel, then pixel), so results are deterministic. Embeddings on a CUDA
-    device get their affinities computed on the GPU; the mutex watershed itself
-    runs on the CPU.
+    device get their affinities computed on the GPU when spoco was built with its CUDA
+    kernels (on the CPU otherwise); the mutex watershed itself runs on the CPU.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -115,7 +116,7 @@ def cluster(emb, method: str = "mws", *, delta_d: float = 2.0, offsets=None, n_a
     if offsets is None:
         offsets, n_attractive = default_offsets(ndim)
     common = dict(strides=strides, randomize_strides=randomize_strides, seed=seed, mask=mask, threads=threads)
-    if is_tensor(emb) and emb.device.type == "cuda":
+    if is_tensor(emb) and emb.device.type == "cuda" and has_cuda_kernels():
         labels = _mws_from_cuda(emb, offsets, n_attractive, delta_d, common)
     else:
         labels = mutex_watershed_embeddings(emb, offsets, n_attractive, delta_d=delta_d, **common)

@@ -31,6 +31,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .. import _core
+from .._cuda_loader import has_cuda_kernels
 from .._validation import float_array, is_tensor
 from .mws import mutex_watershed, mutex_watershed_embeddings
 
@@ -274,7 +275,7 @@ def read_block(emb, slices) -> np.ndarray:
 
 def segment_ext(emb_ext, opts: MWSOptions, mask_ext, core_in_ext):
     """Mutex watershed of one ext region, fragments numbered (:func:`number_fragments`)."""
-    if is_tensor(emb_ext) and emb_ext.device.type == "cuda":
+    if is_tensor(emb_ext) and emb_ext.device.type == "cuda" and has_cuda_kernels():
         labels = block_mws_affinities(_device_affinities(emb_ext, opts), opts, mask_ext)
     else:
         labels = block_mws(emb_ext if isinstance(emb_ext, np.ndarray) else float_array(emb_ext, "emb"), opts,

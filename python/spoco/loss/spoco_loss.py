@@ -12,6 +12,7 @@ import numbers
 import torch
 from torch import nn
 
+from .._cuda_loader import has_cuda_kernels
 from ..ops.cluster_slots import raise_on_checks
 from . import reference
 from .fused_sums import fused_sums
@@ -78,7 +79,8 @@ class SPOCOLoss(nn.Module):
         ``"fused"``: the C++/CUDA kernels of :mod:`spoco.ops` (memory ``O(B·N·D + B·K·D)``,
         one host synchronisation, traceable by ``torch.compile(fullgraph=True)``);
         ``"torch"``: batched, chunked PyTorch (any device); ``"auto"`` (the default): fused
-        on CPU and CUDA tensors, torch elsewhere; ``"reference"``: the loop oracle
+        on CPU tensors and on CUDA tensors when spoco was built with its CUDA kernels,
+        torch elsewhere; ``"reference"``: the loop oracle
         :func:`spoco.loss.reference.spoco_loss`. All make the same random draws. The fused
         backend computes ``instance_loss="bce"`` with the PyTorch building block.
     generator : torch.Generator, optional
@@ -151,8 +153,7 @@ class SPOCOLoss(nn.Module):
                 instance_loss=self.instance_loss, dice=self.dice, max_anchors=self.max_anchors,
                 coverage_stop=self.coverage_stop, **{f"{k}_weight": v for k, v in self.weights.items()})
         else:
-            fused = self.backend == "fused" or (self.backend == "auto" and f.device.type in ("cpu", "cuda"))
-            sums = (fused_sums if fused else torch_sums)(
+            sums = (fused_sums if uses_fused_kernels(self.backend, f.device) else torch_sums)(
                 f, target, g, keys, sparse=self.sparse, ignore_index=self.ignore_index, anchor=self.anchor,
                 instance_loss=self.instance_loss, sigma2=self.sigma2, delta_v=self.delta_v, delta_d=self.delta_d,
                 max_anchors=self.max_anchors, coverage_stop=self.coverage_stop)
@@ -224,6 +225,13 @@ def _check_real(name, value, *, low=None, high=None, low_open=False, high_open=F
         hi = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
         raise ValueError(f"{name} must be a finite number in {lo}{hi}, got {value!r}")
     return float(value)
+
+
+def uses_fused_kernels(backend: str, device: torch.device) -> bool:
+    """Whether ``backend`` on tensors of ``device`` runs spoco's kernels: ``"fused"`` always;
+    ``"auto"`` on the CPU, and on CUDA when spoco was built with its CUDA kernels."""
+    return backend == "fused" or (backend == "auto" and (
+        device.type == "cpu" or (device.type == "cuda" and has_cuda_kernels())))
 
 
 def _draw_keys(shape, device, generator) -> torch.Tensor:
