@@ -30,8 +30,8 @@ fi
 step build env SPOCO_CUDA=ON $PY -m pip install --no-build-isolation --no-deps -e .
 step config $PY -c "import spoco; spoco.show_config()"
 step tests $PY -m pytest tests -q -p no:cacheprovider -x
-# -k cuda selects every CUDA test, the fused loss kernels' included (tests/ops/test_ops_fused.py,
-# tests/test_losses_fused.py: equality with the CPU/reference, deterministic mode bit-identical)
+# -k cuda selects every CUDA test, the fused loss kernels' included (tests/ops/test_ops.py,
+# tests/loss/test_backends.py: equality with the CPU/reference, deterministic mode bit-identical)
 step cuda_tests $PY -m pytest tests -q -p no:cacheprovider -k "cuda or gpu" -rs
 if command -v compute-sanitizer >/dev/null; then
     step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 $PY -m pytest tests -q -p no:cacheprovider -k "cuda or gpu"

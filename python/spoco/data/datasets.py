@@ -2,7 +2,7 @@
 as two views f and g with shared geometry and independent photometric noise.
 
 Randomness: SPOCO@p sparsification is drawn once, at construction, from
-``(seed, image index)`` (:func:`spoco.sampling.sparsify`). Every sample is drawn
+``(seed, image index)`` (:func:`spoco.data.sampling.sparsify`). Every sample is drawn
 from ``np.random.SeedSequence([seed, epoch, index, worker seed])``: the worker
 seed is ``torch.utils.data.get_worker_info().seed`` inside a DataLoader worker
 (PyTorch makes it differ between workers and, unless the loader's generator is
