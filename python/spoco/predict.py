@@ -20,11 +20,13 @@ output depends on the tile size: use tiles at least as large as the training pat
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 
 import numpy as np
 import torch
 
+from ._journal import Journal, output_lock
 from .data.normalize import normalize_image, percentile_range
 from .models.outputs import add_coordinates, split_output
 
@@ -63,7 +65,7 @@ def tile_grid(spatial, core, halo):
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, image, *, tile_shape=None, halo=None, border: str = "zero", device=None,
-            out=None, progress: bool = False, norm_range=None) -> np.ndarray:
+            out=None, progress: bool = False, norm_range=None, journal=None) -> np.ndarray:
     """Embeddings ``(D, *spatial)`` float32 of one image; for a model with a foreground
     head ``(D + 1, *spatial)``, the last channel the foreground probability in [0, 1].
     Spatial embeddings (``model.spatial_scale``) include the image coordinates.
@@ -89,6 +91,12 @@ def predict(model: torch.nn.Module, image, *, tile_shape=None, halo=None, border
         Written core by core (e.g. an HDF5/zarr dataset); returned.
     norm_range : (lo, hi), optional
         Intensity range for normalisation (default: percentiles of ``image``).
+    journal : path, optional
+        A folder recording every tile written into ``out`` (required then, e.g. a zarr
+        array), so that a run killed at any point and started again with the same
+        arguments and folder predicts only the tiles that were not finished; the output
+        equals an uninterrupted run's. Deleted at the end; a folder of another job (other
+        model weights, shapes or tiling) is refused. The caller keeps the input unchanged.
     """
     ndim = getattr(model, "ndim", None)
     if ndim is not None and image.ndim == ndim:
@@ -120,11 +128,30 @@ def predict(model: torch.nn.Module, image, *, tile_shape=None, halo=None, border
     lo, hi = norm_range if norm_range is not None else percentile_range(image)
     device = select_device(device) if not isinstance(device, torch.device) else device
     model.eval()
-    tiles = list(tile_grid(spatial, core, halo))
+    tiles = list(enumerate(tile_grid(spatial, core, halo)))
+    if journal is not None:
+        if out is None:
+            raise ValueError("journal= needs out= (an array that outlives the run, e.g. zarr)")
+        with output_lock(journal, f"the journal {journal}"):
+            job = {"what": "predict", "format": 1, "image_shape": list(image.shape), "core": list(core),
+                   "halo": list(halo), "border": border, "norm_range": [np.asarray(lo).tolist(), np.asarray(hi).tolist()],
+                   "out_shape": list(out.shape), "weights": _weights_digest(model)}
+            log = Journal(journal, job)
+            log.bind(out, "tiles")
+            done = log.done("tiles")
+            _predict_tiles(model, image, [t for t in tiles if t[0] not in done], spatial, halo, border, lo, hi,
+                           device, out, progress, log)
+            log.remove()
+        return out
+    return _predict_tiles(model, image, tiles, spatial, halo, border, lo, hi, device, out, progress, None)
+
+
+def _predict_tiles(model, image, tiles, spatial, halo, border, lo, hi, device, out, progress, journal):
+    """Predict ``tiles`` (``(index, (core, window))``) into ``out``; record each in ``journal``."""
     if progress:
         from tqdm import tqdm
         tiles = tqdm(tiles, desc="predict", unit="tile")
-    for core_sl, win_sl in tiles:
+    for index, (core_sl, win_sl) in tiles:
         window = normalize_image(image[(slice(None),) + win_sl], lo=lo, hi=hi)
         start = [c.start - w.start for c, w in zip(core_sl, win_sl)]  # of the core in the window
         if border == "mirror":  # the halo past the image border: the mirrored image
@@ -138,7 +165,18 @@ def predict(model: torch.nn.Module, image, *, tile_shape=None, halo=None, border
             out = np.zeros((emb.shape[0],) + spatial, dtype=np.float32)
         inner = tuple(slice(b, b + c.stop - c.start) for c, b in zip(core_sl, start))
         out[(slice(None),) + core_sl] = emb[(slice(None),) + inner]
+        if journal is not None:
+            journal.mark("tiles", index)
     return out
+
+
+def _weights_digest(model) -> str:
+    """A hash of the model's weights and buffers: a journal of one model's tiles refuses another's."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _embeddings(model, window: torch.Tensor, origin) -> np.ndarray:

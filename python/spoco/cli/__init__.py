@@ -48,10 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .._journal import OutputLockedError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CLIError, FileNotFoundError, KeyError, ValueError, TypeError) as err:
+    except (CLIError, FileNotFoundError, KeyError, ValueError, TypeError, OutputLockedError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"spoco {args.command}: error: {msg}", file=sys.stderr)
         return 2

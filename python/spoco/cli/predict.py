@@ -35,6 +35,9 @@ def add_parser(sub) -> None:
                    "padding, or --halo pixels of mirrored image (default: the training run's --border, zero "
                    "unless set)")
     p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: best available)")
+    p.add_argument("--restart", action="store_true",
+                   help="a run interrupted by a kill or power cut resumes from <out>.spoco-progress when the same "
+                   "command is run again (tiles already written are kept); --restart starts from scratch")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -44,10 +47,12 @@ def _inputs(args):
 
 
 def predict_file(model, src, dst: Path, *, key, out_key, tile_shape, halo, border, device, progress,
-                 segmentation=None) -> None:
-    """Predict one input file into an HDF5/zarr output dataset, written tile by tile."""
+                 segmentation=None, restart: bool = False) -> None:
+    """Predict one input file into an HDF5/zarr output dataset, written tile by tile; a run
+    killed before the end resumes from ``<dst>.spoco-progress`` (:mod:`._resume`)."""
     from ..data import io
     from ..predict import predict
+    from ._resume import ResumableOutput, source_identity
 
     image = io.open_array(src, key)
     if image.ndim not in (model.ndim, model.ndim + 1):
@@ -59,12 +64,14 @@ def predict_file(model, src, dst: Path, *, key, out_key, tile_shape, halo, borde
     if dst.suffix.lower() not in io.HDF5 + io.ZARR:
         raise CLIError(f"--out must end in .h5 or .zarr, got {dst}")
     dst.parent.mkdir(parents=True, exist_ok=True)
-    out = io.create_array(dst, shape, "float32", key=out_key, chunks=chunks)  # marked incomplete until done
-    predict(model, image, out=out, tile_shape=tile_shape, halo=halo, border=border, device=device,
-            progress=progress)
-    if segmentation is not None:
-        out.attrs[SEGMENTATION_ATTR] = json.dumps(segmentation)
-    io.set_complete(out, True)
+    job = {"what": "predict", "input": source_identity(src), "input_key": key}
+    with ResumableOutput(dst, out_key, job, restart, not progress) as resumable:
+        out = resumable.array(shape, "float32", chunks)  # marked incomplete until done
+        if out.attrs.get(io.COMPLETE_ATTR) is not True:  # else killed while copying to HDF5
+            predict(model, image, out=out, tile_shape=tile_shape, halo=halo, border=border, device=device,
+                    progress=progress, journal=resumable.folder / "tiles")
+        attrs = {} if segmentation is None else {SEGMENTATION_ATTR: json.dumps(segmentation)}
+        resumable.finish(out, attrs)
 
 
 def run(args) -> int:
@@ -81,7 +88,7 @@ def run(args) -> int:
     for src, dst in jobs:
         predict_file(model, src, dst, key=args.key, out_key=args.out_key, tile_shape=args.tile_shape,
                      halo=args.halo, border=border, device=device, progress=not args.quiet,
-                     segmentation=config.segmentation())
+                     segmentation=config.segmentation(), restart=args.restart)
         if not args.quiet:
             print(f"{src} -> {dst}:{args.out_key}")
     return 0

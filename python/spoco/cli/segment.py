@@ -53,17 +53,20 @@ def add_parser(sub) -> None:
                    help="embedding distance for --background embedding (default: delta_d)")
     p.add_argument("--merge-distance", type=float, default=None,
                    help="merge touching segments whose mean embeddings are closer than this (0: off)")
+    p.add_argument("--restart", action="store_true",
+                   help="block-wise runs into .h5/.zarr resume after an interruption (kill, power cut) from "
+                   "<out>.spoco-progress when the same command is run again; --restart starts from scratch")
     p.add_argument("--quiet", action="store_true", help="no progress bars (as in every subcommand)")
     p.set_defaults(func=run)
 
 
 def segment_array(emb, *, block_shape, halo=None, out=None, threads=None, delta_d=2.0, long_range=(3, 9, 27),
-                  strides=None, randomize_strides=False, min_size=0, mask=None, progress=True):
+                  strides=None, randomize_strides=False, min_size=0, mask=None, progress=True, journal=None):
     """Instance labels of embeddings ``emb (D, *spatial)`` (any array-like), written to ``out``
     (an integer array of ``spatial`` shape) or returned as an int64 numpy array.
 
-    ``halo`` defaults to the longest offset; other arguments as in
-    :func:`spoco.cluster_blockwise`.
+    ``halo`` defaults to the longest offset; other arguments (``journal``: resume after a
+    kill) as in :func:`spoco.cluster_blockwise`.
     """
     from ..clustering import cluster_blockwise
 
@@ -77,7 +80,8 @@ def segment_array(emb, *, block_shape, halo=None, out=None, threads=None, delta_
                              halo=_per_axis(halo, ndim, "--halo"), out=out, threads=threads, delta_d=delta_d,
                              offsets=offsets, n_attractive=n_att,
                              strides=None if strides is None else _per_axis(strides, ndim, "--strides"),
-                             randomize_strides=randomize_strides, min_size=min_size, mask=mask, progress=progress)
+                             randomize_strides=randomize_strides, min_size=min_size, mask=mask, progress=progress,
+                             journal=journal)
 
 
 def _per_axis(values, ndim, flag):
@@ -131,6 +135,8 @@ def segment_file(src, key, out: Path, out_key, args) -> None:
     """Segment one embedding file into ``out`` (tif written whole; HDF5/zarr block by block)."""
     from ..clustering import segment
     from ..data import io
+    from .._journal import output_lock
+    from ._resume import ResumableOutput, source_identity
 
     if out.suffix.lower() not in io.TIFF + io.HDF5 + io.ZARR:
         raise CLIError(f"--out must be a .tif, .h5 or .zarr path, got {out}")
@@ -149,7 +155,8 @@ def segment_file(src, key, out: Path, out_key, args) -> None:
         labels = segment(np.asarray(emb), **settings, offsets=offsets, n_attractive=n_att, threads=args.threads,
                          strides=None if args.strides is None else _per_axis(args.strides, len(spatial), "--strides"),
                          randomize_strides=args.randomize_strides)
-        _write_labels(out, out_key, labels)
+        with output_lock(out, f"the output {out}"):
+            _write_labels(out, out_key, labels)
     elif postprocessing:
         raise CLIError("--background and --merge-distance apply to segmentation in memory; omit --block-shape")
     else:
@@ -159,15 +166,17 @@ def segment_file(src, key, out: Path, out_key, args) -> None:
                                                                          settings["foreground_threshold"])
         options = dict(_options(args), delta_d=settings["delta_d"], min_size=settings["min_size"], mask=mask)
         if out.suffix.lower() in io.TIFF:
-            _write_labels(out, out_key, segment_array(emb, **options))
+            labels = segment_array(emb, **options)
+            with output_lock(out, f"the output {out}"):
+                _write_labels(out, out_key, labels)
         else:
             chunks = _per_axis(args.block_shape, len(spatial), "--block-shape")  # fails before the output exists
-            labels_out = io.create_array(out, spatial, np.uint32, key=out_key, chunks=chunks)
-            try:
-                segment_array(emb, out=labels_out, **options)
-            finally:
-                if hasattr(getattr(labels_out, "file", None), "close"):  # h5py
-                    labels_out.file.close()
+            job = {"what": "segment", "input": source_identity(src), "input_key": key}
+            with ResumableOutput(out, out_key, job, args.restart, args.quiet) as resumable:
+                labels_out = resumable.array(spatial, np.uint32, chunks)
+                if labels_out.attrs.get(io.COMPLETE_ATTR) is not True:  # else killed while copying to HDF5
+                    segment_array(emb, out=labels_out, journal=resumable.folder / "blocks", **options)
+                resumable.finish(labels_out)
     if not args.quiet:
         print(f"{src} -> {out}" + (f":{out_key}" if out.suffix.lower() not in io.TIFF else ""))
 

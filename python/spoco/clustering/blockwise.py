@@ -9,21 +9,25 @@ Dask array (see :mod:`.blockwise_dask`) or on a GPU.
 Algorithm (see :mod:`.blocks` for the vocabulary)
 -------------------------------------------------
 1. Every block: read core + halo, mutex watershed (C++, releases the GIL, so a
-   thread pool runs blocks in parallel), number the fragments, write the core's
-   local fragment ids to the output and keep the labels of the face slabs
-   (compressed, in a temporary directory).
+   thread pool runs blocks in parallel), number the fragments, and record the
+   core's local fragment ids, the fragment sizes and the labels of the face slabs
+   (compressed, one file per block in a scratch folder or the caller's journal).
 2. Every face: match the two blocks' labels on the slab around it (mutual best
    overlap, or one segment contained in the other; :func:`.blocks.match_face`).
 3. Union-find over the matches (scipy), objects numbered 1..K, ``min_size``.
-4. Every block: local fragment ids -> final ids, written in place.
+4. Every block: local fragment ids -> final ids, written to the output.
 
 The result depends only on the block grid, never on the thread count.
 ``out`` (zarr/HDF5) gets the attribute ``spoco_complete = False`` before the
 first write and ``True`` after the last one, so an interrupted run is never
-mistaken for a result (:func:`spoco.data.io.check_complete`).
+mistaken for a result (:func:`spoco.data.io.check_complete`). With ``journal=``
+the block records survive the process, and a killed run resumes where it stopped
+(:mod:`spoco._journal`).
 """
 from __future__ import annotations
 
+import io
+import json
 import os
 import tempfile
 import threading
@@ -37,12 +41,13 @@ from .._validation import (as_numpy, int_arg, is_int, is_tensor, offsets_array, 
 from .blocks import BlockGrid, MWSOptions, block_lut, fits, match_face, read_block, resolve, segment_ext, slab_items
 from .offsets import default_offsets
 from .._complete import COMPLETE_ATTR, set_complete
+from .._journal import Journal, output_lock
 
 __all__ = ["cluster_blockwise", "COMPLETE_ATTR"]
 
 def cluster_blockwise(emb, *, block_shape, halo, out=None, threads=None, delta_d: float = 2.0, offsets=None,
                       n_attractive=None, strides=None, randomize_strides: bool = False, seed: int = 0, mask=None,
-                      min_size: int = 0, stitch_containment: float = 0.9, progress=False):
+                      min_size: int = 0, stitch_containment: float = 0.9, progress=False, journal=None):
     """Mutex watershed of a large volume, block by block, with stitching across block faces.
 
     Parameters
@@ -71,6 +76,15 @@ def cluster_blockwise(emb, *, block_shape, halo, out=None, threads=None, delta_d
         fraction of the smaller one lies within the other.
     progress : bool
         Show tqdm progress bars.
+    journal : path, optional
+        A folder that records every finished block durably, so that a run killed at any
+        point (``kill -9``, power cut) and started again with the same arguments and the
+        same folder redoes only the blocks that were in flight, with the same result as an
+        uninterrupted run. Blocks already written into ``out`` are kept if ``out`` is the
+        same array (zarr; a new array is written again from the records). Deleted when the
+        run completes; a folder of another job (other shapes or settings) is refused, and
+        a second process using the folder at the same time fails at once. The caller
+        keeps the input unchanged between the runs. Not for Dask arrays.
 
     Returns
     -------
@@ -89,10 +103,33 @@ def cluster_blockwise(emb, *, block_shape, halo, out=None, threads=None, delta_d
         check_out(out, spatial)
     n_threads = _threads(threads, grid.n_blocks)
     if _is_dask(emb):
+        if journal is not None:
+            raise ValueError("journal= is not supported for Dask arrays (the Dask scheduler runs the blocks)")
         from .blockwise_dask import cluster_dask
 
         return cluster_dask(emb, grid, opts, out=out, mask=mask, min_size=int(min_size), containment=containment)
-    return _Run(emb, grid, opts, out, mask, n_threads, containment, bool(progress)).run(int(min_size))
+    run = lambda j: _Run(emb, grid, opts, out, mask, n_threads, containment, bool(progress), j).run(  # noqa: E731
+        int(min_size))
+    if journal is None:
+        with tempfile.TemporaryDirectory(prefix="spoco-blocks-") as folder:
+            return run(Journal(folder, {}, durable=False))
+    job = _job(emb, grid, opts, mask, int(min_size), containment, out)
+    with output_lock(journal, f"the journal {journal}"):
+        j = Journal(journal, job)
+        result = run(j)
+        j.remove()
+    return result
+
+
+def _job(emb, grid, opts, mask, min_size, containment, out) -> dict:
+    """What every block record of a journal depends on (see :class:`spoco._journal.Journal`)."""
+    return {"what": "cluster_blockwise", "format": 1, "emb_shape": list(emb.shape),
+            "emb_dtype": str(emb.dtype).removeprefix("torch."), "block_shape": list(grid.block_shape),
+            "halo": list(grid.halo), "offsets": opts.offsets.tolist(), "n_attractive": opts.n_attractive,
+            "delta_d": opts.delta_d, "strides": None if opts.strides is None else list(opts.strides),
+            "randomize_strides": opts.randomize_strides, "seed": opts.seed, "mask": mask is not None,
+            "min_size": min_size, "containment": containment,
+            "out_dtype": None if out is None else str(np.dtype(out.dtype))}
 
 
 # ---------------------------------------------------------------------------- argument checks
@@ -179,29 +216,32 @@ def _is_dask(x) -> bool:
     return type(x).__module__.split(".")[0] == "dask"
 
 
-# ---------------------------------------------------------------------------- the threaded run
+# ---------------------------------------------------------------------------- block records
 
-class _SlabStore:
-    """Face-slab labels of finished blocks, zlib-compressed in a temporary directory
-    (so memory does not grow with the number of blocks waiting for a neighbour)."""
+def _pack(arrays: dict) -> bytes:
+    """Arrays as one ``.npz`` payload, each zlib-compressed at level 1 (labels shrink ~50x, fast)."""
+    payload = {}
+    for name, a in arrays.items():
+        a = np.ascontiguousarray(a)
+        payload[name] = np.frombuffer(zlib.compress(a.tobytes(), 1), np.uint8)
+        payload[name + ".meta"] = np.array(json.dumps([a.dtype.str, a.shape]))
+    buf = io.BytesIO()
+    np.savez(buf, **payload)
+    return buf.getvalue()
 
-    def __init__(self, folder: str):
-        self.folder = folder
 
-    def _path(self, face, side):
-        a, b, axis = face
-        return os.path.join(self.folder, f"{a}_{b}_{axis}_{side}.bin")
+def _unpack(path, names) -> list:
+    """The arrays ``names`` of a payload written by :func:`_pack` (only those are read)."""
+    with np.load(path) as npz:
+        out = []
+        for name in names:
+            dtype, shape = json.loads(str(npz[name + ".meta"]))
+            out.append(np.frombuffer(zlib.decompress(npz[name].tobytes()), dtype=dtype).reshape(shape))
+    return out
 
-    def put(self, face, side, labels: np.ndarray) -> None:
-        with open(self._path(face, side), "wb") as f:
-            f.write(zlib.compress(np.ascontiguousarray(labels, dtype=np.uint32).tobytes(), 1))
 
-    def pop(self, face, side, shape) -> np.ndarray:
-        path = self._path(face, side)
-        with open(path, "rb") as f:
-            data = zlib.decompress(f.read())
-        os.remove(path)
-        return np.frombuffer(data, dtype=np.uint32).reshape(shape)
+def _slab_name(face) -> str:
+    return "slab_{}_{}_{}".format(*face)
 
 
 def _parallel(fn, items, threads, progress, desc):
@@ -234,26 +274,35 @@ def _parallel(fn, items, threads, progress, desc):
 
 
 class _Run:
-    def __init__(self, emb, grid, opts, out, mask, threads, containment, progress):
+    """One threaded block-wise run. Every block's result (its core's local fragment ids,
+    fragment sizes and face-slab labels) is a record in ``journal`` (a scratch folder, or the
+    caller's folder when the run must survive a kill); stitching and relabelling read the
+    records, so memory holds a few blocks per thread whatever the volume size."""
+
+    def __init__(self, emb, grid, opts, out, mask, threads, containment, progress, journal):
         self.emb, self.grid, self.opts, self.out, self.mask = emb, grid, opts, out, mask
         self.threads, self.containment, self.progress = threads, containment, progress
+        self.journal = journal
         self.result = out if out is not None else np.zeros(grid.shape, dtype=np.int64)
         # zarr chunks may straddle blocks: serialise the read-modify-writes of out.
         self.lock = threading.Lock() if out is not None else _NoLock()
-        self.counts = [0] * grid.n_blocks
 
     def run(self, min_size):
-        grid = self.grid
+        grid, journal = self.grid, self.journal
         set_complete(self.out, False)
-        with tempfile.TemporaryDirectory(prefix="spoco-faces-") as folder:
-            self.slabs = _SlabStore(folder)
-            sizes = _parallel(self._segment, range(grid.n_blocks), self.threads, self.progress, "segment")
-            faces = grid.faces()
-            matches = _parallel(self._stitch, faces, self.threads, self.progress, "stitch")
-        offsets, lut = resolve(self.counts, sizes, [(a, b, m) for (a, b, _), m in zip(faces, matches)], min_size)
+        todo = sorted(set(range(grid.n_blocks)) - journal.done("blocks"))
+        _parallel(self._segment, todo, self.threads, self.progress, "segment")
+        summaries = [_unpack(journal.path("blocks", flat), ("k", "sizes")) for flat in range(grid.n_blocks)]
+        self.counts = [int(k[0]) for k, _ in summaries]
+        faces = grid.faces()
+        matches = _parallel(self._stitch, faces, self.threads, self.progress, "stitch")
+        offsets, lut = resolve(self.counts, [s for _, s in summaries],
+                               [(a, b, m) for (a, b, _), m in zip(faces, matches)], min_size)
         fits(self.out, int(lut.max()) if len(lut) else 0)
-        _parallel(lambda flat: self._relabel(flat, offsets, lut), range(grid.n_blocks), self.threads,
-                  self.progress, "relabel")
+        if self.out is not None:
+            journal.bind(self.out, "written")
+        todo = sorted(set(range(grid.n_blocks)) - journal.done("written"))
+        _parallel(lambda flat: self._relabel(flat, offsets, lut), todo, self.threads, self.progress, "relabel")
         set_complete(self.out, True)
         return self.result
 
@@ -269,27 +318,32 @@ class _Run:
         del emb_ext
         fits(self.out, k)
         core = numbered[core_in_ext]
-        with self.lock:
-            self.result[grid.core(flat)] = core
-        for face, side, slab in slab_items(grid, flat):
-            self.slabs.put(face, side, numbered[slab])
-        self.counts[flat] = k
-        return np.bincount(core.ravel(), minlength=k + 1)[1:]
+        record = {"core": core, "k": np.array([k], np.int64), "sizes": np.bincount(core.ravel(), minlength=k + 1)[1:]}
+        for face, _, slab in slab_items(grid, flat):
+            record[_slab_name(face)] = numbered[slab]
+        self.journal.mark("blocks", flat, _pack(record))
 
     def _stitch(self, face):
-        a, b, axis = face
-        shape = tuple(s.stop - s.start for s in self.grid.face_slab(a, b, axis))
-        la, lb = self.slabs.pop(face, "a", shape), self.slabs.pop(face, "b", shape)
+        a, b, _ = face
+        la, = _unpack(self.journal.path("blocks", a), (_slab_name(face),))
+        lb, = _unpack(self.journal.path("blocks", b), (_slab_name(face),))
         return match_face(la, lb, self.counts[a], self.counts[b], self.containment)
 
     def _relabel(self, flat, offsets, lut):
-        core = self.grid.core(flat)
-        local_to_final = block_lut(lut, int(offsets[flat]), self.counts[flat])
+        local, = _unpack(self.journal.path("blocks", flat), ("core",))
+        final = block_lut(lut, int(offsets[flat]), self.counts[flat])[local]
         with self.lock:
-            local = np.asarray(self.result[core])
-        final = local_to_final[local]
-        with self.lock:
-            self.result[core] = final
+            self.result[self.grid.core(flat)] = final
+        if self.out is not None:
+            _flush(self.out)
+            self.journal.mark("written", flat)
+
+
+def _flush(array) -> None:
+    """Push an h5py dataset's writes to the file (zarr writes each chunk as it goes)."""
+    f = getattr(array, "file", None)
+    if f is not None and hasattr(f, "flush"):
+        f.flush()
 
 
 class _NoLock:

@@ -312,6 +312,24 @@ def create_array(path, shape, dtype, key: str | None = None, chunks=None):
     return array
 
 
+def open_for_update(path, key: str | None = None):
+    """An existing zarr array opened for writing, complete or not (to continue an interrupted
+    writer), or None if there is none or it cannot be read. Only zarr: an HDF5 file whose
+    writer was killed may hold chunks that can be neither read nor overwritten."""
+    import zarr
+
+    path, key = split_key(path, key)
+    if _suffix(path) not in ZARR or not path.exists():
+        return None
+    try:
+        node = zarr.open(store=str(path), mode="r+")
+        if key:
+            node = node[key]
+    except Exception:  # noqa: BLE001 - unreadable or missing: the caller creates a new array
+        return None
+    return node if isinstance(node, zarr.Array) else None
+
+
 def _create_array(path, shape, dtype, key, chunks):
     path, key = split_key(path, key)
     suffix = _suffix(path)
