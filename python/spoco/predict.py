@@ -134,8 +134,8 @@ def predict(model: torch.nn.Module, image, *, tile_shape=None, halo=None, border
             raise ValueError("journal= needs out= (an array that outlives the run, e.g. zarr)")
         with output_lock(journal, f"the journal {journal}"):
             job = {"what": "predict", "format": 1, "image_shape": list(image.shape), "core": list(core),
-                   "halo": list(halo), "border": border, "norm_range": [np.asarray(lo).tolist(), np.asarray(hi).tolist()],
-                   "out_shape": list(out.shape), "weights": _weights_digest(model)}
+                   "halo": list(halo), "border": border, "out_shape": list(out.shape),
+                   "norm_range": [np.asarray(lo).tolist(), np.asarray(hi).tolist()], "weights": _weights_digest(model)}
             log = Journal(journal, job)
             log.bind(out, "tiles")
             done = log.done("tiles")

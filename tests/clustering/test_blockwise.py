@@ -332,3 +332,49 @@ def test_known_stitching_difference(volume):
     off, n_att = default_offsets(2, (3, 9))
     got = spoco.cluster_blockwise(emb, block_shape=(48, 40), halo=9, offsets=off, n_attractive=n_att, threads=2)
     assert adapted_rand_error(spoco.cluster(emb, offsets=off, n_attractive=n_att), got)[0] <= 0.01
+
+
+@pytest.mark.parametrize("fail_in", ["_segment", "_relabel"])
+def test_journal_resumes_an_interrupted_run(volume, rng, seed, tmp_path, monkeypatch, fail_in):
+    """An exception after a random number of blocks (in either phase) leaves the journal; the
+    same call finishes the job without recomputing a recorded block and equals a plain run."""
+    from spoco.clustering import blockwise
+
+    _, emb = volume(rng, (16, 48, 48), 10)
+    off, n_att = default_offsets(3, (3, 9))
+    kw = dict(block_shape=(8, 16, 16), halo=9, offsets=off, n_attractive=n_att, threads=2)
+    expected = spoco.cluster_blockwise(emb, **kw)
+    out = zarr.open_group(str(tmp_path / "l.zarr"), mode="w").create_array("l", shape=emb.shape[1:], dtype="u4",
+                                                                         chunks=(8, 16, 16))
+    journal = tmp_path / "journal"
+    original, calls, limit = getattr(blockwise._Run, fail_in), [], int(rng.integers(1, 18))
+
+    def failing(self, flat, *args):
+        if len(calls) >= limit:
+            raise KeyboardInterrupt("interrupted")
+        calls.append(flat)
+        return original(self, flat, *args)
+
+    monkeypatch.setattr(blockwise._Run, fail_in, failing)
+    with pytest.raises(KeyboardInterrupt):
+        spoco.cluster_blockwise(emb, out=out, journal=journal, **kw)
+    assert journal.exists() and out.attrs["spoco_complete"] is False
+    first = set(calls)
+    calls.clear()
+    limit = 10 ** 9
+    spoco.cluster_blockwise(emb, out=out, journal=journal, **kw)
+    assert not first & set(calls), "recorded blocks were computed again"
+    assert first | set(calls) == set(range(18))
+    np.testing.assert_array_equal(out[...], expected)
+    assert out.attrs["spoco_complete"] is True and not journal.exists()
+
+
+def test_journal_of_other_settings_is_refused(volume, rng, tmp_path):
+    from spoco._journal import Journal
+
+    _, emb = volume(rng, (8, 32, 32), 5)
+    off, n_att = default_offsets(3, (3,))
+    Journal(tmp_path / "j", {"what": "cluster_blockwise", "block_shape": [4, 4, 4]})
+    with pytest.raises(ValueError, match="holds the progress of another job .*block_shape"):
+        spoco.cluster_blockwise(emb, block_shape=(4, 16, 16), halo=3, offsets=off, n_attractive=n_att,
+                                journal=tmp_path / "j")
