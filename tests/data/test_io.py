@@ -140,3 +140,36 @@ def test_unreadable_png_or_jpeg_is_a_clear_error_naming_the_file(tmp_path, name)
     path.write_bytes(b"garbage")
     with pytest.raises(ValueError, match=f"{name}: not a readable"):
         io.read_array(path)
+
+
+@pytest.mark.parametrize("name", ["a.h5:x", "a.zarr:x", "a.zarr"])
+def test_write_array_interrupted_is_marked_incomplete(tmp_path, monkeypatch, name):
+    """A container written whole is marked complete only after its data are in: a writer that
+    dies half-way leaves an array open_array refuses, never one that looks like a result."""
+    path = f"{tmp_path / name}"
+    io.write_array(path, np.arange(12).reshape(3, 4))
+    np.testing.assert_array_equal(io.open_array(path)[...], np.arange(12).reshape(3, 4))
+
+    def interrupted(self, *args):
+        raise KeyboardInterrupt
+
+    import h5py
+
+    monkeypatch.setattr(h5py.Dataset, "__setitem__", interrupted)
+    monkeypatch.setattr(zarr.Array, "__setitem__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        io.write_array(path, np.ones((3, 4)))
+    monkeypatch.undo()
+    with pytest.raises(io.IncompleteArrayError, match="incomplete"):
+        io.open_array(path)
+
+
+def test_png_is_written_under_a_temporary_name(tmp_path, monkeypatch):
+    import imageio.v3 as iio
+
+    written = []
+    real = iio.imwrite
+    monkeypatch.setattr(iio, "imwrite", lambda p, a, **kw: (written.append(p), real(p, a, **kw)))
+    io.write_array(tmp_path / "a.png", np.zeros((4, 5), np.uint8))
+    assert written and written[0] != tmp_path / "a.png"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]

@@ -65,10 +65,15 @@ def format_table(rows) -> str:
 def run(args) -> int:
     rows = evaluate_files(_pairs(args.gt, args.pred), args.gt_key, args.pred_key)
     print(format_table(rows))
-    if args.csv:
-        with open(args.csv, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["image", *COLUMNS])
-            writer.writeheader()
-            writer.writerows(rows)
+    if args.csv:  # written whole under a temporary name, then renamed
+        import io
+
+        from .._journal import write_atomic
+
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=["image", *COLUMNS])
+        writer.writeheader()
+        writer.writerows(rows)
+        write_atomic(Path(args.csv), text.getvalue().encode(), durable=False)
     sys.stdout.flush()
     return 0

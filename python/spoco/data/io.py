@@ -246,7 +246,13 @@ def write_array(path, array, key: str | None = None, chunks=None) -> Path:
             if key in f:
                 del f[key]
             chunk = tuple(chunks) if chunks is not None else (True if array.size else None)
-            f.create_dataset(key, data=array, chunks=chunk, compression="gzip" if array.size else None)
+            # Marked incomplete until the data are in: a writer killed half-way leaves no result.
+            dataset = f.create_dataset(key, shape=array.shape, dtype=array.dtype, chunks=chunk,
+                                       compression="gzip" if array.size else None)
+            set_complete(dataset, False)
+            if array.size:
+                dataset[...] = array
+            set_complete(dataset, True)
     else:
         _write_zarr(path, array, key, chunks)
     return path
@@ -262,13 +268,17 @@ def _write_plain(path, array, suffix):
     if array.dtype not in allowed:
         raise ValueError(f"{path}: {suffix} holds {', '.join(np.dtype(t).name for t in allowed)} only, "
                          f"got {array.dtype}; use tif for other types")
-    iio.imwrite(path, np.moveaxis(array, 0, -1) if colour else array)
+    tmp = path.with_name(f".{path.stem}.partial{suffix}")  # renamed when whole (the suffix tells the format)
+    iio.imwrite(tmp, np.moveaxis(array, 0, -1) if colour else array)
+    os.replace(tmp, path)
 
 
 def _write_zarr(path, array, key, chunks):
     out = _create_zarr(path, array.shape, array.dtype, key, tuple(chunks) if chunks is not None else None)
+    set_complete(out, False)  # until the data are in
     if array.size:
         out[...] = array
+    set_complete(out, True)
 
 
 def list_pairs(image_dir, label_dir) -> list[tuple[Path, Path]]:
