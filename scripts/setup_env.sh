@@ -2,7 +2,7 @@
 # Create (or reuse) the local virtual environment .venv and install spoco into it
 # with its test dependencies. PyTorch is pinned to the CPU build 2.13.0; spoco itself
 # only needs torch >= 2.4 at run time, never at build time.
-# SPOCO_CUDA=AUTO|ON|OFF chooses whether the CUDA kernels are compiled (AUTO: when nvcc exists).
+# SPOCO_CUDA=AUTO|ON|OFF chooses whether the CUDA kernels are compiled (AUTO: when nvcc exists and a GPU is visible).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${SPOCO_VENV:-.venv}
