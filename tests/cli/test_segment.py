@@ -49,7 +49,7 @@ def test_segment_zarr_and_hdf5_subprocess(files):
     tmp, expected, expected16 = files
     codes, errs = spoco_cli(
         [tmp / "emb.zarr", "--key", "emb", *BLOCKS, "--threads", "2", "--out", tmp / "lab.zarr", "--out-key", "seg"],
-        [tmp / "emb.h5", "--key", "pred/emb", *BLOCKS, "--quiet", "--out", tmp / "lab.h5"],
+        [tmp / "emb.h5", *BLOCKS, "--quiet", "--out", tmp / "lab.h5"],  # the file's only dataset: no --key
         [tmp / "emb.h5", "--key", "nope", *BLOCKS, "--out", tmp / "x.zarr"])
     assert codes == [0, 0, 2], errs
     assert "segment" in errs[0] and errs[1] == ""  # a progress bar, unless --quiet
@@ -72,7 +72,6 @@ def test_segment_tif_in_process(files, capsys):
 @pytest.mark.parametrize("args, message", [
     (["missing.zarr", "--key", "emb", "--block-shape", "8"], "missing.zarr: no such file or directory"),
     (["{tmp}/emb.zarr", "--key", "nope", "--block-shape", "8"], "no array 'nope'; arrays in the store: ['emb']"),
-    (["{tmp}/emb.zarr", "--block-shape", "8"], "the zarr store needs a key; arrays in the store: ['emb']"),
     (["{tmp}/emb.zarr", "--key", "emb", "--block-shape", "8", "8"], "--block-shape needs 1 or 3 integers"),
     (["{tmp}/emb.zarr", "--key", "emb", "--block-shape", "0"], "--block-shape must be positive"),
     (["{tmp}/emb.zarr", "--key", "emb", "--block-shape", "8", "--halo", "5"],

@@ -63,8 +63,9 @@ def test_open_array_is_lazy(tmp_path, rng):
 
 def test_errors_name_the_path_and_key(tmp_path, rng):
     a = rng.random((4, 5)).astype(np.float32)
-    io.write_array(tmp_path / "a.h5", a, key="grp/x")
-    io.write_array(tmp_path / "g.zarr", a, key="grp/x")
+    for name in ("grp/x", "grp/y"):  # two datasets: a key is needed
+        io.write_array(tmp_path / "a.h5", a, key=name)
+        io.write_array(tmp_path / "g.zarr", a, key=name)
     with pytest.raises(FileNotFoundError, match="missing.tif"):
         io.read_array(tmp_path / "missing.tif")
     with pytest.raises(ValueError, match=r"a\.bmp.*unsupported file type '\.bmp'"):
@@ -173,3 +174,12 @@ def test_png_is_written_under_a_temporary_name(tmp_path, monkeypatch):
     io.write_array(tmp_path / "a.png", np.zeros((4, 5), np.uint8))
     assert written and written[0] != tmp_path / "a.png"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_the_only_dataset_needs_no_key(tmp_path, rng):
+    a = rng.random((4, 5)).astype(np.float32)
+    io.write_array(tmp_path / "a.h5", a, key="grp/x")
+    io.write_array(tmp_path / "g.zarr", a, key="grp/x")
+    for path in (tmp_path / "a.h5", tmp_path / "g.zarr"):
+        np.testing.assert_array_equal(io.read_array(path), a)
+        np.testing.assert_array_equal(io.open_array(path)[...], a)

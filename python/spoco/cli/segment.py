@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
         "spoco segment emb.zarr --key emb --block-shape 64 256 256 --halo 27 --out labels.zarr --out-key labels")
     p.add_argument("input", help="embeddings (D, [Z,] Y, X): .h5/.hdf5 or .zarr (with --key) or .tif, or a folder "
                    "of such files (e.g. the output of spoco predict); then --out is a folder of label tifs")
-    p.add_argument("--key", help="dataset key of the embeddings in an HDF5 file / zarr group")
+    p.add_argument("--key", help="dataset key of the embeddings in an HDF5 file / zarr group (default: the only one)")
     p.add_argument("--out", required=True, help="output labels: .h5/.hdf5, .zarr (with --out-key) or .tif")
     p.add_argument("--out-key", default="labels", help="dataset key of the labels (default: labels)")
     p.add_argument("--block-shape", type=int, nargs="+", default=None, metavar="N",

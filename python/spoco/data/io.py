@@ -75,7 +75,11 @@ def _h5_dataset(f, path, key):
     import h5py
 
     if key is None:
-        raise ValueError(f"{path}: HDF5 files need a key (the dataset path); datasets in the file: {_h5_keys(f)}")
+        keys = _h5_keys(f)
+        if len(keys) != 1:  # the only dataset of a file needs no name
+            raise ValueError(f"{path}: HDF5 files with {len(keys)} datasets need a key (the dataset path); "
+                             f"datasets in the file: {keys}")
+        key = keys[0]
     obj = f.get(key)
     if not isinstance(obj, h5py.Dataset):
         raise KeyError(f"{path}: no dataset {key!r}; datasets in the file: {_h5_keys(f)}")
@@ -107,6 +111,8 @@ def _zarr_node(path, key):
         if not isinstance(node, zarr.Group) or key not in node:
             raise KeyError(f"{path}: no array {key!r}; arrays in the store: {_zarr_keys(node)}")
         node = node[key]
+    if isinstance(node, zarr.Group) and key is None and len(_zarr_keys(node)) == 1:
+        node = node[_zarr_keys(node)[0]]  # the only array of a store needs no name
     if isinstance(node, zarr.Group):
         what = "needs a key" if key is None else f"key {key!r} is a group and needs a longer key"
         raise ValueError(f"{path}: the zarr store {what}; arrays in the store: {_zarr_keys(node)}")
