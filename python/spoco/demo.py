@@ -22,24 +22,6 @@ FRACTION = 0.1
 COLUMNS = ("ap50", "sbd", "abs_dic", "are", "n_gt", "n_pred")
 
 
-def _pca_rgb(emb: np.ndarray) -> np.ndarray:
-    """First three principal components of ``(D, H, W)`` embeddings as an RGB image."""
-    d = emb.reshape(emb.shape[0], -1).T
-    d = d - d.mean(0)
-    _, _, vt = np.linalg.svd(d[:: max(1, len(d) // 20000)], full_matrices=False)
-    rgb = d @ vt[:3].T
-    rgb = (rgb - rgb.min(0)) / (np.ptp(rgb, 0) + 1e-9)
-    return rgb.reshape(emb.shape[1:] + (3,))
-
-
-def _display(image: np.ndarray) -> np.ndarray:
-    """A channel of ``image`` scaled to [0, 1] by its 1st and 99.8th percentiles."""
-    img = np.asarray(image, dtype=np.float32)
-    img = img[0] if img.ndim == 3 else img
-    lo, hi = np.percentile(img, (1, 99.8))
-    return np.clip((img - lo) / max(hi - lo, 1e-9), 0, 1)
-
-
 def _figure(rows, train_example, path: Path) -> None:
     """One row per test image: image | embeddings (PCA) | segmentation | ground truth,
     and a fifth column with a training image and its sparse labels."""
@@ -49,16 +31,18 @@ def _figure(rows, train_example, path: Path) -> None:
     import matplotlib.pyplot as plt
     from skimage.color import label2rgb
 
+    from .visualize import display_range, pca_rgb
+
     titles = ["image", "embeddings (PCA)", "segmentation", "ground truth"]
     fig, axes = plt.subplots(len(rows), 5, figsize=(17, 2.9 * len(rows)), squeeze=False)
     for r, (ax_row, (name, image, emb, seg, gt)) in enumerate(zip(axes, rows)):
-        panels = [_display(image), _pca_rgb(emb), label2rgb(seg, bg_label=0), label2rgb(gt, bg_label=0)]
+        panels = [display_range(image), pca_rgb(emb), label2rgb(seg, bg_label=0), label2rgb(gt, bg_label=0)]
         for ax, img, title in zip(ax_row, panels, titles):
             ax.imshow(img, cmap="gray", interpolation="nearest")
             ax.set_title(f"{name}: {title}", fontsize=8)
         if r < len(train_example):
             t_name, t_image, t_labels = train_example[r]
-            ax_row[4].imshow(label2rgb(t_labels, image=_display(t_image), bg_label=0, alpha=0.5))
+            ax_row[4].imshow(label2rgb(t_labels, image=display_range(t_image), bg_label=0, alpha=0.5))
             ax_row[4].set_title(f"training {t_name}: labels used (SPOCO@p)", fontsize=8)
         for ax in ax_row:
             ax.axis("off")

@@ -53,6 +53,13 @@ def add_parser(sub) -> None:
                    help="embedding distance for --background embedding (default: delta_d)")
     p.add_argument("--merge-distance", type=float, default=None,
                    help="merge touching segments whose mean embeddings are closer than this (0: off)")
+    p.add_argument("--preview", action="store_true",
+                   help="also write <out>.preview.png: instance outlines over --image (or black) | the embeddings' "
+                   "PCA (volumes: the middle slice)")
+    p.add_argument("--rois", action="store_true",
+                   help="also write <out>.rois.zip: every instance as an ImageJ polygon ROI (volumes: one per slice)")
+    p.add_argument("--image", help="the raw image under the preview's outlines (for a folder input: a folder "
+                   "with images of the same names)")
     p.add_argument("--restart", action="store_true",
                    help="block-wise runs into .h5/.zarr resume after an interruption (kill, power cut) from "
                    "<out>.spoco-progress when the same command is run again; --restart starts from scratch")
@@ -148,6 +155,7 @@ def segment_file(src, key, out: Path, out_key, args) -> None:
     if settings["foreground"] and emb.shape[0] < 2:
         raise CLIError(f"{src}: a foreground channel needs embeddings with at least 2 channels, got {emb.shape}")
     postprocessing = settings["background"] != "none" or settings["merge_distance"] > 0
+    features = _LeadingChannels(emb, emb.shape[0] - 1) if settings["foreground"] else emb  # for the preview
     if args.block_shape is None:
         if len(spatial) not in (2, 3):
             raise CLIError(f"the embeddings must have shape (D, Y, X) or (D, Z, Y, X), got {tuple(emb.shape)}")
@@ -179,6 +187,43 @@ def segment_file(src, key, out: Path, out_key, args) -> None:
                 resumable.finish(labels_out)
     if not args.quiet:
         print(f"{src} -> {out}" + (f":{out_key}" if out.suffix.lower() not in io.TIFF else ""))
+    if args.preview or args.rois:
+        _pictures(src, out, out_key, features, args)
+
+
+def _pictures(src, out: Path, out_key, features, args) -> None:
+    """The PNG preview and the ImageJ ROIs of a finished segmentation (``--preview``, ``--rois``)."""
+    from .. import visualize
+    from ..data import io
+
+    labels = io.open_array(out, None if out.suffix.lower() in io.TIFF else out_key)
+    stem = out.with_name(out.name.rsplit(".", 1)[0])
+    if args.preview:
+        image = None
+        if args.image:
+            image = io.open_array(_matching_image(Path(src), Path(args.image)))
+            if tuple(image.shape[-labels.ndim:]) != tuple(labels.shape):
+                raise CLIError(f"--image {args.image}: spatial shape {tuple(image.shape[-labels.ndim:])} differs from "
+                               f"the labels' {tuple(labels.shape)}")
+        path = visualize.write_preview(f"{stem}.preview.png", labels, image, features)
+        if not args.quiet:
+            print(f"preview -> {path}")
+    if args.rois:
+        n = visualize.write_imagej_rois(f"{stem}.rois.zip", labels)
+        if not args.quiet:
+            print(f"{n} ImageJ ROIs -> {stem}.rois.zip")
+
+
+def _matching_image(src: Path, image: Path) -> Path:
+    """``image`` itself, or for a folder the file with the stem of ``src``."""
+    if not image.is_dir() or image.suffix.lower() == ".zarr":
+        return image
+    from ..data import io
+
+    found = [p for p in sorted(image.iterdir()) if p.stem == src.stem and p.suffix.lower() in io.SUFFIXES]
+    if not found:
+        raise CLIError(f"--image {image}: no image named {src.stem}.* for {src}")
+    return found[0]
 
 
 class _LeadingChannels:
