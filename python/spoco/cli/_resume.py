@@ -47,9 +47,14 @@ class ResumableOutput:
     """
 
     def __init__(self, out, key, job: dict, restart: bool = False, quiet: bool = False):
+        from ..data import io
+
+        # an OME-Zarr output is one image: the array is its level "0", whatever the key
+        key = None if io.is_ome(out) else key
         self.out, self.key, self.job, self.restart, self.quiet = Path(out), key, job, restart, quiet
         self.folder = Path(f"{self.out}{PROGRESS_SUFFIX}")
         self._stack = contextlib.ExitStack()
+        self.metadata = {}
 
     def __enter__(self):
         self._stack.enter_context(output_lock(self.out, f"the output {self.out}"))
@@ -74,9 +79,10 @@ class ResumableOutput:
 
         return self.out.suffix.lower() in io.HDF5
 
-    def array(self, shape, dtype, chunks):
+    def array(self, shape, dtype, chunks, **metadata):
         """The array to write into: the zarr output itself, or the zarr staging array of
-        an HDF5 output; the one of the interrupted run when resuming and it fits."""
+        an HDF5 output; the one of the interrupted run when resuming and it fits.
+        ``metadata``: voxel_size, channels, labels (see :func:`spoco.data.io.create_array`)."""
         from ..data import io
 
         path, key = (self.folder / "staging.zarr", None) if self.staged else (self.out, self.key)
@@ -85,7 +91,8 @@ class ResumableOutput:
             if existing is not None and tuple(existing.shape) == tuple(shape) \
                     and np.dtype(existing.dtype) == np.dtype(dtype):
                 return existing
-        return io.create_array(path, shape, dtype, key=key, chunks=chunks)
+        self.metadata = metadata
+        return io.create_array(path, shape, dtype, key=key, chunks=chunks, **metadata)
 
     def finish(self, array, attrs: dict | None = None) -> None:
         """Mark ``array`` (from :meth:`array`) complete, copy a staged HDF5 output into place,
@@ -98,7 +105,9 @@ class ResumableOutput:
             del array.attrs[JOB_ATTR]
         if self.staged:
             io.set_complete(array, True)
-            target = io.create_array(self.out, array.shape, array.dtype, key=self.key, chunks=array.chunks)
+            voxel = array.attrs.get(io.VOXEL_ATTR)
+            target = io.create_array(self.out, array.shape, array.dtype, key=self.key, chunks=array.chunks,
+                                     voxel_size=voxel)
             try:
                 _copy(array, target)
                 for name, value in (attrs or {}).items():

@@ -66,7 +66,8 @@ def predict_file(model, src, dst: Path, *, key, out_key, tile_shape, halo, borde
     dst.parent.mkdir(parents=True, exist_ok=True)
     job = {"what": "predict", "input": source_identity(src), "input_key": key}
     with ResumableOutput(dst, out_key, job, restart, not progress) as resumable:
-        out = resumable.array(shape, "float32", chunks)  # marked incomplete until done
+        # marked incomplete until done; the input's voxel size travels to spoco segment
+        out = resumable.array(shape, "float32", chunks, voxel_size=io.voxel_size(src, key), channels=True)
         if out.attrs.get(io.COMPLETE_ATTR) is not True:  # else killed while copying to HDF5
             predict(model, image, out=out, tile_shape=tile_shape, halo=halo, border=border, device=device,
                     progress=progress, journal=resumable.folder / "tiles")

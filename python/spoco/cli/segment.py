@@ -38,6 +38,11 @@ def add_parser(sub) -> None:
                    help="push margin of the loss (Eq. 12; default: the training run's, 2.0)")
     p.add_argument("--long-range", type=int, nargs="+", default=[3, 9, 27], metavar="R",
                    help="repulsive offsets along every axis (default: 3 9 27)")
+    p.add_argument("--voxel-size", type=float, nargs="+", default=None, metavar="S",
+                   help="size of a voxel along each spatial axis (e.g. 2 0.5 0.5 µm): the repulsive offsets "
+                   "reach the same physical distance along every axis (--long-range counts voxels of the finest "
+                   "axis). Default: the embeddings' own (OME-Zarr metadata, or written by spoco predict), else "
+                   "isotropic")
     p.add_argument("--strides", type=int, nargs="+", default=None, metavar="S",
                    help="keep every S-th repulsive edge (one per axis or one for all)")
     p.add_argument("--randomize-strides", action="store_true", help="keep repulsive edges at random instead")
@@ -68,19 +73,21 @@ def add_parser(sub) -> None:
 
 
 def segment_array(emb, *, block_shape, halo=None, out=None, threads=None, delta_d=2.0, long_range=(3, 9, 27),
-                  strides=None, randomize_strides=False, min_size=0, mask=None, progress=True, journal=None):
+                  strides=None, randomize_strides=False, min_size=0, mask=None, progress=True, journal=None,
+                  voxel_size=None):
     """Instance labels of embeddings ``emb (D, *spatial)`` (any array-like), written to ``out``
     (an integer array of ``spatial`` shape) or returned as an int64 numpy array.
 
-    ``halo`` defaults to the longest offset; other arguments (``journal``: resume after a
-    kill) as in :func:`spoco.cluster_blockwise`.
+    ``halo`` defaults to the longest offset; ``voxel_size`` scales the repulsive offsets per
+    axis (:func:`spoco.clustering.default_offsets`); other arguments (``journal``: resume
+    after a kill) as in :func:`spoco.cluster_blockwise`.
     """
     from ..clustering import cluster_blockwise
 
     ndim = len(emb.shape) - 1
     if ndim not in (2, 3):
         raise CLIError(f"the embeddings must have shape (D, Y, X) or (D, Z, Y, X), got {tuple(emb.shape)}")
-    offsets, n_att = _offsets(ndim, long_range)
+    offsets, n_att = _offsets(ndim, long_range, voxel_size)
     if halo is None:
         halo = int(np.abs(offsets).max())
     return cluster_blockwise(emb, block_shape=_per_axis(block_shape, ndim, "--block-shape"),
@@ -147,6 +154,8 @@ def segment_file(src, key, out: Path, out_key, args) -> None:
 
     if out.suffix.lower() not in io.TIFF + io.HDF5 + io.ZARR:
         raise CLIError(f"--out must be a .tif, .h5 or .zarr path, got {out}")
+    if io.is_ome(out):  # one label image at the store's level "0"
+        out_key = None
     emb = io.open_array(src, key)
     if not np.issubdtype(np.dtype(emb.dtype), np.floating):
         raise CLIError(f"{src}: the embeddings must be floats, got dtype {emb.dtype}")
@@ -156,15 +165,16 @@ def segment_file(src, key, out: Path, out_key, args) -> None:
         raise CLIError(f"{src}: a foreground channel needs embeddings with at least 2 channels, got {emb.shape}")
     postprocessing = settings["background"] != "none" or settings["merge_distance"] > 0
     features = _LeadingChannels(emb, emb.shape[0] - 1) if settings["foreground"] else emb  # for the preview
+    voxel = _voxel_size(src, key, args)
     if args.block_shape is None:
         if len(spatial) not in (2, 3):
             raise CLIError(f"the embeddings must have shape (D, Y, X) or (D, Z, Y, X), got {tuple(emb.shape)}")
-        offsets, n_att = _offsets(len(spatial), args.long_range)
+        offsets, n_att = _offsets(len(spatial), args.long_range, voxel)
         labels = segment(np.asarray(emb), **settings, offsets=offsets, n_attractive=n_att, threads=args.threads,
                          strides=None if args.strides is None else _per_axis(args.strides, len(spatial), "--strides"),
                          randomize_strides=args.randomize_strides)
         with output_lock(out, f"the output {out}"):
-            _write_labels(out, out_key, labels)
+            _write_labels(out, out_key, labels, voxel)
     elif postprocessing:
         raise CLIError("--background and --merge-distance apply to segmentation in memory; omit --block-shape")
     else:
@@ -172,21 +182,22 @@ def segment_file(src, key, out: Path, out_key, args) -> None:
         if settings["foreground"]:  # the last channel is the foreground probability
             emb, mask = _LeadingChannels(emb, emb.shape[0] - 1), _Above(emb, emb.shape[0] - 1,
                                                                          settings["foreground_threshold"])
-        options = dict(_options(args), delta_d=settings["delta_d"], min_size=settings["min_size"], mask=mask)
+        options = dict(_options(args), delta_d=settings["delta_d"], min_size=settings["min_size"], mask=mask,
+                       voxel_size=voxel)
         if out.suffix.lower() in io.TIFF:
             labels = segment_array(emb, **options)
             with output_lock(out, f"the output {out}"):
-                _write_labels(out, out_key, labels)
+                _write_labels(out, out_key, labels, voxel)
         else:
             chunks = _per_axis(args.block_shape, len(spatial), "--block-shape")  # fails before the output exists
             job = {"what": "segment", "input": source_identity(src), "input_key": key}
             with ResumableOutput(out, out_key, job, args.restart, args.quiet) as resumable:
-                labels_out = resumable.array(spatial, np.uint32, chunks)
+                labels_out = resumable.array(spatial, np.uint32, chunks, voxel_size=voxel, labels=True)
                 if labels_out.attrs.get(io.COMPLETE_ATTR) is not True:  # else killed while copying to HDF5
                     segment_array(emb, out=labels_out, journal=resumable.folder / "blocks", **options)
                 resumable.finish(labels_out)
     if not args.quiet:
-        print(f"{src} -> {out}" + (f":{out_key}" if out.suffix.lower() not in io.TIFF else ""))
+        print(f"{src} -> {out}" + (f":{out_key}" if out_key and out.suffix.lower() not in io.TIFF else ""))
     if args.preview or args.rois:
         _pictures(src, out, out_key, features, args)
 
@@ -249,22 +260,35 @@ class _Above:
         return np.asarray(self.array[(self.channel,) + index]) > self.threshold
 
 
-def _offsets(ndim, long_range):
+def _offsets(ndim, long_range, voxel_size=None):
     from ..clustering import default_offsets
 
     if any(r < 1 for r in long_range):
         raise CLIError(f"--long-range must be positive, got {list(long_range)}")
-    return default_offsets(ndim, tuple(long_range))
+    if voxel_size is not None and len(voxel_size) != ndim:
+        raise CLIError(f"--voxel-size needs {ndim} values (one per spatial axis), got {list(voxel_size)}")
+    return default_offsets(ndim, tuple(long_range), voxel_size)
 
 
-def _write_labels(out: Path, out_key, labels: np.ndarray) -> None:
+def _voxel_size(src, key, args):
+    """``--voxel-size``, else the embeddings' own (OME-Zarr or spoco's attribute), else None."""
+    from ..data import io
+
+    if args.voxel_size is not None:
+        if any(v <= 0 for v in args.voxel_size):
+            raise CLIError(f"--voxel-size must be positive, got {args.voxel_size}")
+        return tuple(args.voxel_size)
+    return io.voxel_size(src, key)
+
+
+def _write_labels(out: Path, out_key, labels: np.ndarray, voxel_size=None) -> None:
     from ..data import io
 
     labels = labels.astype(np.uint32 if labels.max(initial=0) < 2 ** 32 else np.int64)
     if out.suffix.lower() in io.TIFF:
         io.write_array(out, labels)
     else:
-        array = io.create_array(out, labels.shape, labels.dtype, key=out_key)
+        array = io.create_array(out, labels.shape, labels.dtype, key=out_key, voxel_size=voxel_size, labels=True)
         array[...] = labels
         io.set_complete(array, True)
 

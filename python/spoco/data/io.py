@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .._complete import COMPLETE_ATTR, IncompleteArrayError, check_complete, set_complete  # noqa: F401
+from . import ome_zarr
 
 TIFF = (".tif", ".tiff")
 PLAIN = (".png", ".jpg", ".jpeg")
@@ -111,6 +112,12 @@ def _zarr_node(path, key):
         if not isinstance(node, zarr.Group) or key not in node:
             raise KeyError(f"{path}: no array {key!r}; arrays in the store: {_zarr_keys(node)}")
         node = node[key]
+    if isinstance(node, zarr.Group) and ome_zarr.multiscales(node):  # OME-Zarr: full resolution, no time axis
+        try:
+            array, axes, _ = ome_zarr.level(node)
+            return ome_zarr.ChannelFirstView(array, axes) if "t" in axes else array
+        except (KeyError, ValueError) as err:
+            raise ValueError(f"{path}: {err}") from None
     if isinstance(node, zarr.Group) and key is None and len(_zarr_keys(node)) == 1:
         node = node[_zarr_keys(node)[0]]  # the only array of a store needs no name
     if isinstance(node, zarr.Group):
@@ -317,15 +324,63 @@ def list_pairs(image_dir, label_dir) -> list[tuple[Path, Path]]:
     return [(images[s], labels[s]) for s in sorted(images)]
 
 
-def create_array(path, shape, dtype, key: str | None = None, chunks=None):
+def create_array(path, shape, dtype, key: str | None = None, chunks=None, *, voxel_size=None,
+                 channels: bool = False, labels: bool = False):
     """An empty HDF5 dataset or zarr array to be filled block by block (outputs larger
     than memory); an existing dataset of that key is replaced. HDF5 needs ``key``.
     The array is marked incomplete (:data:`COMPLETE_ATTR` = False) until its writer
     calls :func:`set_complete`; :func:`open_array` refuses it before that. The HDF5
-    file stays open while the returned dataset is referenced."""
-    array = _create_array(path, shape, dtype, key, chunks)
+    file stays open while the returned dataset is referenced.
+
+    A path ending in ``.ome.zarr`` becomes a single-level OME-Zarr image (``channels``:
+    the first axis is ``c``) or label image (``labels``) at path ``"0"`` of the store
+    (``key`` is not used), with ``voxel_size`` (spatial axes) in its metadata; other
+    outputs keep ``voxel_size`` in the attribute :data:`VOXEL_ATTR`."""
+    if is_ome(path):
+        import zarr
+
+        store = str(split_key(path)[0])
+        group = zarr.open_group(store=store, mode="w")
+        group.attrs.update(ome_zarr.metadata(shape, voxel_size, channels=channels, labels=labels,
+                                             zarr_format=group.metadata.zarr_format))
+        array = _create_zarr(store, shape, dtype, "0", chunks)
+    else:
+        array = _create_array(path, shape, dtype, key, chunks)
+        if voxel_size is not None:
+            array.attrs[VOXEL_ATTR] = [float(v) for v in voxel_size]
     set_complete(array, False)
     return array
+
+
+VOXEL_ATTR = "spoco_voxel_size"  # voxel size (spatial axes) of spoco's non-OME outputs
+
+
+def is_ome(path) -> bool:
+    """Whether ``path`` names an OME-Zarr image spoco writes (``*.ome.zarr``)."""
+    return str(split_key(path)[0]).lower().rstrip("/").endswith(".ome.zarr")
+
+
+def voxel_size(path, key: str | None = None):
+    """The voxel size of an image's spatial axes (a tuple of floats, OME-Zarr units, normally
+    micrometres) from OME-Zarr metadata or spoco's own attribute, or None if the file says
+    nothing (tif/png/HDF5 from other tools)."""
+    path, key = split_key(path, key)
+    suffix = _suffix(path)
+    _existing(path)
+    if suffix in ZARR:
+        import zarr
+
+        node = zarr.open(store=str(path), mode="r")
+        node = node[key] if key else node
+        if isinstance(node, zarr.Group) and ome_zarr.multiscales(node):
+            return ome_zarr.level(node)[2]
+        found = node.attrs.get(VOXEL_ATTR)
+    elif suffix in HDF5:
+        with _h5_open(path) as f:
+            found = _h5_dataset(f, path, key).attrs.get(VOXEL_ATTR)
+    else:
+        return None
+    return None if found is None else tuple(float(v) for v in np.ravel(found))
 
 
 def open_for_update(path, key: str | None = None):
@@ -341,6 +396,8 @@ def open_for_update(path, key: str | None = None):
         node = zarr.open(store=str(path), mode="r+")
         if key:
             node = node[key]
+        if isinstance(node, zarr.Group) and ome_zarr.multiscales(node):
+            node = ome_zarr.level(node)[0]
     except Exception:  # noqa: BLE001 - unreadable or missing: the caller creates a new array
         return None
     return node if isinstance(node, zarr.Array) else None
