@@ -106,3 +106,44 @@ def test_select_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             select_device("cuda")
+
+
+def _dask_case(rng, seed, tmp_path):
+    import zarr
+
+    net = _net(UNet2D, seed, depth=2)
+    image = rng.random((1, 70, 90)).astype(np.float32)
+    group = zarr.open_group(str(tmp_path / "p.zarr"), mode="w")
+    src = group.create_array("raw", data=image, chunks=(1, 32, 32))
+    out = group.create_array("emb", shape=(4, 70, 90), dtype="float32", chunks=(4, 16, 16))
+    serial = predict(net, image, tile_shape=32, halo=8, device="cpu")
+    return net, src, out, serial
+
+
+def test_dask_tiles_on_threads_equal_the_serial_prediction(rng, seed, tmp_path):
+    import dask
+
+    net, src, out, serial = _dask_case(rng, seed, tmp_path)
+    with dask.config.set(scheduler="threads"):
+        predict(net, src, tile_shape=32, halo=8, device="cpu", out=out, dask=True)
+    np.testing.assert_array_equal(out[...], serial)
+    import zarr
+
+    straddling = zarr.open_group(str(tmp_path / "p.zarr"), mode="a").create_array(  # chunks across cores
+        "bad", shape=(4, 70, 90), dtype="float32", chunks=(4, 24, 24))
+    with pytest.raises(ValueError, match="must tile the cores"):
+        predict(net, src, tile_shape=32, halo=8, device="cpu", out=straddling, dask=True)
+    with pytest.raises(ValueError, match="zarr array"):
+        predict(net, src, tile_shape=32, halo=8, device="cpu", out=np.zeros((4, 70, 90), np.float32), dask=True)
+
+
+def test_dask_tiles_on_a_local_cluster_of_two_processes(rng, seed, tmp_path):
+    distributed = pytest.importorskip("distributed")
+
+    net, src, out, serial = _dask_case(rng, seed, tmp_path)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            distributed.Client(cluster):
+        predict(net, src, tile_shape=32, halo=8, device="cpu", out=out, dask=True)
+    # the same float32 operations in other processes (one thread each, as the serial run here)
+    print("max |cluster - serial|:", float(np.abs(out[...] - serial).max()))
+    np.testing.assert_array_equal(out[...], serial)

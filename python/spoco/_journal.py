@@ -92,6 +92,15 @@ class Journal:
             self.id, self.resumed = uuid.uuid4().hex, False
             write_atomic(path, json.dumps({"id": self.id, "job": job}, indent=1).encode(), self.durable)
 
+    @classmethod
+    def reopen(cls, folder, durable: bool = True) -> "Journal":
+        """The existing journal ``folder``, e.g. in a worker process of the run that opened it."""
+        self = cls.__new__(cls)
+        self.folder, self.durable = Path(folder), bool(durable)
+        stored = json.loads((self.folder / JOB_FILE).read_text())
+        self.id, self.resumed = stored["id"], True
+        return self
+
     # ------------------------------------------------------------------ pieces
     def _kind(self, kind: str) -> Path:
         folder = self.folder / kind

@@ -65,7 +65,7 @@ def tile_grid(spatial, core, halo):
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, image, *, tile_shape=None, halo=None, border: str = "zero", device=None,
-            out=None, progress: bool = False, norm_range=None, journal=None) -> np.ndarray:
+            out=None, progress: bool = False, norm_range=None, journal=None, dask: bool = False) -> np.ndarray:
     """Embeddings ``(D, *spatial)`` float32 of one image; for a model with a foreground
     head ``(D + 1, *spatial)``, the last channel the foreground probability in [0, 1].
     Spatial embeddings (``model.spatial_scale``) include the image coordinates.
@@ -97,6 +97,12 @@ def predict(model: torch.nn.Module, image, *, tile_shape=None, halo=None, border
         arguments and folder predicts only the tiles that were not finished; the output
         equals an uninterrupted run's. Deleted at the end; a folder of another job (other
         model weights, shapes or tiling) is refused. The caller keeps the input unchanged.
+    dask : bool
+        Run the tiles as Dask tasks on the active scheduler (threads, processes, or a
+        ``distributed`` cluster, one GPU per worker: each worker uses ``device`` or its own
+        best device). ``out`` must be a zarr array whose chunks tile the cores (all channels
+        in one chunk); the model and ``image`` travel to the workers (use a zarr or numpy
+        image). The result equals the single-process prediction.
     """
     ndim = getattr(model, "ndim", None)
     if ndim is not None and image.ndim == ndim:
@@ -126,6 +132,7 @@ def predict(model: torch.nn.Module, image, *, tile_shape=None, halo=None, border
         core = tuple(min(_round_up(c, divisor), _round_up(s, divisor)) for c, s in zip(core, spatial))
         halo = tuple(_round_up(h, divisor) for h in halo)
     lo, hi = norm_range if norm_range is not None else percentile_range(image)
+    worker_device = device  # with dask: resolved on each worker
     device = select_device(device) if not isinstance(device, torch.device) else device
     model.eval()
     tiles = list(enumerate(tile_grid(spatial, core, halo)))
@@ -139,10 +146,15 @@ def predict(model: torch.nn.Module, image, *, tile_shape=None, halo=None, border
             log = Journal(journal, job)
             log.bind(out, "tiles")
             done = log.done("tiles")
-            _predict_tiles(model, image, [t for t in tiles if t[0] not in done], spatial, halo, border, lo, hi,
-                           device, out, progress, log)
+            todo = [t for t in tiles if t[0] not in done]
+            if dask:
+                _predict_dask(model, image, todo, spatial, core, halo, border, lo, hi, worker_device, out, journal)
+            else:
+                _predict_tiles(model, image, todo, spatial, halo, border, lo, hi, device, out, progress, log)
             log.remove()
         return out
+    if dask:
+        return _predict_dask(model, image, tiles, spatial, core, halo, border, lo, hi, worker_device, out, None)
     return _predict_tiles(model, image, tiles, spatial, halo, border, lo, hi, device, out, progress, None)
 
 
@@ -152,21 +164,63 @@ def _predict_tiles(model, image, tiles, spatial, halo, border, lo, hi, device, o
         from tqdm import tqdm
         tiles = tqdm(tiles, desc="predict", unit="tile")
     for index, (core_sl, win_sl) in tiles:
-        window = normalize_image(image[(slice(None),) + win_sl], lo=lo, hi=hi)
-        start = [c.start - w.start for c, w in zip(core_sl, win_sl)]  # of the core in the window
-        if border == "mirror":  # the halo past the image border: the mirrored image
-            outside = [(h - b, max(c.stop + h - s, 0)) for c, h, b, s in zip(core_sl, halo, start, spatial)]
-            if any(a or b for a, b in outside):
-                window = np.pad(window, [(0, 0)] + outside, mode="reflect")
-            start = list(halo)
-        origin = [c.start - b for c, b in zip(core_sl, start)]  # image coordinates of the window's first pixel
-        emb = _embeddings(model, torch.from_numpy(window)[None].to(device), origin)
+        emb = _predict_tile(model, image, core_sl, win_sl, spatial, halo, border, lo, hi, device)
         if out is None:
             out = np.zeros((emb.shape[0],) + spatial, dtype=np.float32)
-        inner = tuple(slice(b, b + c.stop - c.start) for c, b in zip(core_sl, start))
-        out[(slice(None),) + core_sl] = emb[(slice(None),) + inner]
+        out[(slice(None),) + core_sl] = emb
         if journal is not None:
             journal.mark("tiles", index)
+    return out
+
+
+def _predict_tile(model, image, core_sl, win_sl, spatial, halo, border, lo, hi, device) -> np.ndarray:
+    """The embeddings ``(D[+1], *core)`` of one tile's core, predicted from its window."""
+    window = normalize_image(image[(slice(None),) + win_sl], lo=lo, hi=hi)
+    start = [c.start - w.start for c, w in zip(core_sl, win_sl)]  # of the core in the window
+    if border == "mirror":  # the halo past the image border: the mirrored image
+        outside = [(h - b, max(c.stop + h - s, 0)) for c, h, b, s in zip(core_sl, halo, start, spatial)]
+        if any(a or b for a, b in outside):
+            window = np.pad(window, [(0, 0)] + outside, mode="reflect")
+        start = list(halo)
+    origin = [c.start - b for c, b in zip(core_sl, start)]  # image coordinates of the window's first pixel
+    emb = _embeddings(model, torch.from_numpy(window)[None].to(device), origin)
+    inner = tuple(slice(b, b + c.stop - c.start) for c, b in zip(core_sl, start))
+    return emb[(slice(None),) + inner]
+
+
+def _dask_tile(model, image, core_sl, win_sl, spatial, halo, border, lo, hi, device, out, journal, index):
+    """One Dask task: predict a tile on the worker's device, write its core into ``out``,
+    record it in ``journal`` (a folder path, or None)."""
+    if device is None:  # each worker uses its own best device (its GPU on a GPU cluster)
+        device = select_device(None)
+    model = model.to(device)
+    model.eval()
+    with torch.no_grad():
+        out[(slice(None),) + core_sl] = _predict_tile(model, image, core_sl, win_sl, spatial, halo, border, lo, hi,
+                                                      device)
+    if journal is not None:
+        Journal.reopen(journal).mark("tiles", index)
+
+
+def _predict_dask(model, image, tiles, spatial, core, halo, border, lo, hi, device, out, journal):
+    """Run ``tiles`` as Dask tasks on the active scheduler (threads, processes, distributed), each
+    writing its core into ``out``. Cores must cover whole chunks of ``out`` so that no two
+    tasks write one chunk."""
+    import dask
+
+    chunks = getattr(out, "chunks", None)
+    if chunks is None or not hasattr(out, "store"):
+        raise ValueError("dask=True needs out= to be a zarr array (every task writes its tiles into it)")
+    if chunks[0] != out.shape[0] or any(c % k and c < s for c, k, s in zip(core, chunks[1:], spatial)):
+        raise ValueError(f"with dask=True the chunks of out {tuple(chunks)} must tile the cores of the tiles "
+                         f"{tuple(core)} (all channels in one chunk; chunk sizes dividing the core): two tasks "
+                         "would write one chunk")
+    shared_model, shared_image = dask.delayed(model, pure=True), dask.delayed(image, pure=True)
+    device = None if device is None else str(device)
+    tasks = [dask.delayed(_dask_tile, pure=False)(shared_model, shared_image, core_sl, win_sl, spatial, halo, border,
+                                                  lo, hi, device, out, journal, index)
+             for index, (core_sl, win_sl) in tiles]
+    dask.compute(*tasks)
     return out
 
 
