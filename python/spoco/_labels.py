@@ -32,7 +32,27 @@ def label_array(x, name: str, shape: tuple | None = None) -> np.ndarray:
             hi = a.max()
             if hi > _INT64_MAX:
                 raise ValueError(f"{name} holds label {int(hi)}; labels must be < 2**63")
-    return np.ascontiguousarray(a, dtype=np.int64)
+    return np.asarray(a, dtype=np.int64, order="C")  # (np.ascontiguousarray would make 0-D arrays 1-D)
+
+
+def compact_ids(labels: np.ndarray) -> np.ndarray:
+    """``labels`` (non-negative integers) with ids small enough to index a table of one
+    entry per id (``np.bincount``, lookup tables of size ``max + 1``).
+
+    Returned unchanged when the largest id is below the number of pixels, so such a
+    table is never larger than the image; otherwise the ids are renumbered 1..K in
+    ascending order (0 stays 0), which keeps the objects, their order and every
+    result that depends only on the partition. Huge ids are legal labels: without
+    this an id like 2**40 asks for terabytes, and ``np.bincount`` of 2**63 - 1
+    overflows inside NumPy and corrupts memory.
+    """
+    if labels.size == 0 or int(labels.max()) < labels.size:
+        return labels
+    ids, inverse = np.unique(labels, return_inverse=True)
+    inverse = inverse.reshape(labels.shape)
+    if ids[0] != 0:
+        inverse += 1  # in place: a 0-D array stays an array
+    return inverse
 
 
 def label_pair(gt, pred) -> tuple[np.ndarray, np.ndarray]:

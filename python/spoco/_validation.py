@@ -6,6 +6,7 @@ malformed ever reaches the compiled core.
 from __future__ import annotations
 
 import numbers
+import os
 import sys
 
 import numpy as np
@@ -114,12 +115,34 @@ def positive_int_tuple(x, length: int, name: str) -> tuple:
     return tuple(int(v) for v in t)
 
 
+#: The most threads any function takes. Every OpenMP thread reserves a stack; asking
+#: for 10**5 of them makes the process run out of memory instead of running faster.
+MAX_THREADS = 1024
+
+
 def threads_arg(threads) -> int:
     if threads is None:
         return 0
-    if not is_int(threads) or threads < 1:
-        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+    if not is_int(threads) or not 1 <= threads <= MAX_THREADS:
+        raise ValueError(f"threads must be an integer in [1, {MAX_THREADS}] or None, got {threads!r}")
     return int(threads)
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory of this machine, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX
+        return None
+
+
+def check_fits_in_memory(nbytes: int, what: str) -> None:
+    """Refuse, before allocating, something that needs more bytes than the machine has
+    (a hostile header or argument could otherwise ask for petabytes)."""
+    total = physical_memory()
+    if total is not None and nbytes > total:
+        raise ValueError(f"{what} needs {nbytes / 2**30:.4g} GiB, more than this machine's memory "
+                         f"({total / 2**30:.4g} GiB)")
 
 
 def positive_float(x, name: str) -> float:

@@ -235,7 +235,12 @@ def adapted_rand_error(gt, pred) -> tuple[float, float, float]:
 # ---- average precision -------------------------------------------------------
 
 def _thresholds(thresholds) -> np.ndarray:
-    t = np.atleast_1d(np.asarray(thresholds, dtype=np.float64))
+    if isinstance(thresholds, (str, bytes, bool)):  # np.asarray would read "0.5" and True as numbers
+        raise TypeError(f"thresholds must be a number or a 1-D sequence of numbers, got {thresholds!r}")
+    try:
+        t = np.atleast_1d(np.asarray(thresholds, dtype=np.float64))
+    except (TypeError, ValueError):
+        raise TypeError(f"thresholds must be a number or a 1-D sequence of numbers, got {thresholds!r}") from None
     if t.ndim != 1 or t.size == 0:
         raise ValueError(f"thresholds must be a number or a 1-D sequence of numbers, got {thresholds!r}")
     if not np.all((t > 0) & (t <= 1)):

@@ -45,14 +45,16 @@ def available_cpus() -> int:
 
 
 def set_threads(threads: int | None = None) -> int:
-    """Use ``threads`` CPU threads (default: :func:`available_cpus`) in PyTorch and in
-    spoco's kernels; returns the number set."""
+    """Use ``threads`` CPU threads (default: :func:`available_cpus`, at most 1024) in
+    PyTorch and in spoco's kernels; returns the number set."""
     import torch
 
+    from ._validation import MAX_THREADS
+
     if threads is None:
-        threads = available_cpus()
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        threads = min(available_cpus(), MAX_THREADS)
+    if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= MAX_THREADS:
+        raise ValueError(f"threads must be an integer in [1, {MAX_THREADS}], got {threads!r}")
     torch.set_num_threads(threads)
     from . import _core
 

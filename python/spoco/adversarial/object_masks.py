@@ -80,8 +80,10 @@ def object_mask_patches(emb: torch.Tensor, target: torch.Tensor, patch_shape, si
     lab = target.reshape(B * N).long()
     img = torch.arange(B, device=dev).repeat_interleave(N)
     is_obj = (lab > 0) & (lab != ignore_index)
-    # Objects are (image, label) pairs: one unique over label·B + image numbers them 0..M-1.
-    key = torch.where(is_obj, lab * B + img, -1)
+    # Objects are (image, label) pairs: one unique over rank(label)·B + image numbers them 0..M-1.
+    # Ranks, not the labels themselves: label·B overflows int64 for ids near 2**63 (legal ids).
+    ids, rank = torch.unique(torch.where(is_obj, lab, -1), return_inverse=True)
+    key = torch.where(is_obj, rank * B + img, -1)
     uniq, inv = torch.unique(key, return_inverse=True)
     has_dump = bool(uniq.numel()) and bool(uniq[0] < 0)  # host sync: the number of objects
     M = uniq.numel() - int(has_dump)
@@ -106,7 +108,7 @@ def object_mask_patches(emb: torch.Tensor, target: torch.Tensor, patch_shape, si
         keep = keep.sort().values
         obj_key, anchors, anchor_col, origin = obj_key[keep], anchors[keep], anchor_col[keep], origin[keep]
         M = max_objects
-    image, label = obj_key.remainder(B), obj_key.div(B, rounding_mode="floor")
+    image, label = obj_key.remainder(B), ids[obj_key.div(B, rounding_mode="floor")]
 
     column, inside = _crop_columns(origin, image, patch, spatial)  # (M, P) each
     e = emb_flat[:, column.reshape(-1)].reshape(D, M, column.shape[1]).transpose(0, 1)  # (M, D, P)

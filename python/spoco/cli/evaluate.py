@@ -45,8 +45,13 @@ def evaluate_files(pairs, gt_key=None, pred_key=None) -> list[dict]:
     for name, gt_path, pred_path in pairs:
         gt, pred = io.read_array(gt_path, gt_key), io.read_array(pred_path, pred_key)
         if gt.shape != pred.shape:
-            raise CLIError(f"{name}: ground truth has shape {gt.shape} but prediction {pred.shape}")
-        rows.append({"image": name, **{k: metrics.evaluate(gt, pred)[k] for k in COLUMNS}})
+            raise CLIError(f"{name}: ground truth {gt_path} has shape {gt.shape} but prediction {pred_path} "
+                           f"{pred.shape}")
+        try:
+            scores = metrics.evaluate(gt, pred)
+        except (TypeError, ValueError) as err:  # labels that are no labels: negative, float, ...
+            raise CLIError(f"{name}: {err} (ground truth {gt_path}, prediction {pred_path})") from None
+        rows.append({"image": name, **{k: scores[k] for k in COLUMNS}})
     return rows
 
 

@@ -70,7 +70,7 @@ def cluster(emb, method: str = "mws", *, delta_d: float = 2.0, offsets=None, n_a
     emb_g : (D_g, *spatial), "consistency" only
         g-embeddings of the same image.
     iou_threshold, n_anchors : "consistency" only
-        t_IoU (default 0.6) and anchors per cluster M (default 10).
+        t_IoU (default 0.6) and anchors per cluster M (default 10, at most 10 000).
     min_samples : int, "hdbscan" only
         HDBSCAN's ``min_samples`` (default: ``min_cluster_size``).
     max_points : int, point-cloud methods only

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
+from .._labels import compact_ids, label_array
 from .._validation import (as_numpy, float_array, int_arg, is_int, mask_array, offsets_array,
                            positive_float, positive_int_tuple, threads_arg)
 
@@ -198,9 +199,10 @@ def remove_small_segments(labels: np.ndarray, min_size: int) -> np.ndarray:
     (keeping the order of the surviving ids)."""
     if min_size <= 1:
         return labels
-    sizes = np.bincount(labels.ravel())
+    labels = compact_ids(label_array(labels, "labels"))  # one table entry per id: tables no larger than the image
+    sizes = np.bincount(labels.ravel(), minlength=1)  # (entry 0 even for an empty image)
     keep = sizes >= min_size
     keep[0] = False
     new_id = np.zeros(len(sizes), dtype=labels.dtype)
     new_id[keep] = np.arange(1, int(keep.sum()) + 1, dtype=labels.dtype)
-    return new_id[labels]
+    return new_id[labels, ...]  # (the ellipsis keeps 0-D labels an array)

@@ -14,7 +14,7 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse import csgraph
 
-from .._labels import label_array
+from .._labels import compact_ids, label_array
 from .._validation import float_array
 from .mws import remove_small_segments
 
@@ -24,9 +24,10 @@ BACKGROUND_MODES = ("none", "largest", "embedding")
 def relabel_consecutive(labels: np.ndarray) -> np.ndarray:
     """Map the non-zero ids to 1..K in ascending order (0 stays 0)."""
     ids, inverse = np.unique(labels, return_inverse=True)
-    if ids.size and ids[0] == 0:
-        return inverse.reshape(labels.shape).astype(np.int64)
-    return (inverse + 1).reshape(labels.shape).astype(np.int64)
+    out = inverse.reshape(np.shape(labels)).astype(np.int64)
+    if not (ids.size and ids[0] == 0):
+        out += 1  # in place: a 0-D array stays an array
+    return out
 
 
 def segment_means(labels: np.ndarray, emb: np.ndarray):
@@ -57,8 +58,9 @@ def merge_close_segments(labels, emb, distance: float) -> np.ndarray:
     """Merge touching segments whose mean embeddings are closer than ``distance``
     (transitively), and relabel 1..K."""
     labels, emb = _check(labels, emb)
-    if distance <= 0 or labels.max() < 2:
+    if distance <= 0 or labels.max(initial=0) < 2:
         return labels
+    labels = compact_ids(labels)  # the tables below have one row per id
     _, means = segment_means(labels, emb)
     pairs = adjacent_pairs(labels)
     close = np.linalg.norm(means[pairs[:, 0]] - means[pairs[:, 1]], axis=1) < distance
@@ -85,8 +87,9 @@ def remove_background(labels, emb=None, *, mode: str = "largest", radius: float 
         labels, emb = _check(labels, emb)
     else:
         labels = label_array(labels, "labels")
-    if labels.max() < 1:
+    if labels.max(initial=0) < 1:
         return labels
+    labels = compact_ids(labels)  # the tables below have one entry per id
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     largest = int(np.argmax(sizes))

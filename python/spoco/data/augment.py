@@ -19,6 +19,9 @@ import numpy as np
 from scipy import ndimage
 
 
+_EXACT = 2 ** 53  # integers of larger magnitude do not survive float64
+
+
 def smooth_field(shape, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Smooth Gaussian random field of unit std, correlation length ``sigma``
     pixels, float32; made on a coarse grid and linearly upsampled when ``sigma``
@@ -72,8 +75,18 @@ def warp(image, labels, output_shape, *, scale=1.0, displacement=None, order: in
         coords += displacement
     out = np.stack([ndimage.map_coordinates(ch, coords, order=order, mode="nearest", output=np.float32)
                     for ch in np.asarray(image, dtype=np.float32)])
-    lab = None if labels is None else ndimage.map_coordinates(labels, coords, order=0, mode="nearest")
+    lab = None if labels is None else _warp_labels(np.asarray(labels), coords)
     return out, lab
+
+
+def _warp_labels(labels, coords):
+    """Nearest-neighbour resampling of integer labels. ``map_coordinates`` passes values
+    through float64, exact up to 2**53 only: larger ids (legal, e.g. 2**62) would merge or
+    turn negative, so those are resampled as their ranks and mapped back."""
+    if labels.size and labels.dtype.kind in "iu" and (labels.max() > _EXACT or labels.min() < -_EXACT):
+        ids, rank = np.unique(labels, return_inverse=True)
+        return ids[ndimage.map_coordinates(rank.reshape(labels.shape), coords, order=0, mode="nearest")]
+    return ndimage.map_coordinates(labels, coords, order=0, mode="nearest")
 
 
 @dataclass

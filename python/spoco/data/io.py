@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .._complete import COMPLETE_ATTR, IncompleteArrayError, check_complete, set_complete  # noqa: F401
+from .._validation import check_fits_in_memory
 from . import ome_zarr
 
 TIFF = (".tif", ".tiff")
@@ -68,7 +69,10 @@ def _h5_keys(f) -> list:
     import h5py
 
     keys = []
-    f.visititems(lambda name, obj: keys.append(name) if isinstance(obj, h5py.Dataset) else None)
+    try:
+        f.visititems(lambda name, obj: keys.append(name) if isinstance(obj, h5py.Dataset) else None)
+    except Exception:  # noqa: BLE001 - a damaged file (h5py raises RuntimeError, OSError, ...): list what was read
+        keys.append("... (the rest is unreadable)")
     return keys
 
 
@@ -81,7 +85,10 @@ def _h5_dataset(f, path, key):
             raise ValueError(f"{path}: HDF5 files with {len(keys)} datasets need a key (the dataset path); "
                              f"datasets in the file: {keys}")
         key = keys[0]
-    obj = f.get(key)
+    try:
+        obj = f.get(key)
+    except Exception as exc:  # noqa: BLE001 - damaged object headers raise RuntimeError, OSError, ...
+        raise ValueError(f"{path}: {key!r} is unreadable, the file may be corrupt ({_first_line(exc)})") from None
     if not isinstance(obj, h5py.Dataset):
         raise KeyError(f"{path}: no dataset {key!r}; datasets in the file: {_h5_keys(f)}")
     return obj
@@ -109,21 +116,33 @@ def _zarr_node(path, key):
     except Exception as exc:  # noqa: BLE001 - zarr raises several types for unreadable stores
         raise ValueError(f"{path}: not a readable zarr store ({exc})") from exc
     if key:
-        if not isinstance(node, zarr.Group) or key not in node:
-            raise KeyError(f"{path}: no array {key!r}; arrays in the store: {_zarr_keys(node)}")
-        node = node[key]
+        if not isinstance(node, zarr.Group) or not _zarr_read(path, key, node.__contains__, key):
+            keys = _zarr_read(path, None, _zarr_keys, node)
+            raise KeyError(f"{path}: no array {key!r}; arrays in the store: {keys}")
+        node = _zarr_read(path, key, node.__getitem__, key)
     if isinstance(node, zarr.Group) and ome_zarr.multiscales(node):  # OME-Zarr: full resolution, no time axis
         try:
             array, axes, _ = ome_zarr.level(node)
             return ome_zarr.ChannelFirstView(array, axes) if "t" in axes else array
         except (KeyError, ValueError) as err:
             raise ValueError(f"{path}: {err}") from None
-    if isinstance(node, zarr.Group) and key is None and len(_zarr_keys(node)) == 1:
-        node = node[_zarr_keys(node)[0]]  # the only array of a store needs no name
+    keys = _zarr_read(path, None, _zarr_keys, node)
+    if isinstance(node, zarr.Group) and key is None and len(keys) == 1:
+        node = _zarr_read(path, keys[0], node.__getitem__, keys[0])  # the only array of a store needs no name
     if isinstance(node, zarr.Group):
         what = "needs a key" if key is None else f"key {key!r} is a group and needs a longer key"
-        raise ValueError(f"{path}: the zarr store {what}; arrays in the store: {_zarr_keys(node)}")
+        raise ValueError(f"{path}: the zarr store {what}; arrays in the store: {keys}")
     return node
+
+
+def _zarr_read(path, key, fn, *args):
+    """``fn(*args)`` on a store whose members' metadata may be damaged (zarr then raises
+    JSON, Unicode, value errors, ...): any failure becomes a ValueError naming the store."""
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - see above
+        what = f"the metadata of {key!r}" if key else "the list of its arrays"
+        raise ValueError(f"{path}: {what} is unreadable, the store may be corrupt ({_first_line(exc)})") from None
 
 
 def _zarr_keys(node) -> list:
@@ -151,12 +170,22 @@ def read_array(path, key: str | None = None) -> np.ndarray:
     -------
     np.ndarray as stored (dtype kept), except that colour images (png/jpg, RGB tif) and
     ImageJ channel axes become channels-first ``(C, ...)``.
+
+    Raises ValueError naming the file for damaged files, for arrays whose header asks
+    for more memory than the machine has (checked before reading; :func:`open_array`
+    reads parts) and for HDF5/zarr outputs marked incomplete by an interrupted writer.
     """
     path, key = split_key(path, key)
     suffix = _suffix(path)
     _existing(path)
     if suffix in TIFF:
         return _read_tiff(path)
+    if suffix in HDF5:
+        with _h5_open(path) as f:
+            dataset = _h5_dataset(f, path, key)
+            return _read_stored(dataset, f"{path}:{dataset.name.lstrip('/')}")
+    if suffix in ZARR:
+        return _read_stored(_zarr_node(path, key), f"{path}:{key}" if key else str(path))
     if suffix in PLAIN:
         import imageio.v3 as iio
 
@@ -166,10 +195,39 @@ def read_array(path, key: str | None = None) -> np.ndarray:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ValueError(f"{path}: not a readable {suffix.lstrip('.')} image ({first})") from None
         return np.moveaxis(arr, -1, 0) if arr.ndim == 3 else arr
-    if suffix in HDF5:
-        with _h5_open(path) as f:
-            return _h5_dataset(f, path, key)[()]
-    return np.asarray(_zarr_node(path, key)[...])
+    raise AssertionError(suffix)  # every suffix of SUFFIXES is handled above
+
+
+def _read_stored(array, name: str) -> np.ndarray:
+    """All of an HDF5 dataset or zarr array, refused before reading when its header asks
+    for more memory than there is or marks it incomplete. Damaged metadata or chunks make
+    h5py and zarr raise OSError, RuntimeError, ValueError, ...: all become a ValueError
+    naming the array."""
+    try:
+        check_complete(array, name)
+        shape, dtype = tuple(array.shape), array.dtype
+    except IncompleteArrayError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see above
+        raise ValueError(f"{name}: the metadata is unreadable, the file may be corrupt ({_first_line(exc)})") from None
+    check_fits_in_memory(_nbytes(shape, dtype), f"{name}: reading the whole array (shape {shape}, {dtype})")
+    try:
+        return np.asarray(array[...])
+    except Exception as exc:  # noqa: BLE001 - see above
+        raise ValueError(f"{name}: the stored data is unreadable, the file may be corrupt ({_first_line(exc)})") \
+            from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _nbytes(shape, dtype) -> int:
+    """Bytes of an array of ``shape`` and ``dtype``, in Python integers (no overflow)."""
+    n = np.dtype(dtype).itemsize
+    for s in shape:
+        n *= int(s)
+    return n
 
 
 def _read_tiff(path: Path) -> np.ndarray:
@@ -178,11 +236,18 @@ def _read_tiff(path: Path) -> np.ndarray:
     becomes ``(C, Z, Y, X)``."""
     import tifffile
 
-    try:
+    # A damaged file makes tifffile raise almost anything (IndexError, ZeroDivisionError,
+    # RuntimeError, ...): every failure to parse it is "not a readable TIFF file".
+    try:  # the header first: its shape is checked before anything is allocated
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
-            arr, axes = np.asarray(series.asarray()), str(series.axes)
-    except (tifffile.TiffFileError, ValueError, IndexError) as err:
+            shape, dtype, axes = tuple(series.shape), series.dtype, str(series.axes)
+    except Exception as err:  # noqa: BLE001 - see above
+        raise ValueError(f"{path}: not a readable TIFF file ({err})") from None
+    check_fits_in_memory(_nbytes(shape, dtype), f"{path}: the TIFF image (shape {shape}, {dtype})")
+    try:
+        arr = np.asarray(tifffile.imread(path, series=0))
+    except Exception as err:  # noqa: BLE001 - see above
         raise ValueError(f"{path}: not a readable TIFF file ({err})") from None
     for channel_axis in ("S", "C"):
         if channel_axis in axes and len(axes) == arr.ndim and arr.ndim >= 3:
@@ -205,8 +270,12 @@ def open_array(path, key: str | None = None):
         import tifffile
 
         try:
+            with tifffile.TiffFile(path) as tif:
+                axes = str(tif.series[0].axes)
+            if "S" in axes or "C" in axes:  # channels move to the front: as read_array gives them
+                return read_array(path)
             return tifffile.memmap(path, mode="r")
-        except ValueError:  # compressed or tiled: not memory-mappable
+        except Exception:  # noqa: BLE001 - compressed, tiled or damaged: read_array reads it or names the file
             return read_array(path)
     if suffix in HDF5:
         f = _h5_open(path)
@@ -217,6 +286,10 @@ def open_array(path, key: str | None = None):
         except (KeyError, ValueError):
             f.close()
             raise
+        except (RuntimeError, OSError) as exc:  # h5py's errors for damaged headers or attributes
+            f.close()
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ValueError(f"{path}: not a readable HDF5 dataset, the file may be corrupt ({first})") from None
     if suffix in ZARR:
         arr = _zarr_node(path, key)
         check_complete(arr, f"{path}:{key}" if key else str(path))
@@ -241,6 +314,9 @@ def write_array(path, array, key: str | None = None, chunks=None) -> Path:
     if suffix in TIFF:
         import tifffile
 
+        if array.ndim < 2 or array.size == 0:  # tifffile fails on these with IndexErrors
+            raise ValueError(f"{path}: tif holds arrays of 2 or more non-empty axes, got shape {array.shape}; "
+                             "use .h5 or .zarr")
         # Uncompressed, so that open_array can memory-map it; grey pages, so that
         # (3, Y, X) stays channels-first and is never stored as RGB.
         # Written under a temporary name and renamed, so an interrupted write never
@@ -258,10 +334,11 @@ def write_array(path, array, key: str | None = None, chunks=None) -> Path:
         with h5py.File(path, "a") as f:
             if key in f:
                 del f[key]
-            chunk = tuple(chunks) if chunks is not None else (True if array.size else None)
+            plain = array.size == 0 or array.ndim == 0  # HDF5 chunks and compresses neither
+            chunk = None if plain else (tuple(chunks) if chunks is not None else True)
             # Marked incomplete until the data are in: a writer killed half-way leaves no result.
             dataset = f.create_dataset(key, shape=array.shape, dtype=array.dtype, chunks=chunk,
-                                       compression="gzip" if array.size else None)
+                                       compression=None if plain else "gzip")
             set_complete(dataset, False)
             if array.size:
                 dataset[...] = array

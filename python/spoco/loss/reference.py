@@ -9,6 +9,7 @@ index), as in :mod:`spoco.ops`.
 """
 from __future__ import annotations
 
+import math
 
 import torch
 
@@ -20,9 +21,15 @@ def dice_loss(s: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
 
 
 def bce_loss(s: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-    """Mean binary cross-entropy ``−[I log S + (1 − I) log(1 − S)]``, logs clamped at −100."""
-    log_s = torch.log(s).clamp(min=-100)
-    log_1ms = torch.log1p(-torch.where(i > 0, 0, s)).clamp(min=-100)  # log(1 − S) where I = 0
+    """Mean binary cross-entropy ``−[I log S + (1 − I) log(1 − S)]``, logs clamped at −100
+    with gradient 0 where clamped (as the other backends). Each log only sees values where
+    it is finite: a log's infinite slope at 0 times the clamp's zero slope would be NaN."""
+    s_in = torch.where(i > 0, s, 1)  # log S where I = 1
+    ok = s_in > math.exp(-100)
+    log_s = torch.where(ok, torch.log(torch.where(ok, s_in, 1)), -100.0)
+    s_out = torch.where(i > 0, 0, s)  # log(1 − S) where I = 0
+    ok = s_out < 1
+    log_1ms = torch.where(ok, torch.log1p(-torch.where(ok, s_out, 0)), -100.0)
     return -(i * log_s + (1 - i) * log_1ms).mean()
 
 

@@ -62,7 +62,8 @@ class SPOCOLoss(nn.Module):
     ignore_index : int
         Label of pixels excluded from every term.
     delta_v, delta_d : float
-        Pull margin δ_v and push margin δ_d.
+        Pull margin δ_v and push margin δ_d; δ_v with ``kernel_threshold`` must give a
+        kernel width σ² within float32's range (default threshold: δ_v in about [1e-19, 4e18]).
     kernel_threshold : float
         t in (0, 1): the kernel value at distance δ_v.
     pull_weight, push_weight, reg_weight, instance_weight, unlabeled_push_weight, consistency_weight : float
@@ -115,6 +116,8 @@ class SPOCOLoss(nn.Module):
             raise ValueError(f"max_anchors must be a positive integer, got {max_anchors!r}")
         if not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index, bool):
             raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
+        if not -2 ** 63 <= ignore_index < 2 ** 63:  # compared with int64 labels
+            raise ValueError(f"ignore_index must fit in int64, got {ignore_index}")
         for name, value, choices in [("anchor", anchor, ("random", "mean")),
                                      ("instance_loss", instance_loss, ("dice", "bce")),
                                      ("dice", dice, ("per_object", "pooled")), ("backend", backend, _BACKENDS)]:
@@ -128,6 +131,14 @@ class SPOCOLoss(nn.Module):
         self.max_anchors, self.coverage_stop = int(max_anchors), float(coverage_stop)
         self.generator = generator
         self.last_terms: dict[str, torch.Tensor] = {}
+        try:
+            sigma2 = self.sigma2
+        except OverflowError:  # delta_v**2 beyond the float range
+            sigma2 = float("inf")
+        tiny = torch.finfo(torch.float32).tiny  # the kernel exp(-d / 2 sigma^2) is evaluated in float32
+        if not tiny < sigma2 < 1 / tiny:
+            raise ValueError(f"delta_v = {delta_v!r} with kernel_threshold = {kernel_threshold!r} gives the kernel "
+                             f"width sigma^2 = {sigma2:g}, outside the float32 range [{tiny:.3g}, {1 / tiny:.3g}]")
 
     @property
     def sigma2(self) -> float:

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._validation import check_fits_in_memory
+
 _NORMS = ("batch", "group", "none")
 
 
@@ -90,7 +92,9 @@ class UNet(nn.Module):
         stays translation-equivariant; the value is kept here so checkpoints carry it.
 
     Inputs of any size are accepted: they are padded (reflect) to a multiple of
-    ``2**(depth-1)`` and the output is cropped back.
+    ``2**(depth-1)`` and the output is cropped back. A configuration whose weights would
+    not fit in the machine's memory (model configs come from checkpoint files) raises
+    ValueError before any layer is allocated.
     """
 
     def __init__(self, ndim: int, in_channels: int = 1, out_channels: int = 16, *, f_maps: int = 16,
@@ -125,7 +129,10 @@ class UNet(nn.Module):
             # c of spoco.foreground: the share of object pixels that were labelled in training,
             # estimated by the trainer; the foreground probability is sigmoid(logit) / c.
             self.register_buffer("label_rate", torch.ones(()))
+        if depth > 32:  # level l has f_maps * 2**l channels
+            raise ValueError(f"depth must be at most 32, got {depth}")
         widths = [f_maps * 2 ** level for level in range(depth)]
+        _check_size(ndim, in_channels, out_channels + int(self.foreground), widths)
         self.encoders = nn.ModuleList(
             ConvBlock(ndim, c_in, c_out, norm, groups) for c_in, c_out in zip([in_channels] + widths[:-1], widths))
         self.decoders = nn.ModuleList(
@@ -159,6 +166,16 @@ class UNet(nn.Module):
             x = decoder(torch.cat([skip, x], dim=1))
         x = self.head(x)
         return x[(..., *[slice(0, s) for s in spatial])]
+
+
+def _check_size(ndim, in_channels, out_channels, widths) -> None:
+    """Refuse, before any layer is allocated, a U-Net whose convolution weights need more
+    memory than the machine has (model configs come from checkpoint files, which may be hostile)."""
+    blocks = list(zip([in_channels] + widths[:-1], widths))
+    blocks += [(widths[level] + widths[level + 1], widths[level]) for level in range(len(widths) - 1)]
+    n = sum(3 ** ndim * (c_in + c_out) * c_out for c_in, c_out in blocks) + widths[0] * out_channels
+    check_fits_in_memory(4 * n, f"a U-Net with {len(widths)} levels of {widths[0]}..{widths[-1]} channels "
+                         f"({n:.3g} float32 weights)")
 
 
 class UNet2D(UNet):

@@ -77,8 +77,8 @@ def summarize_labels(labels, ignore_index: int | None = None) -> LabelSummary:
         flat = lab.ravel()
         if ignore_index is not None:
             flat = flat[flat != ignore_index]
-        counts = np.bincount(flat[flat > 0]) if flat.size else np.zeros(0, np.int64)
-        counts = counts[counts > 0]
+        # object sizes by np.unique, not np.bincount: any id (up to 2**63 - 1) costs nothing extra
+        counts = np.unique(flat[flat > 0], return_counts=True)[1] if flat.size else np.zeros(0, np.int64)
         empty += counts.size == 0
         areas.append(counts)
     areas = np.sort(np.concatenate(areas)) if areas else np.zeros(0)
