@@ -30,6 +30,16 @@ def test_failed_write_keeps_previous_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
 
 
+def test_partial_writes_of_a_killed_run_are_removed(tmp_path):
+    from spoco.training.checkpoint import remove_partial_checkpoints
+
+    save_checkpoint(tmp_path / "last.pt", {"iteration": 1})
+    for name in ("last.pt.k3j9x.tmp", "best.pt.a1.tmp", "notes.tmp"):  # a kill during torch.save leaves these
+        (tmp_path / name).write_bytes(b"PK")
+    remove_partial_checkpoints(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "notes.tmp"]
+
+
 class _Exploit:
     def __reduce__(self):
         return (os.system, ("touch pwned",))

@@ -67,7 +67,9 @@ def test_checkpoint_resume_restores_state(tiny_data, tmp_path):
     first.fit()
     saved = first.state_dict()
     resumed = Trainer(cfg, TinySet(train), val[:1], out_dir=tmp_path, progress=False, resume=True)
-    assert _same_tensors(resumed.state_dict(), saved)
+    state = resumed.state_dict()
+    assert 0 < state.pop("seconds") <= saved.pop("seconds")  # training time up to the checkpoint
+    assert _same_tensors(state, saved)
     assert resumed.iteration == 12
     resumed.config.max_iters = 15
     result = resumed.fit()
@@ -139,6 +141,23 @@ t = Trainer(cfg, TinySet(train), train[:1], out_dir={out!r}, progress=False, dev
 t.fit()
 w = torch.cat([p.detach().flatten() for p in t.model.parameters()])
 torch.save(w, {out!r} + f"/weights_{{t.rank}}.pt")
+# A crash at step 4 and a resume from step 3 (inside the 2nd epoch of each rank's 2
+# batches) continue every rank's data order and loss anchors: the weights of a run
+# that was never interrupted.
+cfg = TrainConfig(patch_shape=(48, 48), batch_size=2, f_maps=4, embedding_dim=4, max_iters=6, checkpoint_every=3)
+def weights(resume=False, crash=None):
+    t = Trainer(cfg, TinySet(train), None, out_dir={out!r} + "/resume", progress=False, device="cpu",
+                resume=resume)
+    step = t.train_step
+    t.train_step = lambda batch: step(batch) if t.iteration != crash else sys.exit()
+    try:
+        t.fit()
+    except SystemExit:
+        pass
+    return torch.cat([p.detach().flatten() for p in t.model.parameters()])
+ref = weights()
+weights(crash=4)
+torch.save(torch.equal(ref, weights(resume=True)), {out!r} + f"/resumed_{{t.rank}}.pt")
 """
 
 
@@ -150,6 +169,7 @@ def test_torchrun_two_gloo_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     w0, w1 = torch.load(tmp_path / "weights_0.pt"), torch.load(tmp_path / "weights_1.pt")
     assert torch.equal(w0, w1)  # DDP keeps the replicas identical
+    assert torch.load(tmp_path / "resumed_0.pt") and torch.load(tmp_path / "resumed_1.pt")
     assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 4
     assert len(_rows(tmp_path / "train_log.csv")) == 4  # only rank 0 logs
 

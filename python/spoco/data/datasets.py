@@ -3,15 +3,15 @@ as two views f and g with shared geometry and independent photometric noise.
 
 Randomness: SPOCO@p sparsification is drawn once, at construction, from
 ``(seed, image index)`` (:func:`spoco.data.sampling.sparsify`). Every sample is drawn
-from ``np.random.SeedSequence([seed, epoch, index, worker seed])``: the worker
-seed is ``torch.utils.data.get_worker_info().seed`` inside a DataLoader worker
-(PyTorch makes it differ between workers and, unless the loader's generator is
-seeded, between epochs) and 0 in the main process. Call :meth:`set_epoch` at the
-start of every epoch so that ``num_workers=0`` and persistent workers also see new
-augmentations; with ``torch.manual_seed`` (or a seeded DataLoader ``generator``)
-everything is reproducible. ``persistent_workers=True`` keeps the workers' copies of
-the dataset (and their seeds) across epochs, so ``set_epoch`` does not reach them
-and every epoch repeats the first: keep the default, non-persistent workers.
+from ``np.random.SeedSequence([seed, epoch, index])`` and nothing else: the samples of
+an epoch differ by their index, and a sample is the same whichever DataLoader worker
+(or the main process) loads it and whichever batches were loaded before, so a
+resumed training run that skips the batches it already trained on sees exactly the
+samples of an uninterrupted one. Call :meth:`set_epoch` at the start of every epoch
+for new patches and augmentations; without it every epoch repeats the first.
+``persistent_workers=True`` keeps the workers' copies of the dataset across epochs, so
+``set_epoch`` does not reach them and every epoch repeats the first: keep the
+default, non-persistent workers.
 """
 from __future__ import annotations
 
@@ -157,9 +157,7 @@ class InstanceDataset(torch.utils.data.Dataset):
         return self.length
 
     def _generators(self, index):
-        info = torch.utils.data.get_worker_info()
-        worker_seed = 0 if info is None else int(info.seed) % 2 ** 63
-        ss = np.random.SeedSequence([self.seed, self.epoch, int(index), worker_seed])
+        ss = np.random.SeedSequence([self.seed, self.epoch, int(index)])
         return [np.random.default_rng(s) for s in ss.spawn(4)]
 
     def __getitem__(self, index):

@@ -28,6 +28,13 @@ def save_checkpoint(path, state: dict) -> None:
         raise
 
 
+def remove_partial_checkpoints(folder) -> None:
+    """Delete the temporary files that :func:`save_checkpoint` calls in ``folder`` cut
+    short (a killed run leaves them; the checkpoints themselves are whole)."""
+    for tmp in Path(folder).glob("*.pt.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def load_checkpoint(path, map_location="cpu") -> dict:
     """Read a checkpoint written by :func:`save_checkpoint`.
 

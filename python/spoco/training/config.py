@@ -59,6 +59,11 @@ class TrainConfig:
     critic_f_maps: int = 64           # channels of the critic's first block (Table 9: 64)
     # validation and logging
     val_every: int = 500
+    # also write last.pt every this many steps without validating (validations write it as
+    # well, so it is at most min(checkpoint_every, val_every) steps old): a killed run resumes
+    # losing at most that many steps. On a CPU 100 steps take tens of seconds or more; a checkpoint is
+    # written in less than a step (docs/training.md, "Checkpoints and resume").
+    checkpoint_every: int = 100
     log_every: int = 10
     # the image border at validation (and the default of ``spoco predict`` with this run's
     # checkpoints): "zero" padding or 16 pixels of "mirror"ed image (spoco.predict.predict)
@@ -129,7 +134,8 @@ class TrainConfig:
             raise ValueError(f"patch_shape must be 2 or 3 positive sizes, got {self.patch_shape}")
         if self.samples_per_epoch is not None and int(self.samples_per_epoch) < 1:
             raise ValueError(f"samples_per_epoch must be >= 1, got {self.samples_per_epoch}")
-        for name in ("embedding_dim", "f_maps", "batch_size", "max_iters", "val_every", "log_every"):
+        for name in ("embedding_dim", "f_maps", "batch_size", "max_iters", "val_every", "checkpoint_every",
+                     "log_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.fraction is not None and not 0 < self.fraction <= 1:

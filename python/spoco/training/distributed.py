@@ -37,6 +37,15 @@ def broadcast_float(value: float, device: torch.device) -> float:
     return float(t.item())
 
 
+def gather_objects(obj) -> list:
+    """Every rank's ``obj`` in rank order, on every rank (``[obj]`` without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

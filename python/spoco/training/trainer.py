@@ -1,5 +1,11 @@
 """The SPOCO trainer: U-Net f + EMA g-network, SPOCOLoss, Adam with ReduceLROnPlateau,
-validation by clustering and scoring, atomic checkpoints, resume, torchrun/DDP."""
+validation by clustering and scoring, atomic checkpoints, resume, torchrun/DDP.
+
+Resume is exact: ``last.pt`` holds, besides the networks and optimisers, the position in
+the data order (epoch and batches of it consumed), every random generator of training
+and the training time so far, so a run killed at any moment and resumed from its last
+checkpoint reaches the weights of an uninterrupted run, bit for bit on the CPU with the
+same number of threads (docs/training.md, "Checkpoints and resume")."""
 from __future__ import annotations
 
 import contextlib
@@ -11,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from .. import metrics
 from ..adversarial import AdversarialTerm
@@ -23,9 +29,9 @@ from ..models import UNet
 from ..models.outputs import add_coordinates, split_output
 from ..predict import predict, select_device
 from . import distributed as dist_utils
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, remove_partial_checkpoints, save_checkpoint
 from .config import TrainConfig
-
+from .samplers import EpochSampler, ResumableDistributedSampler
 
 
 # Foreground thresholds tried on the validation images after training (Trainer.fit).
@@ -75,12 +81,18 @@ class Trainer:
         ``config``'s post-processing) and scores them; the best checkpoint is kept by
         mean AP@0.5 and the learning rate drops when it stops improving.
     out_dir : path
-        Receives ``last.pt``, ``best.pt``, ``train_log.csv``, ``val_log.csv``, ``config.yaml``.
+        Receives ``last.pt`` (every ``config.checkpoint_every`` steps and at validation),
+        ``best.pt``, ``train_log.csv``, ``val_log.csv``, ``config.yaml``. A run that does
+        not resume starts the logs afresh.
     device : str, optional
         Default: cuda, then mps, then cpu.
     resume : bool
         Continue from ``out_dir/last.pt`` (model, EMA, optimizer, scheduler, iteration,
-        and with ``config.adversarial`` the critic and its optimizer).
+        position in the data order, random generators, training time, and with
+        ``config.adversarial`` the critic and its optimizer); the log rows of the steps
+        after that checkpoint, which an interrupted run wrote, are dropped. For the
+        data order to continue exactly, a training sample must depend only on its
+        index and the epoch (``set_epoch``), as :class:`spoco.data.InstanceDataset`'s do.
     init_from : path, optional
         Fine-tune: start from this checkpoint's weights with a fresh optimizer
         (the paper's transfer setting uses ``lr=2e-5``).
@@ -114,6 +126,9 @@ class Trainer:
         self.use_g = config.sparse and config.consistency
         self.adversarial = self._adversarial_term() if config.adversarial else None
         self.iteration, self.best_score, self.epoch = 0, -math.inf, 0
+        self.epoch_batches = 0  # batches of the current epoch trained on
+        self.validated_at = 0  # iteration of the latest validation
+        self._seconds, self._started = 0.0, None  # training time of earlier runs; start of this one
         self.autocast = self.device.type == "cuda" and config.amp
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast and not torch.cuda.is_bf16_supported())
         if resume:
@@ -136,11 +151,38 @@ class Trainer:
             seed=cfg.seed * 1000 + self.rank + 500)
 
     # ----------------------------------------------------------------- state
+    @property
+    def seconds(self) -> float:
+        """Training time so far, of this run and the runs it resumed (drives the cosine
+        schedule of a time-limited run)."""
+        return self._seconds + (0.0 if self._started is None else time.perf_counter() - self._started)
+
+    def _rng_state(self) -> dict:
+        """This process's random generators: torch's global one (initialisation; a
+        dataset may draw from it) and those of the loss and the adversarial term."""
+        state = {"torch": torch.get_rng_state(), "loss": self.criterion.generator.get_state()}
+        if self.adversarial is not None:
+            state["adversarial"] = self.adversarial.generator.get_state()
+        return state
+
+    def _set_rng_state(self, states: list) -> None:
+        if len(states) != self.world:  # another number of processes: keep the fresh seeds
+            warnings.warn(f"the checkpoint holds the random generators of {len(states)} processes, this run has "
+                          f"{self.world}: the resumed run draws other random numbers", stacklevel=3)
+            return
+        state = states[self.rank]
+        torch.set_rng_state(state["torch"].cpu())
+        self.criterion.generator.set_state(state["loss"].cpu())
+        if self.adversarial is not None:
+            self.adversarial.generator.set_state(state["adversarial"].cpu())
+
     def state_dict(self) -> dict:
         state = {"model_config": self.model.config, "model": self.model.state_dict(),
                  "ema": self.ema.state_dict() | {"g": self.ema.g.state_dict()},
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "scaler": self.scaler.state_dict(), "iteration": self.iteration, "epoch": self.epoch,
+                 "epoch_batches": self.epoch_batches, "validated_at": self.validated_at,
+                 "seconds": self.seconds, "rng": [self._rng_state()],
                  "best_score": self.best_score, "config": self.config.to_dict()}
         if self.adversarial is not None:
             state["adversarial"] = self.adversarial.state_dict()
@@ -160,34 +202,53 @@ class Trainer:
                 if "adversarial" not in state:
                     raise ValueError("the checkpoint holds no critic but the config has adversarial=True")
                 self.adversarial.load_state_dict(state["adversarial"])
+            # Checkpoints of earlier versions lack these: their runs resume at the start of
+            # the epoch with fresh generators and clock.
+            self.epoch_batches = int(state.get("epoch_batches", 0))
+            self.validated_at = int(state.get("validated_at", self.iteration))  # they checkpointed at validations
+            self._seconds = float(state.get("seconds", 0.0))
+            if "rng" in state:
+                self._set_rng_state(state["rng"])
         except (KeyError, RuntimeError, ValueError) as err:
             raise ValueError(f"checkpoint does not match this model/config ({str(err).splitlines()[0]})") from None
 
     def save(self, name: str) -> None:
+        """Write ``out_dir/name`` (rank 0). Every rank must call it: the checkpoint holds
+        the random generators of all of them."""
+        rng = dist_utils.gather_objects(self._rng_state())
         if self.rank == 0:
-            save_checkpoint(self.out_dir / name, self.state_dict())
+            save_checkpoint(self.out_dir / name, self.state_dict() | {"rng": rng})
 
     # -------------------------------------------------------------- training
+    def _sampler(self, start: int = 0):
+        """The order of the current epoch (this process's share), from position ``start``."""
+        cfg = self.config
+        if self.world > 1:
+            return ResumableDistributedSampler(self.train_data, seed=cfg.seed, epoch=self.epoch, start=start)
+        return EpochSampler(len(self.train_data), seed=cfg.seed, epoch=self.epoch, start=start)
+
     def _batches(self):
-        """Endless stream of batches; each epoch reshuffles (sharded across ranks)."""
+        """Endless stream of batches; each epoch reshuffles (sharded across ranks). Starts
+        after the ``epoch_batches`` batches of the current epoch already trained on,
+        without loading them; counts the batches it hands out."""
         cfg = self.config
         worker_init = getattr(self.train_data, "worker_init_fn", None)
+        if len(self._sampler()) < cfg.batch_size:
+            raise ValueError(f"the training set yields {len(self._sampler())} samples per epoch per process, "
+                             f"fewer than batch_size={cfg.batch_size}")
         while True:
-            if self.world > 1:
-                sampler = DistributedSampler(self.train_data, seed=cfg.seed, drop_last=True)
-                sampler.set_epoch(self.epoch)
-                kw = dict(sampler=sampler)
-            else:
-                kw = dict(shuffle=True, generator=torch.Generator().manual_seed(cfg.seed + self.epoch))
             if hasattr(self.train_data, "set_epoch"):
                 self.train_data.set_epoch(self.epoch)
+            # Given a sampler, the loader's generator only draws its workers' base seed:
+            # seeded, it leaves torch's global generator alone.
             loader = DataLoader(self.train_data, batch_size=cfg.batch_size, drop_last=True, num_workers=cfg.workers,
-                                worker_init_fn=worker_init, persistent_workers=False, **kw)
-            if len(loader) == 0:
-                raise ValueError(f"the training set yields {len(self.train_data)} samples per epoch per process, "
-                                 f"fewer than batch_size={cfg.batch_size}")
-            yield from loader
-            self.epoch += 1
+                                worker_init_fn=worker_init, persistent_workers=False,
+                                sampler=self._sampler(self.epoch_batches * cfg.batch_size),
+                                generator=torch.Generator().manual_seed(cfg.seed + self.epoch))
+            for batch in loader:
+                self.epoch_batches += 1
+                yield batch
+            self.epoch, self.epoch_batches = self.epoch + 1, 0
 
     def train_step(self, batch) -> dict:
         self.net.train()
@@ -240,7 +301,12 @@ class Trainer:
         if self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self._write_config()
-        start = time.perf_counter()
+            # The log rows that an interrupted run wrote after its last checkpoint (after
+            # iteration 0: all, for a run started afresh in its folder) are redone.
+            remove_partial_checkpoints(self.out_dir)
+            for name in ("train_log.csv", "val_log.csv"):
+                _drop_rows_after(self.out_dir / name, self.iteration)
+        start = self._started = time.perf_counter()
         bar = None
         if self.progress and self.rank == 0:
             from tqdm import tqdm
@@ -250,10 +316,10 @@ class Trainer:
         while self.iteration < cfg.max_iters and (cfg.lr_schedule != "plateau" or
                                                   self.optimizer.param_groups[0]["lr"] >= cfg.min_lr):
             # the share of the run done: of its steps or of its time, whichever is further
-            progress = dist_utils.broadcast_float(
-                max(self.iteration / cfg.max_iters, (time.perf_counter() - start) / budget), self.device)
+            progress = dist_utils.broadcast_float(max(self.iteration / cfg.max_iters, self.seconds / budget),
+                                                  self.device)
             if progress >= 1:  # out of time
-                if self.iteration % cfg.val_every:  # validate what was trained since the last validation
+                if self.iteration != self.validated_at:  # validate what was trained since the last validation
                     self._validate_and_checkpoint()
                 break
             if cfg.lr_schedule == "cosine":
@@ -268,6 +334,9 @@ class Trainer:
                 bar.update(1)
             if self.iteration % cfg.val_every == 0 or self.iteration == cfg.max_iters:
                 self._validate_and_checkpoint()
+            elif self.iteration % cfg.checkpoint_every == 0:
+                self.save("last.pt")
+        self._seconds, self._started = self.seconds, None
         if bar is not None:
             bar.close()
         if self.rank == 0 and cfg.foreground and cfg.foreground_threshold is None and self.val_data \
@@ -286,6 +355,7 @@ class Trainer:
         cfg = TrainConfig.from_saved(state["config"])
         embeddings = [predict(model, image, border=cfg.border, device=self.device) for image, _ in self.val_data]
         scores = {}
+        (self.out_dir / "foreground_thresholds.csv").unlink(missing_ok=True)  # a resumed run redoes this step
         for threshold in FOREGROUND_THRESHOLDS:
             settings = cfg.segmentation() | {"foreground_threshold": threshold}
             scores[threshold] = float(np.mean([metrics.evaluate(np.asarray(labels), segment(emb, **settings))["ap50"]
@@ -312,7 +382,7 @@ class Trainer:
             group["lr"] = lr
 
     def _validate_and_checkpoint(self) -> None:
-        improved = False
+        improved, self.validated_at = False, self.iteration
         if self.val_data:
             score = math.nan
             if self.rank == 0:
@@ -350,3 +420,29 @@ class Trainer:
             if new:
                 writer.writeheader()
             writer.writerow(row)
+
+
+def _drop_rows_after(path: Path, iteration: int) -> None:
+    """Keep the rows of the csv log ``path`` up to ``iteration`` (and drop a row cut
+    short by a kill), replacing the file atomically; remove it when no row is left."""
+    if not path.exists():
+        return
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    header, body = (rows[0], rows[1:]) if rows else ([], [])
+    col = header.index("iteration") if "iteration" in header else None
+
+    def kept(row):
+        try:
+            return len(row) == len(header) and int(row[col]) <= iteration
+        except (TypeError, ValueError):
+            return False
+
+    body = [row for row in body if kept(row)]
+    if not body:  # a fresh run starts a new log, with its own columns
+        path.unlink()
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        csv.writer(fh).writerows([header] + body)
+    tmp.replace(path)
