@@ -23,6 +23,9 @@ assert torch.isfinite(loss) and f.grad is not None and torch.isfinite(f.grad).al
 
 demo = resources.files("spoco") / "demo_data"
 assert demo.is_dir() and any(demo.iterdir()), "the demo data are missing from the package"
+# napari finds the plugin through this file (entry point napari.manifest), napari or not
+manifest = resources.files("spoco") / "napari" / "napari.yaml"
+assert manifest.is_file(), "the napari plugin's manifest is missing from the package"
 
 exe = shutil.which("spoco")
 assert exe, "the spoco command is not installed"

@@ -80,3 +80,23 @@ class TinySet(torch.utils.data.Dataset):
         x = torch.from_numpy(image)
         noise = torch.from_numpy(np.random.default_rng(i).normal(0, 0.05, image.shape).astype(np.float32))
         return {"image_f": x, "image_g": x + noise, "labels": torch.from_numpy(labels)}
+
+
+def make_discs(shape=(64, 64), n_objects: int = 5, radius=(5, 8), seed: int = 0, noise: float = 0.1):
+    """A grey image ``(*shape)`` float32 of bright discs on a dark background and its
+    labels int32 (discs 1..n, never touching: at least 2 pixels apart)."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices(shape)
+    labels = np.zeros(shape, np.int32)
+    placed = []
+    for _ in range(1000):
+        if len(placed) == n_objects:
+            break
+        r = rng.uniform(*radius)
+        centre = rng.uniform(r, np.array(shape) - r)
+        if all(np.linalg.norm(centre - c) > r + q + 2 for c, q in placed):
+            placed.append((centre, r))
+            inside = ((grid - centre.reshape((-1,) + (1,) * len(shape))) ** 2).sum(0) <= r ** 2
+            labels[inside] = len(placed)
+    image = (labels > 0).astype(np.float32) + rng.normal(0, noise, shape).astype(np.float32)
+    return image, labels
