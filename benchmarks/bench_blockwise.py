@@ -14,7 +14,10 @@ as 8-D float16 zarr. Default offsets (nearest neighbours, 3, 9, 27 on every
 axis), halo 27.
 
 Each configuration runs in its own subprocess; "peak MiB" is the peak RSS of
-that process (``ru_maxrss``), "work MiB" the peak minus the RSS after imports
+that process (``VmHWM`` of /proc/self/status; not ``ru_maxrss``, which on Linux keeps the
+high-water mark of the process before ``exec``, i.e. of this script's fork with the
+volume-making arrays in memory, and so reported up to 3.7 GiB for a block-wise run whose
+own peak was 1.5 GiB), "work MiB" the peak minus the RSS after imports
 (whole volume: includes its float32 input held in memory; block-wise: the input
 stays on disk). cpu/wall is the process's CPU time over its wall time during
 the call: with 2 threads it stays near 1 when the machine has no free second
@@ -58,10 +61,11 @@ else:
     cpu0 = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
     t = time.perf_counter()
     spoco.cluster_blockwise(src, block_shape=tuple(cfg["block"]), halo=cfg["halo"], out=out,
-                            threads=cfg["threads"])
+                            threads=cfg["threads"], memory_limit=cfg.get("memory_limit"))
     wall = time.perf_counter() - t
 usage = resource.getrusage(resource.RUSAGE_SELF)
-peak = usage.ru_maxrss / 1024
+with open("/proc/self/status") as f:  # this process's own high-water mark (not ru_maxrss: see the docstring)
+    peak = next(int(l.split()[1]) / 1024 for l in f if l.startswith("VmHWM"))
 print(json.dumps({"wall": wall, "peak": peak, "work": peak - base, "cpu": usage.ru_utime + usage.ru_stime - cpu0}))
 """
 
@@ -157,7 +161,9 @@ def main():
     p.add_argument("--objects", type=int, default=2000)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--no-whole", action="store_true", help="skip whole-volume MWS (when it does not fit)")
+    p.add_argument("--memory-limit", default=None, help="cluster_blockwise(memory_limit=...), e.g. 2GiB")
     p.add_argument("--dir", default=None, help="where to put the zarr volume (default: a temporary folder)")
+    p.add_argument("--reuse", action="store_true", help="use the volume already in --dir (same --shape/--objects)")
     p.add_argument("--stitching", type=int, default=0, metavar="SEEDS",
                    help="instead: compare block-wise with whole-volume MWS on small synthetic volumes")
     args = p.parse_args()
@@ -172,7 +178,14 @@ def main():
     folder = args.dir or tempfile.mkdtemp(prefix="spoco-bench-")
     path = os.path.join(folder, "volume.zarr")
     t = time.perf_counter()
-    z = make_volume(path, args.shape, args.objects, 8, seed=0)
+    if args.reuse and os.path.exists(path):
+        import zarr
+
+        z = zarr.open_group(path, mode="r")["emb"]
+        if tuple(z.shape[1:]) != tuple(args.shape):
+            raise SystemExit(f"--reuse: {path} holds shape {z.shape[1:]}, not {args.shape}")
+    else:
+        z = make_volume(path, args.shape, args.objects, 8, seed=0)
     n_vox = int(np.prod(args.shape))
     print(f"# block-wise clustering benchmark, {time.strftime('%Y-%m-%dT%H:%M:%S%z')}")
     print(f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
@@ -196,9 +209,12 @@ def main():
         grid = BlockGrid(tuple(args.shape), tuple(block), (27, 27, 27))
         ext = [int(np.prod([s.stop - s.start for s in grid.ext(f)])) for f in range(grid.n_blocks)]
         label = f"block-wise {'x'.join(map(str, block))} (ext/core {sum(ext) / n_vox:.2f}, max ext {max(ext) / 1e6:.1f} M)"
+        if args.memory_limit:
+            label += f", memory_limit {args.memory_limit}"
         for th in args.threads:
             name = f"blockwise_{th}"
-            r = run_child(dict(path=path, mode="blockwise", threads=th, block=block, halo=27, name=name))
+            r = run_child(dict(path=path, mode="blockwise", threads=th, block=block, halo=27, name=name,
+                               memory_limit=args.memory_limit))
             are = None if whole is None else adapted_rand_error(whole, root[name][:])[0]
             rows.append((label, th, r, are))
     print("| method | threads | wall s | cpu/wall | M voxels/s | peak MiB | work MiB | ARE vs whole |")

@@ -144,6 +144,30 @@ def test_dask_tiles_on_a_local_cluster_of_two_processes(rng, seed, tmp_path):
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             distributed.Client(cluster):
         predict(net, src, tile_shape=32, halo=8, device="cpu", out=out, dask=True)
-    # the same float32 operations in other processes (one thread each, as the serial run here)
+    # the same float32 operations in other processes (one thread per worker): equal bit for bit
     print("max |cluster - serial|:", float(np.abs(out[...] - serial).max()))
     np.testing.assert_array_equal(out[...], serial)
+
+
+def test_cli_dask_threads_equals_serial(rng, seed, tmp_path):
+    import tifffile
+    import zarr
+
+    from spoco.cli import main
+    from spoco.training import TrainConfig, save_checkpoint
+    from spoco.training.trainer import build_model
+
+    torch.manual_seed(seed % 2**63)
+    config = TrainConfig(patch_shape=(32, 32), f_maps=4, embedding_dim=4)
+    net = build_model(config, 1)
+    state = net.state_dict()
+    save_checkpoint(tmp_path / "m.pt", {"model_config": net.config, "model": state, "ema": {"g": state},
+                                        "config": config.to_dict()})
+    tifffile.imwrite(tmp_path / "img.tif", rng.integers(0, 3000, (70, 90), dtype=np.uint16))
+    common = ["predict", "--model", str(tmp_path / "m.pt"), "--images", str(tmp_path / "img.tif"),
+              "--tile-shape", "32", "--halo", "8", "--device", "cpu", "--quiet"]
+    assert main(common + ["--out", str(tmp_path / "serial.zarr")]) == 0
+    assert main(common + ["--out", str(tmp_path / "dask.zarr"), "--dask", "threads"]) == 0
+    read = lambda name: zarr.open_group(str(tmp_path / name), mode="r")["embeddings"][...]  # noqa: E731
+    np.testing.assert_array_equal(read("dask.zarr"), read("serial.zarr"))
+    assert main(common + ["--out", str(tmp_path / "dask.h5"), "--dask", "threads"]) == 2

@@ -12,11 +12,15 @@ from spoco.data import io
 
 
 def _discs(rng, shape=(64, 80), n=6):
+    """``n`` discs of random radius and position, each in its own cell of a grid (no overlaps)."""
     labels = np.zeros(shape, np.int32)
-    for i in range(1, n + 1):
-        r = int(rng.integers(4, 8))
-        centre = rng.integers(r + 1, np.array(shape) - r - 1)
-        labels[disk(tuple(centre), r, shape=shape)] = i
+    cols = int(np.ceil(np.sqrt(n)))
+    cell = np.array(shape) // np.array([int(np.ceil(n / cols)), cols])
+    for i in range(n):
+        r = int(rng.integers(3, max(4, min(cell) // 2 - 1)))
+        origin = np.array([i // cols, i % cols]) * cell
+        centre = origin + rng.integers(r + 1, np.maximum(cell - r - 1, r + 2))
+        labels[disk(tuple(centre), r, shape=shape)] = i + 1
     return labels
 
 
@@ -94,3 +98,26 @@ def test_segment_cli_writes_preview_and_rois(rng, tmp_path, capsys):
     assert main(["segment", str(tmp_path / "emb.h5"), "--out", str(tmp_path / "s2.tif"), "--preview",
                  "--image", str(tmp_path / "small.tif"), "--quiet"]) == 2
     assert "differs from the labels'" in capsys.readouterr().err
+
+
+def test_segment_images_with_a_model_equals_predict_then_segment(rng, tmp_path):
+    """``spoco segment --model`` on an image = spoco predict, then spoco segment."""
+    import torch
+
+    from spoco.training import TrainConfig, save_checkpoint
+    from spoco.training.trainer import build_model
+
+    torch.manual_seed(0)
+    config = TrainConfig(patch_shape=(32, 32), f_maps=4, embedding_dim=4)
+    model = build_model(config, 1)
+    state = model.state_dict()
+    save_checkpoint(tmp_path / "m.pt", {"model_config": model.config, "model": state, "ema": {"g": state},
+                                        "config": config.to_dict()})
+    io.write_array(tmp_path / "img.tif", rng.integers(0, 4000, (48, 56)).astype(np.uint16))
+    assert main(["segment", str(tmp_path / "img.tif"), "--model", str(tmp_path / "m.pt"), "--device", "cpu",
+                 "--out", str(tmp_path / "direct.tif"), "--preview", "--quiet"]) == 0
+    assert main(["predict", "--checkpoint", str(tmp_path / "m.pt"), "--images", str(tmp_path / "img.tif"),
+                 "--device", "cpu", "--out", str(tmp_path / "emb.h5"), "--quiet"]) == 0
+    assert main(["segment", str(tmp_path / "emb.h5"), "--out", str(tmp_path / "two_steps.tif"), "--quiet"]) == 0
+    np.testing.assert_array_equal(io.read_array(tmp_path / "direct.tif"), io.read_array(tmp_path / "two_steps.tif"))
+    assert io.read_array(tmp_path / "direct.preview.png").shape == (3, 48, 2 * 56 + 4)

@@ -136,8 +136,14 @@ class Journal:
             attrs[JOB_ATTR] = self.id
 
     def remove(self) -> None:
-        """Delete the journal (the job is complete)."""
-        shutil.rmtree(self.folder, ignore_errors=True)
+        """Delete the journal (the job is complete). The folder is renamed first, so a kill
+        during the deletion never leaves a half-deleted journal that looks like a job."""
+        gone = self.folder.with_name(f".{self.folder.name}.removed-{uuid.uuid4().hex[:8]}")
+        try:
+            os.replace(self.folder, gone)
+        except OSError:
+            return
+        shutil.rmtree(gone, ignore_errors=True)
 
 
 def _difference(stored, job) -> str:

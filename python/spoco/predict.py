@@ -53,6 +53,17 @@ def _round_up(x: int, m: int) -> int:
     return -(-x // m) * m
 
 
+def tile_cores(model, spatial, tile_shape=None) -> tuple:
+    """The core shape of the tiles :func:`predict` uses for ``tile_shape`` (the whole image
+    without one): rounded up to the network's pooling factor, at most the (rounded) image."""
+    spatial = tuple(int(s) for s in spatial)
+    if tile_shape is None:
+        return spatial
+    divisor = int(getattr(model, "divisor", 1))
+    core = _spatial_arg(tile_shape, "tile_shape", len(spatial))
+    return tuple(min(_round_up(c, divisor), _round_up(s, divisor)) for c, s in zip(core, spatial))
+
+
 def tile_grid(spatial, core, halo):
     """Yield ``(core_slices, window_slices)`` covering ``spatial``: cores of shape
     ``core`` (clipped at the end) and windows = core ± halo clipped to the image."""
@@ -124,12 +135,8 @@ def predict(model: torch.nn.Module, image, *, tile_shape=None, halo=None, border
     halo = _spatial_arg(16 if halo is None else halo, "halo", len(spatial), minimum=0)
     if border not in BORDERS:
         raise ValueError(f"border must be one of {BORDERS}, got {border!r}")
-    if tile_shape is None:
-        core = spatial
-    else:
-        core = _spatial_arg(tile_shape, "tile_shape", len(spatial))
-        # Aligned tiles: cores and halos in multiples of the pooling factor.
-        core = tuple(min(_round_up(c, divisor), _round_up(s, divisor)) for c, s in zip(core, spatial))
+    core = tile_cores(model, spatial, tile_shape)
+    if tile_shape is not None:  # aligned tiles: halos in multiples of the pooling factor too
         halo = tuple(_round_up(h, divisor) for h in halo)
     lo, hi = norm_range if norm_range is not None else percentile_range(image)
     worker_device = device  # with dask: resolved on each worker
@@ -176,6 +183,8 @@ def _predict_tiles(model, image, tiles, spatial, halo, border, lo, hi, device, o
 def _predict_tile(model, image, core_sl, win_sl, spatial, halo, border, lo, hi, device) -> np.ndarray:
     """The embeddings ``(D[+1], *core)`` of one tile's core, predicted from its window."""
     window = normalize_image(image[(slice(None),) + win_sl], lo=lo, hi=hi)
+    if not np.isfinite(window).all():  # else every embedding of the tile becomes NaN, silently
+        raise ValueError(f"the image has NaN or infinite pixels (in the tile at {[c.start for c in core_sl]})")
     start = [c.start - w.start for c, w in zip(core_sl, win_sl)]  # of the core in the window
     if border == "mirror":  # the halo past the image border: the mirrored image
         outside = [(h - b, max(c.stop + h - s, 0)) for c, h, b, s in zip(core_sl, halo, start, spatial)]

@@ -378,3 +378,28 @@ def test_journal_of_other_settings_is_refused(volume, rng, tmp_path):
     with pytest.raises(ValueError, match="holds the progress of another job .*block_shape"):
         spoco.cluster_blockwise(emb, block_shape=(4, 16, 16), halo=3, offsets=off, n_attractive=n_att,
                                 journal=tmp_path / "j")
+
+
+def test_memory_limit_runs_fewer_blocks_with_the_same_result(volume, rng, monkeypatch):
+    from spoco.clustering import blockwise
+    from spoco.clustering.blocks import block_bytes
+
+    _, emb = volume(rng, (16, 48, 48), 10)
+    off, n_att = default_offsets(3, (3, 9))
+    kw = dict(block_shape=(8, 16, 16), halo=9, offsets=off, n_attractive=n_att, threads=2)
+    expected = spoco.cluster_blockwise(emb, **kw)
+    biggest = 16 * 34 * 34  # ext of a middle block: 8 + 2 * 9 clipped to 16, 16 + 18
+    one_block = block_bytes(biggest, len(off), emb.shape[0])
+    seen = []
+    real = blockwise._parallel
+    monkeypatch.setattr(blockwise, "_parallel", lambda fn, items, threads, *a: (seen.append(threads),
+                                                                                real(fn, items, threads, *a))[1])
+    np.testing.assert_array_equal(spoco.cluster_blockwise(emb, memory_limit=one_block + 10, **kw), expected)
+    assert seen[0] == 1  # one block at a time (with 2 threads inside it)
+    np.testing.assert_array_equal(spoco.cluster_blockwise(emb, memory_limit=f"{(2 * one_block + 2**20) / 2**20:.3f}MiB", **kw),
+                                  expected)
+    assert seen[3] == 2
+    with pytest.raises(ValueError, match="one block in flight needs about .* smaller block_shape"):
+        spoco.cluster_blockwise(emb, memory_limit=one_block // 2, **kw)
+    with pytest.raises(ValueError, match="memory_limit must be"):
+        spoco.cluster_blockwise(emb, memory_limit="lots", **kw)

@@ -8,15 +8,35 @@ one line, without a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
+from pathlib import Path
 
 # Subcommand modules, in the order ``spoco --help`` lists them.
-SUBCOMMANDS = ("demo", "train", "predict", "segment", "evaluate", "info")
+SUBCOMMANDS = ("demo", "train", "predict", "segment", "evaluate", "export", "info")
 
 
 class CLIError(Exception):
     """An error in the user's input, reported as ``spoco <cmd>: error: <message>``."""
+
+
+@contextlib.contextmanager
+def naming_errors(path):
+    """Report an error about one input's data (a wrong shape or dtype, NaN, a damaged chunk met
+    while reading) as a :class:`CLIError` that names ``path``, unless its message already does."""
+    from .._journal import OutputLockedError
+
+    try:
+        yield
+    except (OutputLockedError, KeyboardInterrupt):
+        raise
+    except (CLIError, ValueError, TypeError, RuntimeError, OSError, MemoryError) as err:
+        text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+        first = text.splitlines()[0] if text else type(err).__name__
+        if str(path) in first or Path(str(path)).name in first:
+            raise
+        raise CLIError(f"{path}: {first}") from None
 
 
 def folder_jobs(input_path, out, out_suffix: str, what: str):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import CLIError, folder_jobs
+from . import CLIError, folder_jobs, naming_errors
 
 EMB_KEY = "embeddings"
 # Attribute of the embeddings that holds (as JSON) the segmentation settings the training
@@ -21,7 +21,9 @@ def add_parser(sub) -> None:
         "(.zarr) with the embeddings under --out-key (a network with a foreground head adds the foreground "
         "probability as the last channel) and the run's validated segmentation settings as an attribute that "
         "spoco segment applies; for a folder input, --out is a folder receiving <name>.h5 per image.")
-    p.add_argument("--checkpoint", required=True, help="checkpoint (.pt) from spoco train")
+    p.add_argument("--checkpoint", "--model", required=True, dest="checkpoint",
+                   help="checkpoint (.pt) from spoco train, a bioimage.io package from spoco export (.zip, its "
+                   "folder or rdf.yaml), or the name of a model shipped with spoco (nuclei: see the README)")
     p.add_argument("--images", required=True, help="image file (tif/png/h5/zarr; 'file.h5:key' or --key) or folder")
     p.add_argument("--key", help="dataset key of the input inside HDF5/zarr files")
     p.add_argument("--out", required=True, help="output .h5/.zarr file, or folder for a folder input")
@@ -35,6 +37,10 @@ def add_parser(sub) -> None:
                    "padding, or --halo pixels of mirrored image (default: the training run's --border, zero "
                    "unless set)")
     p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: best available)")
+    p.add_argument("--dask", metavar="SCHEDULER",
+                   help="run the tiles as Dask tasks: 'threads', 'processes', or the address of a dask.distributed "
+                   "scheduler (e.g. tcp://host:8786; one GPU per worker). Needs a .zarr output; --tile-shape "
+                   "sets the chunks")
     p.add_argument("--restart", action="store_true",
                    help="a run interrupted by a kill or power cut resumes from <out>.spoco-progress when the same "
                    "command is run again (tiles already written are kept); --restart starts from scratch")
@@ -47,11 +53,20 @@ def _inputs(args):
 
 
 def predict_file(model, src, dst: Path, *, key, out_key, tile_shape, halo, border, device, progress,
-                 segmentation=None, restart: bool = False) -> None:
+                 segmentation=None, restart: bool = False, dask: bool = False) -> None:
     """Predict one input file into an HDF5/zarr output dataset, written tile by tile; a run
-    killed before the end resumes from ``<dst>.spoco-progress`` (:mod:`._resume`)."""
+    killed before the end resumes from ``<dst>.spoco-progress`` (:mod:`._resume`). An error
+    about the image (shape, channels, dtype, NaN, a damaged chunk) names ``src``."""
+    with naming_errors(src):
+        _predict_file(model, src, dst, key=key, out_key=out_key, tile_shape=tile_shape, halo=halo, border=border,
+                      device=device, progress=progress, segmentation=segmentation, restart=restart, dask=dask)
+
+
+def _predict_file(model, src, dst: Path, *, key, out_key, tile_shape, halo, border, device, progress,
+                 segmentation=None, restart: bool = False, dask: bool = False) -> None:
+
     from ..data import io
-    from ..predict import predict
+    from ..predict import predict, tile_cores
     from ._resume import ResumableOutput, source_identity
 
     image = io.open_array(src, key)
@@ -61,6 +76,10 @@ def predict_file(model, src, dst: Path, *, key, out_key, tile_shape, halo, borde
     spatial = tuple(image.shape[-model.ndim:])
     shape = (model.config["out_channels"] + int(model.foreground),) + spatial
     chunks = (shape[0],) + tuple(min(s, 64 if model.ndim == 3 else 512) for s in spatial)
+    if dask:  # every task writes whole chunks: chunks = the tiles' cores
+        if dst.suffix.lower() not in io.ZARR:
+            raise CLIError(f"--dask writes from several processes into one output: use a .zarr --out, got {dst}")
+        chunks = (shape[0],) + tile_cores(model, spatial, tile_shape)
     if dst.suffix.lower() not in io.HDF5 + io.ZARR:
         raise CLIError(f"--out must end in .h5 or .zarr, got {dst}")
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -70,26 +89,56 @@ def predict_file(model, src, dst: Path, *, key, out_key, tile_shape, halo, borde
         out = resumable.array(shape, "float32", chunks, voxel_size=io.voxel_size(src, key), channels=True)
         if out.attrs.get(io.COMPLETE_ATTR) is not True:  # else killed while copying to HDF5
             predict(model, image, out=out, tile_shape=tile_shape, halo=halo, border=border, device=device,
-                    progress=progress, journal=resumable.folder / "tiles")
+                    progress=progress, journal=resumable.folder / "tiles", dask=dask)
         attrs = {} if segmentation is None else {SEGMENTATION_ATTR: json.dumps(segmentation)}
         resumable.finish(out, attrs)
 
 
 def run(args) -> int:
     from ..predict import select_device
-    from ..training import TrainConfig, load_checkpoint, model_from_checkpoint
 
-    state = load_checkpoint(args.checkpoint)
-    model = model_from_checkpoint(state, network=args.eval_network)
-    config = TrainConfig.from_saved(state.get("config"))
+    model, config = load_network(args.checkpoint, args.eval_network)
     border = args.border or config.border
     device = select_device(args.device)
     model.to(device)
-    jobs = _inputs(args)
-    for src, dst in jobs:
-        predict_file(model, src, dst, key=args.key, out_key=args.out_key, tile_shape=args.tile_shape,
-                     halo=args.halo, border=border, device=device, progress=not args.quiet,
-                     segmentation=config.segmentation(), restart=args.restart)
-        if not args.quiet:
-            print(f"{src} -> {dst}:{args.out_key}")
+    with _scheduler(args.dask):
+        for src, dst in _inputs(args):
+            predict_file(model, src, dst, key=args.key, out_key=args.out_key, tile_shape=args.tile_shape,
+                         halo=args.halo, border=border, device=None if args.dask and not args.device else device,
+                         progress=not args.quiet, segmentation=config.segmentation(), restart=args.restart,
+                         dask=bool(args.dask))
+            if not args.quiet:
+                print(f"{src} -> {dst}:{args.out_key}")
     return 0
+
+
+def _scheduler(name):
+    """The Dask scheduler of ``--dask`` as a context (nothing without it)."""
+    import contextlib
+
+    if not name:
+        return contextlib.nullcontext()
+    import dask
+
+    if name in ("threads", "processes", "synchronous"):
+        return dask.config.set(scheduler=name)
+    try:
+        from distributed import Client
+    except ImportError:
+        raise CLIError("--dask with a scheduler address needs dask.distributed (pip install 'spoco[dask]')") from None
+    return Client(name)
+
+
+def load_network(checkpoint, network=None):
+    """``(model, TrainConfig)`` of a checkpoint of spoco train, a shipped model's name
+    (``nuclei``: :mod:`spoco.models.pretrained`) or a bioimage.io package of spoco export."""
+    from ..export import is_package, load_package
+    from ..models.pretrained import resolve
+    from ..training import TrainConfig, load_checkpoint, model_from_checkpoint
+
+    checkpoint = resolve(checkpoint)
+    if is_package(checkpoint):  # a bioimage.io package of spoco export: its U-Net and settings
+        return load_package(checkpoint, network=network)
+    state = load_checkpoint(checkpoint)
+    with naming_errors(checkpoint):  # a spoco checkpoint whose model is broken
+        return model_from_checkpoint(state, network=network), TrainConfig.from_saved(state.get("config"))

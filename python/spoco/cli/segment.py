@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..clustering.postprocess import BACKGROUND_MODES
-from . import CLIError, folder_jobs
+from . import CLIError, folder_jobs, naming_errors
 
 
 def add_parser(sub) -> None:
@@ -26,6 +26,10 @@ def add_parser(sub) -> None:
     p.add_argument("input", help="embeddings (D, [Z,] Y, X): .h5/.hdf5 or .zarr (with --key) or .tif, or a folder "
                    "of such files (e.g. the output of spoco predict); then --out is a folder of label tifs")
     p.add_argument("--key", help="dataset key of the embeddings in an HDF5 file / zarr group (default: the only one)")
+    p.add_argument("--model", help="segment IMAGES instead of embeddings: predict them with this network (a "
+                   "shipped model's name, e.g. nuclei, a checkpoint of spoco train or a bioimage.io package) and "
+                   "segment with the settings it was validated with (in memory)")
+    p.add_argument("--device", help="with --model: cuda, mps or cpu (default: best available)")
     p.add_argument("--out", required=True, help="output labels: .h5/.hdf5, .zarr (with --out-key) or .tif")
     p.add_argument("--out-key", default="labels", help="dataset key of the labels (default: labels)")
     p.add_argument("--block-shape", type=int, nargs="+", default=None, metavar="N",
@@ -34,6 +38,9 @@ def add_parser(sub) -> None:
     p.add_argument("--halo", type=int, nargs="+", default=None, metavar="N",
                    help="context around every block, at least the longest offset (default: the longest offset)")
     p.add_argument("--threads", type=int, default=None, help="blocks processed at once (default: all CPUs)")
+    p.add_argument("--memory-limit", default=None, metavar="SIZE",
+                   help="memory the blocks in flight may use, e.g. 2GiB: fewer blocks run at once and the spare "
+                   "threads work inside a block (same result)")
     p.add_argument("--delta-d", type=float, default=None,
                    help="push margin of the loss (Eq. 12; default: the training run's, 2.0)")
     p.add_argument("--long-range", type=int, nargs="+", default=[3, 9, 27], metavar="R",
@@ -74,7 +81,7 @@ def add_parser(sub) -> None:
 
 def segment_array(emb, *, block_shape, halo=None, out=None, threads=None, delta_d=2.0, long_range=(3, 9, 27),
                   strides=None, randomize_strides=False, min_size=0, mask=None, progress=True, journal=None,
-                  voxel_size=None):
+                  voxel_size=None, memory_limit=None):
     """Instance labels of embeddings ``emb (D, *spatial)`` (any array-like), written to ``out``
     (an integer array of ``spatial`` shape) or returned as an int64 numpy array.
 
@@ -95,7 +102,7 @@ def segment_array(emb, *, block_shape, halo=None, out=None, threads=None, delta_
                              offsets=offsets, n_attractive=n_att,
                              strides=None if strides is None else _per_axis(strides, ndim, "--strides"),
                              randomize_strides=randomize_strides, min_size=min_size, mask=mask, progress=progress,
-                             journal=journal)
+                             journal=journal, memory_limit=memory_limit)
 
 
 def _per_axis(values, ndim, flag):
@@ -114,19 +121,28 @@ def _per_axis(values, ndim, flag):
 def run(args) -> int:
     from pathlib import Path
 
-    jobs = folder_jobs(args.input, args.out, ".tif", "embedding")
+    network = None
+    if args.model:
+        if args.block_shape is not None:
+            raise CLIError("--model segments images in memory; for volumes larger than memory run spoco predict, "
+                           "then spoco segment --block-shape on the embeddings")
+        from .predict import load_network
+
+        network = load_network(args.model)
+    jobs = folder_jobs(args.input, args.out, ".tif", "image" if network else "embedding")
     if jobs is not None:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         for src, out in jobs:
-            segment_file(src, args.key, out, None, args)
+            segment_file(src, args.key, out, None, args, network)
         return 0
-    segment_file(args.input, args.key, Path(args.out), args.out_key, args)
+    segment_file(args.input, args.key, Path(args.out), args.out_key, args, network)
     return 0
 
 
-def segmentation_settings(emb, args) -> dict:
+def segmentation_settings(emb, args, validated: dict | None = None) -> dict:
     """Keyword arguments of :func:`spoco.clustering.segment`: what the embeddings carry
-    from their training run (attribute written by ``spoco predict``), then the options."""
+    from their training run (attribute written by ``spoco predict``, or ``validated``, the
+    network's own with ``--model``), then the options."""
     from .predict import SEGMENTATION_ATTR
 
     settings = dict(delta_d=2.0, foreground=False, foreground_threshold=0.5, background="none",
@@ -134,6 +150,8 @@ def segmentation_settings(emb, args) -> dict:
     stored = getattr(emb, "attrs", {}).get(SEGMENTATION_ATTR)
     if stored:
         settings.update({k: v for k, v in json.loads(stored).items() if k in settings})
+    if validated:
+        settings.update({k: v for k, v in validated.items() if k in settings})
     for name in settings:
         value = getattr(args, name, None)
         if value is not None:
@@ -145,21 +163,32 @@ def segmentation_settings(emb, args) -> dict:
     return settings
 
 
-def segment_file(src, key, out: Path, out_key, args) -> None:
-    """Segment one embedding file into ``out`` (tif written whole; HDF5/zarr block by block)."""
+def segment_file(src, key, out: Path, out_key, args, network=None) -> None:
+    """Segment one embedding file into ``out`` (tif written whole; HDF5/zarr block by block);
+    with ``network`` (model, TrainConfig), ``src`` is an image predicted in memory first.
+    An error about the data (shape, values, a damaged chunk read on the way) names ``src``."""
+    with naming_errors(src):
+        _segment_file(src, key, out, out_key, args, network)
+
+
+def _segment_file(src, key, out: Path, out_key, args, network=None) -> None:
     from ..clustering import segment
     from ..data import io
     from .._journal import output_lock
+    from .._validation import check_fits_in_memory
     from ._resume import ResumableOutput, source_identity
 
     if out.suffix.lower() not in io.TIFF + io.HDF5 + io.ZARR:
         raise CLIError(f"--out must be a .tif, .h5 or .zarr path, got {out}")
     if io.is_ome(out):  # one label image at the store's level "0"
         out_key = None
-    emb = io.open_array(src, key)
+    if network is not None:
+        emb = _embeddings_of_image(src, key, network, args)
+    else:
+        emb = io.open_array(src, key)
     if not np.issubdtype(np.dtype(emb.dtype), np.floating):
         raise CLIError(f"{src}: the embeddings must be floats, got dtype {emb.dtype}")
-    settings = segmentation_settings(emb, args)
+    settings = segmentation_settings(emb, args, None if network is None else network[1].segmentation())
     spatial = tuple(emb.shape[1:])
     if settings["foreground"] and emb.shape[0] < 2:
         raise CLIError(f"{src}: a foreground channel needs embeddings with at least 2 channels, got {emb.shape}")
@@ -170,6 +199,7 @@ def segment_file(src, key, out: Path, out_key, args) -> None:
         if len(spatial) not in (2, 3):
             raise CLIError(f"the embeddings must have shape (D, Y, X) or (D, Z, Y, X), got {tuple(emb.shape)}")
         offsets, n_att = _offsets(len(spatial), args.long_range, voxel)
+        check_fits_in_memory(int(np.prod(emb.shape)) * 4, "the embeddings in memory (float32; use --block-shape)")
         labels = segment(np.asarray(emb), **settings, offsets=offsets, n_attractive=n_att, threads=args.threads,
                          strides=None if args.strides is None else _per_axis(args.strides, len(spatial), "--strides"),
                          randomize_strides=args.randomize_strides)
@@ -199,18 +229,33 @@ def segment_file(src, key, out: Path, out_key, args) -> None:
     if not args.quiet:
         print(f"{src} -> {out}" + (f":{out_key}" if out_key and out.suffix.lower() not in io.TIFF else ""))
     if args.preview or args.rois:
-        _pictures(src, out, out_key, features, args)
+        _pictures(src, out, out_key, features, args, own_image=network is not None)
 
 
-def _pictures(src, out: Path, out_key, features, args) -> None:
-    """The PNG preview and the ImageJ ROIs of a finished segmentation (``--preview``, ``--rois``)."""
+def _embeddings_of_image(src, key, network, args) -> np.ndarray:
+    """The embeddings ``(D[+1], *spatial)`` of the image ``src`` by ``network`` (model, config)."""
+    from ..data import io
+    from ..predict import predict, select_device
+
+    model, config = network
+    device = select_device(args.device)
+    model.to(device)
+    try:
+        return predict(model, io.open_array(src, key), border=config.border, device=device)
+    except ValueError as err:  # an image that does not fit the network: name the file
+        raise CLIError(f"{src}: {err}") from None
+
+
+def _pictures(src, out: Path, out_key, features, args, own_image: bool = False) -> None:
+    """The PNG preview and the ImageJ ROIs of a finished segmentation (``--preview``, ``--rois``);
+    ``own_image``: ``src`` is the image (``--model``), shown unless ``--image`` is given."""
     from .. import visualize
     from ..data import io
 
     labels = io.open_array(out, None if out.suffix.lower() in io.TIFF else out_key)
     stem = out.with_name(out.name.rsplit(".", 1)[0])
     if args.preview:
-        image = None
+        image = io.open_array(src, args.key) if own_image and not args.image else None
         if args.image:
             image = io.open_array(_matching_image(Path(src), Path(args.image)))
             if tuple(image.shape[-labels.ndim:]) != tuple(labels.shape):
@@ -294,6 +339,6 @@ def _write_labels(out: Path, out_key, labels: np.ndarray, voxel_size=None) -> No
 
 
 def _options(args) -> dict:
-    return dict(block_shape=args.block_shape, halo=args.halo, threads=args.threads,
+    return dict(block_shape=args.block_shape, halo=args.halo, threads=args.threads, memory_limit=args.memory_limit,
                 long_range=tuple(args.long_range), strides=args.strides, randomize_strides=args.randomize_strides,
                 progress=not args.quiet)

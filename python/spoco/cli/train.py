@@ -5,9 +5,9 @@ from . import CLIError
 
 # Flags that override config keys of the same name (None = not given).
 _OVERRIDES = ("fraction", "patch_shape", "batch_size", "max_iters", "max_minutes", "lr", "val_every",
-              "embedding_dim", "f_maps", "depth", "norm", "workers", "seed", "momentum", "eval_network", "border",
-              "background", "min_size", "merge_distance", "spatial_scale", "foreground_threshold",
-              "samples_per_epoch", "adversarial_weight", "critic_steps", "adversarial_warmup",
+              "checkpoint_every", "embedding_dim", "f_maps", "depth", "norm", "workers", "seed", "momentum",
+              "eval_network", "border", "background", "min_size", "merge_distance", "spatial_scale",
+              "foreground_threshold", "samples_per_epoch", "adversarial_weight", "critic_steps", "adversarial_warmup",
               "adversarial_patch_shape", "critic_lr")
 
 
@@ -43,6 +43,8 @@ def add_parser(sub) -> None:
                    help="stop after this many minutes of training (then validate and save)")
     p.add_argument("--lr", type=float, help="Adam learning rate")
     p.add_argument("--val-every", type=int, help="validate and checkpoint every N steps")
+    p.add_argument("--checkpoint-every", type=int, metavar="N", help="also write last.pt every N steps without "
+                   "validating, so that --resume after a crash or kill loses at most N steps (default 100)")
     p.add_argument("--embedding-dim", type=int, help="embedding dimension D")
     p.add_argument("--f-maps", type=int, help="channels of the first U-Net level")
     p.add_argument("--depth", type=int, help="U-Net levels (default: receptive field covers the patch)")
@@ -79,8 +81,10 @@ def add_parser(sub) -> None:
                      help="crop around each object given to the critic (default 40 64 64 / 64 64, at most the "
                      "training patch)")
     p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: best available)")
-    p.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
-    p.add_argument("--finetune", metavar="CHECKPOINT", help="start from this checkpoint's weights (new optimizer)")
+    p.add_argument("--resume", action="store_true", help="continue from --out/last.pt, with the same data order "
+                   "and random draws as a run that was never interrupted (give the same options, --threads included)")
+    p.add_argument("--finetune", metavar="CHECKPOINT", help="start from this checkpoint's weights (new optimizer); "
+                   "'nuclei' starts from the nuclei model shipped with spoco")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -114,7 +118,41 @@ def read_pairs(image_dir, label_dir, key, label_key):
     """Validation pairs ``[(image, labels)]`` read from two folders."""
     from ..data import io
 
-    return [(io.read_array(p, key), io.read_array(q, label_key)) for p, q in io.list_pairs(image_dir, label_dir)]
+    return [(read_image(p, key), read_labels(q, label_key)) for p, q in io.list_pairs(image_dir, label_dir)]
+
+
+def read_image(path, key=None):
+    """The image of ``path``, refused (naming the file) when training could only fail
+    later without saying which file: complex pixels (their imaginary part would be
+    dropped) and NaN or infinite values (the network's output would be NaN)."""
+    import numpy as np
+
+    from ..data import io
+
+    image = io.read_array(path, key)
+    if image.dtype.kind == "c":
+        raise CLIError(f"{path}: complex pixels ({image.dtype}) cannot be trained on")
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        raise CLIError(f"{path}: the image holds NaN or infinite values")
+    return image
+
+
+def read_labels(path, key=None):
+    """The label image of ``path`` as training and validation use it, checked here so that
+    an error names the file: integer ids (floats holding integers are accepted, as some
+    tools write label tifs so), none negative; ids too large to count in a table are
+    renumbered 1..K in ascending order (:func:`spoco._labels.compact_ids`), which keeps
+    the objects, their order and so the SPOCO@p draw."""
+    import numpy as np
+
+    from .._labels import compact_ids, label_array
+    from ..data import io
+
+    labels = io.read_array(path, key)
+    if labels.dtype.kind == "f" and labels.size and np.array_equal(labels, np.round(labels)):
+        labels = labels.astype(np.int64)
+    label_array(labels, f"labels {path}")  # floats, bools, negative ids, ids >= 2**63
+    return compact_ids(labels)
 
 
 def run(args) -> int:
@@ -131,8 +169,8 @@ def run(args) -> int:
     from ..training.recipe import summarize_labels
 
     pairs = io.list_pairs(args.images, args.labels)
-    images = [io.read_array(p, args.key) for p, _ in pairs]
-    labels = [io.read_array(q, args.label_key) for _, q in pairs]
+    images = [read_image(p, args.key) for p, _ in pairs]
+    labels = [read_labels(q, args.label_key) for _, q in pairs]
     # Sizes come from the labels the network will see: after SPOCO@p when --fraction is given.
     config, _ = build_config(args, summarize_labels(labels))
     if config.fraction is not None:
@@ -140,6 +178,8 @@ def run(args) -> int:
         config, reasons = build_config(args, summarize_labels(seen))
     else:
         config, reasons = build_config(args, summarize_labels(labels))
+    if args.finetune:
+        reasons.append(_adopt_network(config, _finetune(args.finetune)))
     train = InstanceDataset(images, labels, patch_shape=config.patch_shape, fraction=config.fraction,
                             seed=config.seed, augment=config.augment, length=1,
                             names=[f"{p} / {q}" for p, q in pairs])
@@ -154,7 +194,7 @@ def run(args) -> int:
     if args.val_images:
         val = read_pairs(args.val_images, args.val_labels, args.key, args.label_key)  # raw: predict() normalises
     trainer = Trainer(config, train, val, out_dir=args.out, device=args.device, resume=args.resume,
-                      init_from=args.finetune, progress=not quiet)
+                      init_from=_finetune(args.finetune), progress=not quiet)
     result = trainer.fit()
     if trainer.rank == 0:
         best = f", best validation AP@0.5 {result['best_score']:.3f}" if val else ""
@@ -164,3 +204,28 @@ def run(args) -> int:
         resumed = f" (step {result['iterations']} in all)" if steps != result["iterations"] else ""
         print(f"trained {steps} steps in {result['seconds']:.0f} s{resumed}{best}; checkpoints in {args.out}")
     return 0
+
+
+def _finetune(checkpoint):
+    """The checkpoint file of ``--finetune``: a path, or a shipped model's name."""
+    if checkpoint is None:
+        return None
+    from ..models.pretrained import resolve
+
+    return resolve(checkpoint)
+
+
+def _adopt_network(config, checkpoint) -> str:
+    """Give ``config`` the network of the checkpoint ``--finetune`` starts from (its weights only
+    fit that shape: levels, widths, embedding size, norm, foreground head and the scale of the
+    position channels it learned with); returns the line that says so."""
+    from ..training import load_checkpoint
+
+    model = load_checkpoint(checkpoint).get("model_config") or {}
+    keys = {"embedding_dim": "out_channels", "f_maps": "f_maps", "depth": "depth", "norm": "norm",
+            "foreground": "foreground", "spatial_scale": "spatial_scale"}
+    for key, source in keys.items():
+        if source in model:
+            setattr(config, key, model[source])
+    return (f"--finetune {checkpoint}: its network (depth {model.get('depth')}, f_maps {model.get('f_maps')}, "
+            f"D {model.get('out_channels')}, spatial_scale {model.get('spatial_scale')})")
