@@ -210,3 +210,13 @@ def test_in_memory_output_is_locked_too(embeddings, tmp_path, capsys):
     with output_lock(out):
         assert main(["segment", str(embeddings), "--key", "emb", "--out", str(out), "--quiet"]) == 2
     assert "being written by another process" in capsys.readouterr().err
+
+
+def test_a_second_training_into_the_same_folder_is_refused(tmp_path, capsys):
+    from spoco.demo import DATA_DIR
+
+    images, labels = DATA_DIR / "val" / "images", DATA_DIR / "val" / "labels"
+    with output_lock(tmp_path / "run"):  # another spoco train holds the folder
+        assert main(["train", "--images", str(images), "--labels", str(labels), "--iters", "1", "--threads", "1",
+                     "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert f"the run folder {tmp_path / 'run'} is being written by another process" in capsys.readouterr().err

@@ -42,3 +42,4 @@ def test_finetune_from_the_nuclei_model_adopts_its_network(tmp_path):
     tuned = load_checkpoint(tmp_path / "run" / "last.pt")["model_config"]
     assert {k: tuned[k] for k in ("depth", "f_maps", "out_channels", "spatial_scale")} == \
         {k: shipped[k] for k in ("depth", "f_maps", "out_channels", "spatial_scale")}
+

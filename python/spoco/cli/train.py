@@ -1,6 +1,8 @@
 """``spoco train``: train an embedding network on a folder of images and (partial) label images."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from . import CLIError
 
 # Flags that override config keys of the same name (None = not given).
@@ -193,9 +195,10 @@ def run(args) -> int:
     val = None
     if args.val_images:
         val = read_pairs(args.val_images, args.val_labels, args.key, args.label_key)  # raw: predict() normalises
-    trainer = Trainer(config, train, val, out_dir=args.out, device=args.device, resume=args.resume,
-                      init_from=_finetune(args.finetune), progress=not quiet)
-    result = trainer.fit()
+    with _run_folder_lock(args.out):  # a second spoco train into the same folder is refused
+        trainer = Trainer(config, train, val, out_dir=args.out, device=args.device, resume=args.resume,
+                          init_from=_finetune(args.finetune), progress=not quiet)
+        result = trainer.fit()
     if trainer.rank == 0:
         best = f", best validation AP@0.5 {result['best_score']:.3f}" if val else ""
         if val and config.foreground:
@@ -229,3 +232,15 @@ def _adopt_network(config, checkpoint) -> str:
             setattr(config, key, model[source])
     return (f"--finetune {checkpoint}: its network (depth {model.get('depth')}, f_maps {model.get('f_maps')}, "
             f"D {model.get('out_channels')}, spatial_scale {model.get('spatial_scale')})")
+
+
+def _run_folder_lock(out):
+    """The lock of the run folder, held by the process that writes it (rank 0 under torchrun)."""
+    import contextlib
+    import os
+
+    from .._journal import output_lock
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    return output_lock(Path(out), f"the run folder {out}")
