@@ -39,7 +39,9 @@ def test_finetune_from_the_nuclei_model_adopts_its_network(tmp_path):
     assert main(["train", "--images", str(images), "--labels", str(labels), "--finetune", "nuclei", "--iters", "2",
                  "--val-every", "2", "--threads", "1", "--out", str(tmp_path / "run"), "--quiet"]) == 0
     shipped = load_checkpoint(resolve("nuclei"))["model_config"]
-    tuned = load_checkpoint(tmp_path / "run" / "last.pt")["model_config"]
+    tuned_state = load_checkpoint(tmp_path / "run" / "last.pt")
+    tuned = tuned_state["model_config"]
+    assert tuned_state["config"]["data"]["images"] == str(images)  # recorded for spoco export's README
     assert {k: tuned[k] for k in ("depth", "f_maps", "out_channels", "spatial_scale")} == \
         {k: shipped[k] for k in ("depth", "f_maps", "out_channels", "spatial_scale")}
 

@@ -187,8 +187,12 @@ def run(args) -> int:
                             names=[f"{p} / {q}" for p, q in pairs])
     train.length = config.samples_per_epoch or 4 * len(train.images)
     quiet = args.quiet
+    used = summarize_labels(train.labels)  # after SPOCO@p
+    # recorded with the checkpoints, so that an exported model says what it was trained on
+    config.data = {"images": str(args.images), "labels": str(args.labels), "summary": used.line(),
+                   **({"val_images": str(args.val_images), "val_labels": str(args.val_labels)}
+                      if args.val_images else {})}
     if not quiet:
-        used = summarize_labels(train.labels)  # after SPOCO@p
         print(f"spoco train: {used.line()}" + (f" (SPOCO@{config.fraction:g})" if config.fraction else ""))
         for reason in reasons:
             print(f"  {reason}")

@@ -62,6 +62,13 @@ def readme(*, name: str, description: str, spoco: dict, test_image: str, best_sc
     score = (f"The network kept ({spoco['network']}) reached AP@0.5 = {best_score:.3f} on the training run's "
              "validation images, segmented with the settings above." if validated else
              "The training run recorded no validation score (no validation images).")
+    source = train.get("data") or {}
+    if source.get("images"):
+        data = (f"Trained on the images of `{source['images']}` with the labels of `{source['labels']}`"
+                + (f" ({source['summary']})" if source.get("summary") else "")
+                + (f", validated on `{source['val_images']}`" if source.get("val_images") else "") + ".")
+    else:
+        data = "The checkpoint does not record where the training images were."
     return f"""# {name}
 
 {description}
@@ -116,8 +123,7 @@ The settings of the training run (`spoco train`; all of them in rdf.yaml under
 |---|---|
 {rows}
 
-The checkpoint does not record where the training images were. The test image of this
-package: {test_image}.
+{data} The test image of this package: {test_image}.
 
 ## Validation
 

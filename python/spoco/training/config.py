@@ -33,6 +33,7 @@ class TrainConfig:
     delta_v: float = 0.5
     delta_d: float = 2.0
     loss: dict = field(default_factory=dict)  # further SPOCOLoss keyword arguments
+    data: dict = field(default_factory=dict)  # where the training data came from (recorded, not used)
     momentum: float = 0.999           # EMANet momentum m
     eval_network: str = "f"           # network validated, kept as best and predicted with: "f" or "g" (EMA)
     # optimisation
