@@ -5,7 +5,8 @@ file: ``ValueError``/``TypeError``/``KeyError``/``FileNotFoundError`` from the l
 exit code 2 with a one-line message from the command line.
 
 Known failures would be strict xfails with their reason (:data:`KNOWN`, empty now: the 46
-found when the corpus was written are fixed); cases that hang are not run (:data:`HANGS`).
+found when the corpus was written are fixed); cases that hang would not be run (:data:`HANGS`,
+empty now too).
 """
 from __future__ import annotations
 
@@ -41,8 +42,7 @@ SPOCO_FORMAT = {"valid_tiny.pt", "no_model.pt", "bad_model_config.pt", "huge_mod
 
 KNOWN = {}  # known failures: none left (each file that failed here was fixed)
 #: Cases that hang instead of failing: not run.
-HANGS = {"predict_image": dict.fromkeys(["huge_shape.h5", "huge_shape.zarr"], "predict.py: a header claiming 2**48 "
-                                        "pixels is predicted tile by tile, no size check (hangs)")}
+HANGS = {}  # none left: a header declaring 2**48 pixels is refused by the output's disk-space check
 
 
 def cases(entry: str, files):
@@ -221,3 +221,14 @@ def test_cli_train(name, role, tmp_path, capsys, restore_threads):
         assert code == 0 and (tmp_path / "run" / "last.pt").is_file(), err
     elif code != 0:
         _refused(code, err, stem)
+
+
+@pytest.mark.parametrize("name", ["huge_shape.h5", "huge_shape.zarr"])
+def test_block_wise_segment_of_a_petabyte_header_is_refused(name, tmp_path, capsys):
+    """A header declaring 2**48 pixels would be segmented block by block for ever: its output
+    cannot fit on the disk, and the command says so before starting."""
+    code, err = cli(capsys, "segment", CORPUS / name, *_key_args(name), "--block-shape", "8", "--out",
+                    tmp_path / "labels.zarr", "--quiet")
+    _refused(code, err, name)
+    if name.endswith(".zarr"):  # (D, Z, Y, X): refused for its size (the .h5 one is 2-D: refused for its shape)
+        assert "free on its disk" in err

@@ -39,6 +39,23 @@ def naming_errors(path):
         raise CLIError(f"{path}: {first}") from None
 
 
+def check_disk_space(out, shape, itemsize: int) -> None:
+    """Refuse an output that cannot fit on its disk: more than 10x the free space even if
+    compressed (a header declaring petabytes would otherwise run tile by tile for ever)."""
+    import shutil
+
+    need = itemsize
+    for n in shape:
+        need *= int(n)
+    folder = Path(out).resolve().parent
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if need > 10 * free:
+        raise CLIError(f"the output {out} of shape {tuple(int(n) for n in shape)} needs {need / 2**30:.4g} GiB "
+                       f"uncompressed, more than 10x the {free / 2**30:.4g} GiB free on its disk")
+
+
 def folder_jobs(input_path, out, out_suffix: str, what: str):
     """``[(file, out / (file.stem + out_suffix))]`` for every supported file of the folder
     ``input_path``, or None when ``input_path`` is a file (or a zarr store)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import CLIError, folder_jobs, naming_errors
+from . import CLIError, check_disk_space, folder_jobs, naming_errors
 
 EMB_KEY = "embeddings"
 # Attribute of the embeddings that holds (as JSON) the segmentation settings the training
@@ -75,6 +75,7 @@ def _predict_file(model, src, dst: Path, *, key, out_key, tile_shape, halo, bord
                        f"(expected {model.ndim} spatial axes, optionally channels first)")
     spatial = tuple(image.shape[-model.ndim:])
     shape = (model.config["out_channels"] + int(model.foreground),) + spatial
+    check_disk_space(dst, shape, 4)
     chunks = (shape[0],) + tuple(min(s, 64 if model.ndim == 3 else 512) for s in spatial)
     if dask:  # every task writes whole chunks: chunks = the tiles' cores
         if dst.suffix.lower() not in io.ZARR:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..clustering.postprocess import BACKGROUND_MODES
-from . import CLIError, folder_jobs, naming_errors
+from . import CLIError, check_disk_space, folder_jobs, naming_errors
 
 
 def add_parser(sub) -> None:
@@ -220,6 +220,7 @@ def _segment_file(src, key, out: Path, out_key, args, network=None) -> None:
                 _write_labels(out, out_key, labels, voxel)
         else:
             chunks = _per_axis(args.block_shape, len(spatial), "--block-shape")  # fails before the output exists
+            check_disk_space(out, spatial, 4)
             job = {"what": "segment", "input": source_identity(src), "input_key": key}
             with ResumableOutput(out, out_key, job, args.restart, args.quiet) as resumable:
                 labels_out = resumable.array(spatial, np.uint32, chunks, voxel_size=voxel, labels=True)
