@@ -141,7 +141,8 @@ def test_dask_tiles_on_a_local_cluster_of_two_processes(rng, seed, tmp_path):
     distributed = pytest.importorskip("distributed")
 
     net, src, out, serial = _dask_case(rng, seed, tmp_path)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
             distributed.Client(cluster):
         predict(net, src, tile_shape=32, halo=8, device="cpu", out=out, dask=True)
     # the same float32 operations in other processes (one thread per worker): equal bit for bit

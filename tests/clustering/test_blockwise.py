@@ -396,7 +396,8 @@ def test_memory_limit_runs_fewer_blocks_with_the_same_result(volume, rng, monkey
                                                                                 real(fn, items, threads, *a))[1])
     np.testing.assert_array_equal(spoco.cluster_blockwise(emb, memory_limit=one_block + 10, **kw), expected)
     assert seen[0] == 1  # one block at a time (with 2 threads inside it)
-    np.testing.assert_array_equal(spoco.cluster_blockwise(emb, memory_limit=f"{(2 * one_block + 2**20) / 2**20:.3f}MiB", **kw),
+    two_blocks = f"{(2 * one_block + 2**20) / 2**20:.3f}MiB"
+    np.testing.assert_array_equal(spoco.cluster_blockwise(emb, memory_limit=two_blocks, **kw),
                                   expected)
     assert seen[3] == 2
     with pytest.raises(ValueError, match="one block in flight needs about .* smaller block_shape"):

@@ -72,3 +72,14 @@ def test_large_objects_weigh_with_their_pixels():
     side = int(math.ceil(2 * s.typical_diameter / 16) * 16)
     assert config.patch_shape == (side, side) and config.batch_size == max(2, round(8 * 64 ** 2 / side ** 2))
     assert config.spatial_scale == pytest.approx(round(s.typical_diameter / 4, 2))
+
+
+def test_voxel_size_shapes_3d_patches():
+    ball = np.zeros((20, 40, 40), np.int32)
+    ball[5:12, 10:25, 10:25] = 1
+    s = summarize_labels([ball])
+    assert auto_config(s)[0].patch_shape == (32, 64, 64)  # unknown voxel size
+    config, reasons = auto_config(s, voxel_size=(2.0, 0.5, 0.5))
+    assert config.patch_shape == (16, 64, 64) and any("voxel size 2 x 0.5 x 0.5" in r for r in reasons)
+    assert auto_config(s, voxel_size=(0.5, 0.5, 0.5))[0].patch_shape == (64, 64, 64)
+    assert auto_config(s, {"patch_shape": (8, 32, 32)}, voxel_size=(2.0, 0.5, 0.5))[0].patch_shape == (8, 32, 32)

@@ -113,7 +113,7 @@ def build_config(args, summary):
         values["foreground"] = False
     if args.adversarial:
         values["adversarial"] = True
-    return RECIPES[args.recipe](summary, values)
+    return RECIPES[args.recipe](summary, values, voxel_size=getattr(args, "voxel_size", None))
 
 
 def read_pairs(image_dir, label_dir, key, label_key):
@@ -171,6 +171,7 @@ def run(args) -> int:
     from ..training.recipe import summarize_labels
 
     pairs = io.list_pairs(args.images, args.labels)
+    args.voxel_size = io.voxel_size(pairs[0][0], args.key)  # OME-Zarr metadata of the first image, if any
     images = [read_image(p, args.key) for p, _ in pairs]
     labels = [read_labels(q, args.label_key) for _, q in pairs]
     # Sizes come from the labels the network will see: after SPOCO@p when --fraction is given.

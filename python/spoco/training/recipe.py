@@ -96,9 +96,12 @@ def _round_up(x: float, m: int) -> int:
     return int(math.ceil(x / m) * m)
 
 
-def auto_config(summary: LabelSummary, overrides: dict | None = None) -> tuple[TrainConfig, list[str]]:
+def auto_config(summary: LabelSummary, overrides: dict | None = None,
+                voxel_size=None) -> tuple[TrainConfig, list[str]]:
     """The default recipe for data like ``summary``, with ``overrides`` (TrainConfig keys)
-    applied last. Returns the config and one line per derived choice, saying why."""
+    applied last. ``voxel_size`` (z, y, x) of 3D images, e.g. from OME-Zarr, makes the
+    patches cover about as much along z as along y and x. Returns the config and one line
+    per derived choice, saying why."""
     overrides = dict(overrides or {})
     values = dict(RECIPE)
     reasons = []
@@ -121,10 +124,17 @@ def auto_config(summary: LabelSummary, overrides: dict | None = None) -> tuple[T
                            f"batch {values['batch_size']}")
     else:
         reasons.append("no labelled objects: plain embeddings, no size filter")
+    if ndim == 3 and voxel_size is not None and len(voxel_size) == 3 and min(voxel_size) > 0:
+        vz, vy, vx = (float(v) for v in voxel_size)
+        depth = min(64, max(8, _round_up(64 * min(vy, vx) / vz, 8)))
+        values["patch_shape"] = (depth, 64, 64)
+        reasons.append(f"voxel size {vz:g} x {vy:g} x {vx:g} -> patches {depth}x64x64 (about as far along z as "
+                       "along y and x)")
     return _with_samples(summary, values, overrides, reasons)
 
 
-def paper_config(summary: LabelSummary, overrides: dict | None = None) -> tuple[TrainConfig, list[str]]:
+def paper_config(summary: LabelSummary, overrides: dict | None = None,
+                 voxel_size=None) -> tuple[TrainConfig, list[str]]:
     """The paper's settings (TrainConfig's defaults) with ``overrides``; same return as
     :func:`auto_config`."""
     return _with_samples(summary, dict(PAPER), dict(overrides or {}), ["the paper's settings (appendix A.1)"])
