@@ -88,8 +88,10 @@ def test_loss_is_finite_or_names_the_argument(batch, sparse, backend, anchor, in
         # The torch backend's expanded distances (|a|² + |e|² - 2 a·e) lose about eps·|e|² in
         # float32: with embeddings of magnitude 1e3 or more its Dice term can come out slightly
         # negative (a known limitation; the fused and reference backends subtract exactly).
+        # Any backend in float32 may round a term that is exactly 0 (a perfect Dice: 1 - 1) to a
+        # few ulps below it (-5e-7 seen), hence the 1e-5.
         lossy = backend == "torch" and f.dtype != torch.float64 and float(f.detach().abs().max()) > 100
-        assert all(math.isfinite(v.item()) and (v.item() >= 0 or lossy) for v in terms.values()), terms
+        assert all(math.isfinite(v.item()) and (v.item() >= -1e-5 or lossy) for v in terms.values()), terms
         total.backward()
         assert f.grad is not None and torch.isfinite(f.grad).all()
 
