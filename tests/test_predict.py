@@ -155,15 +155,9 @@ def test_cli_dask_threads_equals_serial(rng, seed, tmp_path):
     import zarr
 
     from spoco.cli import main
-    from spoco.training import TrainConfig, save_checkpoint
-    from spoco.training.trainer import build_model
+    from tests._helpers.data import tiny_checkpoint
 
-    torch.manual_seed(seed % 2**63)
-    config = TrainConfig(patch_shape=(32, 32), f_maps=4, embedding_dim=4)
-    net = build_model(config, 1)
-    state = net.state_dict()
-    save_checkpoint(tmp_path / "m.pt", {"model_config": net.config, "model": state, "ema": {"g": state},
-                                        "config": config.to_dict()})
+    tiny_checkpoint(tmp_path / "m.pt", seed % 2**63)
     tifffile.imwrite(tmp_path / "img.tif", rng.integers(0, 3000, (70, 90), dtype=np.uint16))
     common = ["predict", "--model", str(tmp_path / "m.pt"), "--images", str(tmp_path / "img.tif"),
               "--tile-shape", "32", "--halo", "8", "--device", "cpu", "--quiet"]

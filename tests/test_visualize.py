@@ -102,17 +102,9 @@ def test_segment_cli_writes_preview_and_rois(rng, tmp_path, capsys):
 
 def test_segment_images_with_a_model_equals_predict_then_segment(rng, tmp_path):
     """``spoco segment --model`` on an image = spoco predict, then spoco segment."""
-    import torch
+    from tests._helpers.data import tiny_checkpoint
 
-    from spoco.training import TrainConfig, save_checkpoint
-    from spoco.training.trainer import build_model
-
-    torch.manual_seed(0)
-    config = TrainConfig(patch_shape=(32, 32), f_maps=4, embedding_dim=4)
-    model = build_model(config, 1)
-    state = model.state_dict()
-    save_checkpoint(tmp_path / "m.pt", {"model_config": model.config, "model": state, "ema": {"g": state},
-                                        "config": config.to_dict()})
+    tiny_checkpoint(tmp_path / "m.pt")
     io.write_array(tmp_path / "img.tif", rng.integers(0, 4000, (48, 56)).astype(np.uint16))
     assert main(["segment", str(tmp_path / "img.tif"), "--model", str(tmp_path / "m.pt"), "--device", "cpu",
                  "--out", str(tmp_path / "direct.tif"), "--preview", "--quiet"]) == 0

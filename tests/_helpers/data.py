@@ -100,3 +100,18 @@ def make_discs(shape=(64, 64), n_objects: int = 5, radius=(5, 8), seed: int = 0,
             labels[inside] = len(placed)
     image = (labels > 0).astype(np.float32) + rng.normal(0, noise, shape).astype(np.float32)
     return image, labels
+
+
+def tiny_checkpoint(path, seed: int = 0):
+    """Write a checkpoint of an untrained tiny 2D U-Net (f_maps 4, D = 4) as spoco train would,
+    for tests of predict/segment/export that need a network, not a trained one. Returns ``path``."""
+    from spoco.training import TrainConfig, save_checkpoint
+    from spoco.training.trainer import build_model
+
+    torch.manual_seed(seed)
+    config = TrainConfig(patch_shape=(32, 32), f_maps=4, embedding_dim=4)
+    model = build_model(config, 1)
+    state = model.state_dict()
+    save_checkpoint(path, {"model_config": model.config, "model": state, "ema": {"g": state},
+                           "config": config.to_dict()})
+    return path

@@ -21,7 +21,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
 import zarr
 
 from spoco._journal import Journal, output_lock
@@ -157,17 +156,9 @@ def test_segment_killed_anywhere_resumes_to_the_same_labels(embeddings, tmp_path
 
 @pytest.fixture
 def checkpoint(tmp_path):
-    from spoco.training import TrainConfig, save_checkpoint
-    from spoco.training.trainer import build_model
+    from tests._helpers.data import tiny_checkpoint
 
-    torch.manual_seed(0)
-    config = TrainConfig(patch_shape=(32, 32), f_maps=4, embedding_dim=4)
-    model = build_model(config, 1)
-    path = tmp_path / "model.pt"
-    state = model.state_dict()
-    save_checkpoint(path, {"model_config": model.config, "model": state, "ema": {"g": state},
-                           "config": config.to_dict()})
-    return path
+    return tiny_checkpoint(tmp_path / "model.pt")
 
 
 @pytest.mark.parametrize("suffix", [".zarr", ".h5"])

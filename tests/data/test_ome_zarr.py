@@ -95,17 +95,9 @@ def test_segment_takes_the_voxel_size_of_ome_embeddings(tmp_path, volume, rng):
 
 
 def test_predict_carries_the_voxel_size_to_ome_embeddings(tmp_path, rng):
-    import torch
+    from tests._helpers.data import tiny_checkpoint
 
-    from spoco.training import TrainConfig, save_checkpoint
-    from spoco.training.trainer import build_model
-
-    torch.manual_seed(0)
-    config = TrainConfig(patch_shape=(32, 32), f_maps=4, embedding_dim=4)
-    model = build_model(config, 1)
-    state = model.state_dict()
-    save_checkpoint(tmp_path / "m.pt", {"model_config": model.config, "model": state, "ema": {"g": state},
-                                        "config": config.to_dict()})
+    tiny_checkpoint(tmp_path / "m.pt")
     _ome(tmp_path / "img.zarr", rng.random((1, 32, 40)).astype(np.float32), "cyx", [1.0, 0.25, 0.25], 3)
     assert main(["predict", "--checkpoint", str(tmp_path / "m.pt"), "--images", str(tmp_path / "img.zarr"),
                  "--out", str(tmp_path / "emb.ome.zarr"), "--device", "cpu", "--quiet"]) == 0
