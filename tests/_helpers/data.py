@@ -115,3 +115,18 @@ def tiny_checkpoint(path, seed: int = 0):
     save_checkpoint(path, {"model_config": model.config, "model": state, "ema": {"g": state},
                            "config": config.to_dict()})
     return path
+
+
+def write_image_folders(root, *, n: int = 6, n_val: int = 2, shape=(48, 48), rng: int = 3):
+    """``root/{images,labels,val_images,val_labels}`` of generated nuclei tifs (``n`` images, the
+    last ``n_val`` for validation), as spoco train reads them. Returns the generated labels."""
+    from spoco.data import synthetic_images, write_array
+
+    images, labels = synthetic_images(n, shape, kind="intensity", rng=rng)
+    for sub in ("images", "labels", "val_images", "val_labels"):
+        (root / sub).mkdir()
+    for i in range(n):
+        kind = "val_" if i >= n - n_val else ""
+        write_array(root / f"{kind}images/img{i}.tif", images[i, 0])
+        write_array(root / f"{kind}labels/img{i}.tif", labels[i].astype(np.uint16))
+    return labels

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from spoco.data import read_array, synthetic_images, write_array
+from tests._helpers.data import write_image_folders
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
@@ -23,13 +24,7 @@ def spoco(*args, cwd, ok=True):
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    images, labels = synthetic_images(6, (48, 48), kind="intensity", rng=3)
-    for sub in ("images", "labels", "val_images", "val_labels"):
-        (root / sub).mkdir()
-    for i in range(6):
-        kind = "val_" if i >= 4 else ""
-        write_array(root / f"{kind}images/img{i}.tif", images[i, 0])
-        write_array(root / f"{kind}labels/img{i}.tif", labels[i].astype(np.uint16))
+    labels = write_image_folders(root)
     write_array(root / "seg.h5", labels[0], key="seg")
     return root
 

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from spoco.data import synthetic_images, write_array
 from spoco.training import Trainer, TrainConfig, load_checkpoint
-from tests._helpers.data import TinySet
+from tests._helpers.data import TinySet, write_image_folders
 
 ITERS = 40
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -23,13 +22,7 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1")
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("kill")
-    images, labels = synthetic_images(6, (40, 40), kind="intensity", rng=3)
-    for sub in ("images", "labels", "val_images", "val_labels"):
-        (root / sub).mkdir()
-    for i in range(6):
-        kind = "val_" if i >= 4 else ""
-        write_array(root / f"{kind}images/img{i}.tif", images[i, 0])
-        write_array(root / f"{kind}labels/img{i}.tif", labels[i].astype(np.uint16))
+    write_image_folders(root, shape=(40, 40))
     (root / "cfg.yaml").write_text("log_every: 1\n")  # a log row per step: the kill points can be watched
     return root
 

@@ -59,8 +59,6 @@ def check_disk_space(out, shape, itemsize: int) -> None:
 def folder_jobs(input_path, out, out_suffix: str, what: str):
     """``[(file, out / (file.stem + out_suffix))]`` for every supported file of the folder
     ``input_path``, or None when ``input_path`` is a file (or a zarr store)."""
-    from pathlib import Path
-
     from ..data import io
 
     src = Path(io.split_key(input_path)[0])

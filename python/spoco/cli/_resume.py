@@ -54,7 +54,6 @@ class ResumableOutput:
         self.out, self.key, self.job, self.restart, self.quiet = Path(out), key, job, restart, quiet
         self.folder = Path(f"{self.out}{PROGRESS_SUFFIX}")
         self._stack = contextlib.ExitStack()
-        self.metadata = {}
 
     def __enter__(self):
         self._stack.enter_context(output_lock(self.out, f"the output {self.out}"))
@@ -91,7 +90,6 @@ class ResumableOutput:
             if existing is not None and tuple(existing.shape) == tuple(shape) \
                     and np.dtype(existing.dtype) == np.dtype(dtype):
                 return existing
-        self.metadata = metadata
         return io.create_array(path, shape, dtype, key=key, chunks=chunks, **metadata)
 
     def finish(self, array, attrs: dict | None = None) -> None:
