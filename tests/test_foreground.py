@@ -53,3 +53,28 @@ def test_segment_clusters_only_the_foreground(rng, seed):
     assert segment(np.concatenate([emb, prob]), foreground=True, foreground_threshold=0.95).max() == 0
     with pytest.raises(ValueError, match="D \\+ 1"):
         segment(prob, foreground=True)
+
+
+# ---------------------------------------------------------------------------- background scribbles
+
+def test_scribble_loss_is_objects_against_scribbles(rng, seed):
+    from spoco.foreground import BACKGROUND_SCRIBBLE, scribble_foreground_loss
+
+    logits = torch.from_numpy(rng.normal(size=(2, 7, 9)))
+    labels = torch.from_numpy(rng.integers(-2, 4, size=(2, 7, 9)))  # -2 scribble, -1 ignore, 0 unlabeled
+    x, y = logits.numpy(), labels.numpy()
+    p = 1 / (1 + np.exp(-x))
+    expected = -np.mean(np.log(p[y > 0])) - np.mean(np.log(1 - p[y == BACKGROUND_SCRIBBLE]))
+    assert float(scribble_foreground_loss(logits, labels)) == pytest.approx(expected, rel=1e-6), seed
+    # unlabeled and ignored pixels take no part, whatever their logits
+    other = logits.clone()
+    other[(labels == 0) | (labels == -1)] = 50.0
+    assert float(scribble_foreground_loss(other, labels)) == pytest.approx(expected, rel=1e-6), seed
+    only_objects = labels.clamp_min(0)
+    assert float(scribble_foreground_loss(logits, only_objects)) == pytest.approx(-np.mean(np.log(p[y > 0])),
+                                                                                   rel=1e-6), seed
+    nothing = torch.zeros_like(labels)
+    assert float(scribble_foreground_loss(logits.requires_grad_(), nothing)) == 0.0
+    torch.autograd.gradcheck(lambda z: scribble_foreground_loss(z, labels), (logits.detach().requires_grad_(),))
+    with pytest.raises(ValueError, match="same shape"):
+        scribble_foreground_loss(logits, labels[:, :4])

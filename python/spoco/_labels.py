@@ -12,6 +12,12 @@ from ._validation import as_numpy
 _INT64_MAX = np.iinfo(np.int64).max
 
 
+BACKGROUND_SCRIBBLE = -2
+"""Value of painted background pixels in the label tensors of a training batch
+(:class:`spoco.data.InstanceDataset` with ``background_label``). The SPOCO loss sees
+them as unlabeled (0); the foreground head as background."""
+
+
 def label_array(x, name: str, shape: tuple | None = None) -> np.ndarray:
     """C-contiguous int64 copy/view of a label image with non-negative labels.
 

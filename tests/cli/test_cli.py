@@ -117,6 +117,39 @@ def test_train_prints_its_choices_and_takes_real_world_folders(folders, tmp_path
     assert "foreground: false" in text and "lr: 0.0002" in text
 
 
+def test_train_with_background_scribbles(tmp_path):
+    """--background-label: strokes of that value are background for the foreground head,
+    survive --fraction, are counted in the summary and recorded in config.yaml."""
+    labels = write_image_folders(tmp_path, n=3, n_val=1)
+    for i in range(2):
+        lab = labels[i].astype(np.uint16)
+        lab[np.nonzero(lab == 0)[0][:40], np.nonzero(lab == 0)[1][:40]] = 65535
+        write_array(tmp_path / f"labels/img{i}.tif", lab)
+    proc = spoco("train", "--images", "images", "--labels", "labels", "--val-images", "val_images",
+                 "--val-labels", "val_labels", "--out", "run", "--iters", "2", "--val-every", "2",
+                 "--fraction", "0.5", "--background-label", "65535", "--f-maps", "4", "--batch-size", "2",
+                 "--threads", "1", cwd=tmp_path)
+    assert "80 background-scribble pixels (value 65535)" in proc.stdout, proc.stdout
+    text = (tmp_path / "run" / "config.yaml").read_text()
+    assert "background_label: 65535" in text
+    proc = spoco("train", "--images", "images", "--labels", "labels", "--out", "r2", "--iters", "1",
+                 "--background-label", "7", "--no-foreground", cwd=tmp_path, ok=False)
+    assert proc.returncode != 0 and "foreground" in proc.stderr, proc.stderr
+
+
+def test_read_labels_keeps_the_scribble_value_through_renumbering(tmp_path):
+    from spoco.cli.train import read_labels
+
+    lab = np.zeros((4, 5), np.int64)
+    lab[0, :2] = 2**40  # ids this large are renumbered 1..K
+    lab[1, :2] = 2**41
+    lab[3] = 2  # the scribble value, lower than the renumbered ids would reach
+    write_array(tmp_path / "l.tif", lab.astype(np.uint64))
+    got = read_labels(tmp_path / "l.tif", background_label=2)
+    assert (got[3] == 2).all() and (got[:3] != 2).all()
+    assert len(np.unique(got[:2, :2])) == 2 and got[2].max() == 0
+
+
 def test_config_file_and_flag_override(folders):
     (folders / "cfg.yaml").write_text("patch_shape: [32, 32]\nf_maps: 4\nembedding_dim: 3\nmax_iters: 2\n")
     spoco("train", "--images", "images", "--labels", "labels", "--out", "run_cfg", "--config", "cfg.yaml",

@@ -329,6 +329,65 @@ def test_embeddings_random_vs_grid_and_oracle(rng, seed, ndim, i):
         assert_labels_equal(from_emb, want, ctx)
 
 
+# ---------------------------------------------------------------------------- threads
+
+def parallel_graph_case(rng):
+    """A random graph of a few hundred nodes with one of several weight regimes."""
+    n = int(rng.integers(100, 400))
+    n_edges, n_mutex = int(rng.integers(2 * n, 6 * n)), int(rng.integers(0, 6 * n))
+    regime = ["continuous", "tied", "saturated", "all_equal", "attractive_first"][int(rng.integers(5))]
+    if regime == "continuous":
+        w, mw = rng.random(n_edges), rng.random(n_mutex)
+    elif regime == "tied":
+        w, mw = rng.choice([0.0, 0.5, 1.0], n_edges), rng.choice([0.0, 0.5, 1.0], n_mutex)
+    elif regime == "saturated":  # Eq. 12 far apart: attractive 0, repulsive 1
+        w, mw = (rng.random(n_edges) < 0.7).astype(F64), (rng.random(n_mutex) < 0.7).astype(F64)
+    elif regime == "all_equal":  # the tie rule alone orders everything
+        w, mw = np.full(n_edges, 0.5), np.full(n_mutex, 0.5)
+    else:
+        w, mw = rng.random(n_edges) * 0.5 + 0.5, rng.random(n_mutex) * 0.5
+    # local edges, so that clusters grow and filtering has something to drop
+    u = rng.integers(0, n, n_edges)
+    uvs = np.stack([u, np.clip(u + rng.integers(-3, 4, n_edges), 0, n - 1)], 1)
+    mu = rng.integers(0, n, n_mutex)
+    muvs = np.stack([mu, np.clip(mu + rng.integers(-12, 13, n_mutex), 0, n - 1)], 1)
+    return n, uvs, w.astype(F32), muvs, mw.astype(F32), regime
+
+
+def test_threads_equal_sequential_on_many_graphs(rng, seed):
+    """500 random graphs with ties, saturated and all-equal weights: bit-identical
+    labels for 2, 3 and 4 threads (parallel sort), every 10th against the oracle."""
+    for i in range(500):
+        n, uvs, w, muvs, mw, regime = parallel_graph_case(rng)
+        ctx = describe(seed, graph=i, regime=regime, n_nodes=n, n_edges=len(w), n_mutex=len(mw))
+        want = mutex_watershed_graph(n, uvs, w, muvs, mw, threads=1)
+        for t in (2, 3, 4):
+            np.testing.assert_array_equal(mutex_watershed_graph(n, uvs, w, muvs, mw, threads=t), want,
+                                          err_msg=f"threads={t}; {ctx}")
+        if i % 10 == 0:
+            assert_labels_equal(want, oracle.mws_graph(n, uvs, w, muvs, mw), ctx)
+
+
+@pytest.mark.parametrize("i", range(40))
+def test_threads_equal_sequential_on_grids(rng, seed, i):
+    """Grids of 10^3 - 10^5 edges with degenerate offsets (repeated, past the grid,
+    diagonal) and tied or saturated Eq. 12 weights: threads 2 and 3 == threads 1."""
+    ndim = int(rng.integers(2, 4))
+    shape = tuple(int(s) for s in rng.integers(8, 40 if ndim == 2 else 14, ndim))
+    offs, n_att = default_offsets(ndim)
+    extra = random_offsets(rng, shape, int(rng.integers(1, 4)))
+    offs = np.concatenate([offs[:n_att], offs[n_att:], extra, offs[n_att:n_att + 1]])  # a repeated offset
+    emb = rng.integers(0, 3, (2,) + shape).astype(F32) if rng.random() < 0.5 else \
+        rng.standard_normal((4,) + shape).astype(F32) * 2
+    ctx = describe(seed, shape=shape, offsets=offs, n_attractive=n_att)
+    want = mutex_watershed_embeddings(emb, offs, n_att, delta_d=1.0, threads=1)
+    for t in (2, 3):
+        np.testing.assert_array_equal(mutex_watershed_embeddings(emb, offs, n_att, delta_d=1.0, threads=t), want,
+                                      err_msg=f"threads={t}; {ctx}")
+    aff = embedding_affinities(emb, offs, n_att, delta_d=1.0)
+    np.testing.assert_array_equal(mutex_watershed(aff, offs, n_att, threads=2), want, err_msg=ctx)
+
+
 # ---------------------------------------------------------------------------- hand cases
 
 def test_inherited_mutex_chain_graph():

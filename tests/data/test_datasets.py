@@ -200,3 +200,23 @@ def test_patches_hold_a_labelled_pixel_at_varied_places(rng, seed):
     assert 0.7 < len(positions) / 400 < 0.9, seed  # anchored with probability 0.8
     rows = {p[0] for p in positions}
     assert len(rows) > 20  # not always the centre of the patch
+
+
+def test_background_scribbles_survive_sparsification_and_become_minus_two(rng, seed):
+    from spoco.foreground import BACKGROUND_SCRIBBLE
+
+    labels = np.zeros((40, 40), np.uint16)
+    for k in range(8):  # eight 5x5 objects
+        labels[5 * k:5 * k + 5, 5 * k:5 * k + 5] = k + 1
+    labels[30:33, 0:20] = 9999  # a stroke of painted background
+    image = rng.random((40, 40)).astype(np.float32)
+    ds = InstanceDataset([image], [labels], patch_shape=(40, 40), fraction=0.25, seed=int(seed % 2**31),
+                         augment=False, background_label=9999)
+    objects = ds.object_labels()[0]
+    assert len(np.unique(objects[objects > 0])) == 2, seed  # 25 % of 8; the stroke is no object
+    assert ds.scribble_pixels == 60
+    item = ds[0]["labels"].numpy()
+    assert (item == BACKGROUND_SCRIBBLE).sum() == 60 and (item[30:33, 0:20] == BACKGROUND_SCRIBBLE).all(), seed
+    assert set(np.unique(item)) - {0, BACKGROUND_SCRIBBLE} == set(np.unique(objects[objects > 0]))
+    plain = InstanceDataset([image], [labels], patch_shape=(40, 40), augment=False)
+    assert plain.scribble_pixels == 0 and (plain[0]["labels"].numpy() == 9999).sum() == 60

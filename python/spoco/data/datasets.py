@@ -20,6 +20,7 @@ import numbers
 import numpy as np
 import torch
 
+from .._labels import BACKGROUND_SCRIBBLE
 from .sampling import sparsify
 from . import io
 from .augment import GeometricAugment, PhotometricAugment
@@ -49,6 +50,10 @@ class InstanceDataset(torch.utils.data.Dataset):
     normalize : per-image robust normalisation (:func:`normalize_image`,
         percentiles 1 → 0 and 99.8 → 1, per channel); False uses values as given
     names : one name per image for error messages (default ``images[i]``)
+    background_label : int, optional
+        Label value painted on background pixels (scribbles). Never an object: not
+        drawn by ``fraction``, not counted; in the items' labels these pixels are
+        :data:`spoco.foreground.BACKGROUND_SCRIBBLE` (-2).
 
     Notes
     -----
@@ -58,7 +63,7 @@ class InstanceDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, images, labels, *, patch_shape, fraction=None, seed=0, augment=True, length=None,
-                 normalize=True, names=None):
+                 normalize=True, names=None, background_label=None):
         self.patch_shape = _patch_shape(patch_shape)
         if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
@@ -78,6 +83,9 @@ class InstanceDataset(torch.utils.data.Dataset):
         self.geometric, self.photometric = augment if augment else (None, None)
         self.seed, self.length, self.epoch, self.names = int(seed), int(length), 0, names
         self.images, self.labels, self._anchors = [], [], []
+        # per image: the id its scribbles carry in self.labels (one above its objects, so
+        # that tables of one entry per id stay small), or None
+        self._scribble_ids = []
         channels = None
         for i, (img, lab, name) in enumerate(zip(images, labels, names)):
             img, lab = self._check(img, lab, name)
@@ -85,8 +93,15 @@ class InstanceDataset(torch.utils.data.Dataset):
                 raise ValueError(f"{name}: {img.shape[0]} channels, but {names[0]} has {channels}")
             channels = img.shape[0]
             img = normalize_image(img) if normalize else img.astype(np.float32)
+            scribbles = lab == background_label if background_label is not None else None
+            scribble_id = None
+            if scribbles is not None and scribbles.any():
+                lab = np.where(scribbles, 0, lab)
+                scribble_id = int(lab.max()) + 1
+                lab[scribbles] = scribble_id
             if fraction is not None:
-                lab = sparsify(lab, fraction, self.seed, image_index=i)
+                lab = sparsify(lab, fraction, self.seed, image_index=i, ignore_index=scribble_id)
+            self._scribble_ids.append(scribble_id)
             img, lab = self._pad(img, lab)
             self.images.append(img)
             self.labels.append(lab)
@@ -124,6 +139,17 @@ class InstanceDataset(torch.utils.data.Dataset):
         fill = float(np.percentile(img, 1))
         img = np.pad(img, [(0, 0)] + width, constant_values=fill)
         return img, np.pad(lab, width)
+
+    def object_labels(self) -> list:
+        """The training label images with scribbles as 0: what the objects are."""
+        return [lab if sid is None else np.where(lab == sid, 0, lab)
+                for lab, sid in zip(self.labels, self._scribble_ids)]
+
+    @property
+    def scribble_pixels(self) -> int:
+        """Painted background pixels over all images."""
+        return int(sum(int((lab == sid).sum()) for lab, sid in zip(self.labels, self._scribble_ids)
+                       if sid is not None))
 
     # ---- alternative constructors ---------------------------------------------------
 
@@ -183,9 +209,12 @@ class InstanceDataset(torch.utils.data.Dataset):
         f = g = img
         if self.photometric is not None:
             f, g = self.photometric(img, rng_f), self.photometric(img, rng_g)
+        lab = np.ascontiguousarray(lab, dtype=np.int64)
+        if self._scribble_ids[k] is not None:
+            lab[lab == self._scribble_ids[k]] = BACKGROUND_SCRIBBLE
         return {"image_f": torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32)),
                 "image_g": torch.from_numpy(np.ascontiguousarray(g, dtype=np.float32)),
-                "labels": torch.from_numpy(np.ascontiguousarray(lab, dtype=np.int64))}
+                "labels": torch.from_numpy(lab)}
 
 
 def _patch_shape(patch_shape) -> tuple:

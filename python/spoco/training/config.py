@@ -19,6 +19,9 @@ class TrainConfig:
     norm: str | None = None           # None: "batch" for 2D, "group" for 3D
     foreground: bool = False          # a foreground head trained positive-unlabeled (spoco.foreground)
     foreground_weight: float = 1.0    # weight of its loss next to the SPOCO loss
+    # label value painted on background pixels (scribbles): the foreground head learns objects
+    # against them (spoco.foreground.scribble_foreground_loss); None: no scribbles
+    background_label: int | None = None
     spatial_scale: float | None = None  # spatial embeddings: pixels per embedding unit (UNet)
     # data
     patch_shape: tuple = (128, 128)
@@ -157,6 +160,12 @@ class TrainConfig:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if self.foreground_threshold is not None and not 0 < self.foreground_threshold < 1:
             raise ValueError(f"foreground_threshold must be in (0, 1) or None, got {self.foreground_threshold!r}")
+        if self.background_label is not None and (not isinstance(self.background_label, int)
+                                                  or isinstance(self.background_label, bool)
+                                                  or not 0 < self.background_label < 2 ** 31):
+            raise ValueError(f"background_label must be an integer in [1, 2**31) or None, got {self.background_label!r}")
+        if self.background_label is not None and not self.foreground:
+            raise ValueError("background_label (scribbles) trains the foreground head: it needs foreground=True")
         if self.norm not in (None, "batch", "group", "none"):
             raise ValueError(f"norm must be batch, group or none, got {self.norm!r}")
         self._check_adversarial()

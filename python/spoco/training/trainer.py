@@ -23,7 +23,7 @@ from .. import metrics
 from ..adversarial import AdversarialTerm
 from ..clustering.postprocess import segment
 from ..ema import EMANet, unwrap
-from ..foreground import labelled_mean_probability, pu_foreground_loss
+from ..foreground import BACKGROUND_SCRIBBLE, labelled_mean_probability, pu_foreground_loss, scribble_foreground_loss
 from ..loss import TERMS, SPOCOLoss
 from ..models import UNet
 from ..models.outputs import add_coordinates, split_output
@@ -254,7 +254,8 @@ class Trainer:
         self.net.train()
         self.ema.train()
         x_f = batch["image_f"].to(self.device, non_blocking=True)
-        labels = batch["labels"].to(self.device, non_blocking=True)
+        painted = batch["labels"].to(self.device, non_blocking=True)
+        labels = painted.masked_fill(painted == BACKGROUND_SCRIBBLE, 0)  # scribbles: unlabeled for SPOCO
         ctx = (torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
                if self.autocast else contextlib.nullcontext())
         with ctx:
@@ -267,10 +268,14 @@ class Trainer:
         loss, terms = self.criterion(f, labels, g, return_terms=True)
         terms = {k: float(v) for k, v in terms.items()}
         if fg_logits is not None:
-            fg_loss = pu_foreground_loss(fg_logits, labels, ignore_index=self.criterion.ignore_index)
+            if self.config.background_label is not None:  # objects against scribbles: c = 1
+                fg_loss = scribble_foreground_loss(fg_logits, painted)
+                self.model.label_rate.fill_(1.0)  # also after --finetune from a positive-unlabeled head
+            else:
+                fg_loss = pu_foreground_loss(fg_logits, labels, ignore_index=self.criterion.ignore_index)
             loss = loss + self.config.foreground_weight * fg_loss
             terms["foreground"], terms["total"] = float(fg_loss.detach()), float(loss.detach())
-            rate = labelled_mean_probability(fg_logits, labels)
+            rate = labelled_mean_probability(fg_logits, labels) if self.config.background_label is None else None
             if rate is not None:  # a running mean over ~100 steps of c (spoco.foreground)
                 self.model.label_rate.lerp_(torch.tensor(rate, device=self.device), 0.01 if self.iteration else 1.0)
         if self.adversarial is not None:  # critic updates, then ζ·L_wgan (appendix A.1)

@@ -1,0 +1,94 @@
+#!/usr/bin/env python
+"""The mutex watershed on 1 and on 2+ threads, and embeddings -> labels end to end.
+
+    python benchmarks/bench_mws_threads.py               # full sizes
+    python benchmarks/bench_mws_threads.py --quick       # small sizes, a few seconds
+
+Thread scaling (same inputs as ``bench_mws.py``: Eq. 12 float32 affinities of
+synthetic 16-D embeddings): ``mutex_watershed(aff, threads=t)`` for t = 1 and the
+given thread counts, runs interleaved (1, 2, 1, 2, ...) so that a change of machine
+load hits both; median of ``--repeats``; the labels of every thread count must be
+bit-identical to threads=1 (checked on every run).
+
+End to end: 2D 512x512, D = 16, 40 objects: ``spoco.cluster(emb, threads=1)``
+(Eq. 12 weights computed on the fly, the mutex watershed, labels), median.
+
+Run it on a quiet machine; the load average is printed before and after.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_mws import DELTA_D, make_embeddings  # noqa: E402
+
+import spoco  # noqa: E402
+from spoco.clustering import default_offsets, embedding_affinities, mutex_watershed  # noqa: E402
+from spoco.data.synthetic import random_instances, synthetic_embeddings  # noqa: E402
+
+
+def load() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def thread_scaling(tag, shape, threads, repeats, seed):
+    offsets, na = default_offsets(len(shape))
+    aff = embedding_affinities(make_embeddings(shape, seed), offsets, na, delta_d=DELTA_D)
+    times = {t: [] for t in [1, *threads]}
+    ref = mutex_watershed(aff, offsets, na, threads=1)  # warm-up
+    for _ in range(repeats):
+        for t in times:
+            t0 = time.perf_counter()
+            labels = mutex_watershed(aff, offsets, na, threads=t)
+            times[t].append(time.perf_counter() - t0)
+            if not np.array_equal(labels, ref):
+                raise SystemExit(f"{tag}: threads={t} gave labels different from threads=1")
+    base = statistics.median(times[1])
+    size = "x".join(map(str, shape))
+    for t, ts in times.items():
+        med = statistics.median(ts)
+        print(f"| {tag} | {size} | {len(offsets)} | {t} | {med:.3f} | {base / med:.2f} | identical |")
+
+
+def end_to_end(shape, n_objects, repeats, seed):
+    labels = random_instances(shape, n_objects, rng=seed)
+    emb = synthetic_embeddings(labels, 16, delta_d=DELTA_D, rng=seed + 1).astype(np.float32)
+    spoco.cluster(emb, threads=1)  # warm-up
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        spoco.cluster(emb, threads=1)
+        ts.append(time.perf_counter() - t0)
+    size = "x".join(map(str, shape))
+    print(f"| end to end | {size} | D = 16, {n_objects} objects | 1 | {1e3 * statistics.median(ts):.1f} ms |")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small sizes, for testing the script")
+    p.add_argument("--threads", type=int, nargs="+", default=[2], help="thread counts besides 1 (default 2)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    shape2, shape3, e2e = ((128, 128), (32, 64, 64), (128, 128)) if args.quick else \
+        ((1024, 1024), (64, 256, 256), (512, 512))
+    print(f"{os.cpu_count()} CPUs, load {load()} at start; spoco {spoco.__version__}")
+    print("| case | size | channels | threads | median s | speed-up vs 1 thread | labels |")
+    print("|---|---|---|---|---|---|---|")
+    thread_scaling("2D", shape2, args.threads, args.repeats, args.seed)
+    thread_scaling("3D", shape3, args.threads, args.repeats, args.seed)
+    print()
+    print("| case | size | input | threads | median |")
+    print("|---|---|---|---|---|")
+    end_to_end(e2e, 40, max(args.repeats, 11), args.seed)
+    print(f"load {load()} at the end")
+
+
+if __name__ == "__main__":
+    main()
