@@ -114,6 +114,23 @@ def test_train_then_segment_an_image_and_a_stack(make_napari_viewer, qtbot, tmp_
     assert viewer.layers["stack embeddings (PCA)"].data.shape == (3, 64, 64, 3)
 
 
+def test_train_with_painted_background(make_napari_viewer, qtbot, tmp_path):
+    """Strokes painted with the "background label" value train the foreground head as
+    background (spoco train --background-label) and are no object of the recipe."""
+    viewer, widget, labels = make_widget(make_napari_viewer, tmp_path)
+    painted = viewer.layers["painted"].data
+    painted[np.nonzero(labels == 0)[0][:30], np.nonzero(labels == 0)[1][:30]] = 99
+    widget.background_label.setValue(99)
+    assert widget.overrides()["background_label"] == 99
+    widget.steps.setValue(2)
+    widget.val_every.setValue(2)
+    widget.train_button.click()
+    qtbot.waitUntil(lambda: widget.train_worker is None, timeout=TIMEOUT_MS)
+    assert widget.last_error is None, widget.last_error
+    text = (widget.last_result["run"] / "config.yaml").read_text()
+    assert "background_label: 99" in text and widget.last_result["iterations"] == 2
+
+
 def test_cancel_stops_at_the_next_step_and_keeps_the_run(make_napari_viewer, qtbot, tmp_path):
     viewer, widget, _ = make_widget(make_napari_viewer, tmp_path, seed=2)
     widget.steps.setValue(100_000)

@@ -61,7 +61,9 @@ def plan(pairs, overrides: dict | None = None, init_from=None) -> tuple[TrainCon
         reasons.append(f"fine-tuning {init_from}: its network ({values['f_maps']} feature maps, depth "
                        f"{values['depth']}, D = {values['embedding_dim']})")
     values.update(overrides or {})
-    config, recipe_reasons = auto_config(summarize_labels([lab for _, lab in pairs]), values)
+    scribbles = values.get("background_label")  # painted background is no object
+    config, recipe_reasons = auto_config(summarize_labels([lab for _, lab in pairs], ignore_index=scribbles),
+                                         values)
     return config, reasons + recipe_reasons
 
 
@@ -139,10 +141,14 @@ def train(request: TrainRequest, *, on_step=None, on_validation=None, should_sto
     labels = [lab for _, lab in request.pairs]
     # As spoco train builds it: the labels as painted, one random patch per sample.
     dataset = InstanceDataset(images, labels, patch_shape=config.patch_shape, fraction=config.fraction,
-                              seed=config.seed, augment=config.augment, length=1)
+                              seed=config.seed, augment=config.augment, length=1,
+                              background_label=config.background_label)
     dataset.length = config.samples_per_epoch or 4 * len(images)
-    # Context around the painted objects: half a patch, what the network sees in training.
-    crops = validation_crops(request.pairs, [p // 2 for p in config.patch_shape])
+    # Context around the painted objects: half a patch, what the network sees in training;
+    # painted background is scored as background.
+    objects = [(image, lab if config.background_label is None else np.where(lab == config.background_label, 0, lab))
+               for image, lab in request.pairs]
+    crops = validation_crops(objects, [p // 2 for p in config.patch_shape])
     out_dir = Path(request.out_dir)
     trainer = LayerTrainer(config, dataset, [(image, lab) for image, lab, _ in crops],
                            norm_ranges=[r for _, _, r in crops], out_dir=out_dir, device=request.device,

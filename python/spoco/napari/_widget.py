@@ -96,6 +96,10 @@ class SpocoWidget(QWidget):
         self.val_every = _int(0, 1_000_000, 0, "validate and checkpoint every N steps (recipe: 500)")
         for box in (self.patch, self.f_maps, self.batch, self.val_every):
             box.setSpecialValueText("recipe")
+        self.background_label = _int(0, 2**31 - 1, 0, "label value you painted on background (a few strokes): "
+                                     "the foreground head learns the objects against it (spoco train "
+                                     "--background-label); 0: none painted")
+        self.background_label.setSpecialValueText("none")
         self.device_box = QComboBox()
         self.device_box.addItems(_devices())
         self.runs_dir = QLineEdit(str(Path.home() / "spoco-runs"))
@@ -133,6 +137,7 @@ class SpocoWidget(QWidget):
         training.addRow("feature maps", self.f_maps)
         training.addRow("batch", self.batch)
         training.addRow("validate every", self.val_every)
+        training.addRow("background label", self.background_label)
         training.addRow("device", self.device_box)
         browse = QPushButton("…")
         browse.clicked.connect(self._ask_runs_dir)
@@ -197,6 +202,8 @@ class SpocoWidget(QWidget):
                 values[name] = field.value()
         if self.patch.value():
             values["patch_shape"] = (self.patch.value(),) * ndim
+        if self.background_label.value():
+            values["background_label"] = self.background_label.value()
         return values
 
     def start_training(self) -> None:
