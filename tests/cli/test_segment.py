@@ -86,6 +86,25 @@ def test_segment_errors_are_one_line(files, capsys, args, message):
     assert err.startswith("spoco segment: error: ") and message in err and err.count("\n") == 1, err
 
 
+def test_stored_merge_distance_is_named_when_block_wise(files, capsys):
+    """A merge distance chosen by the training run travels with the embeddings; block-wise
+    segmentation cannot apply it and says so on stderr; a merge distance given here with
+    --block-shape is an error."""
+    tmp, expected, _ = files
+    with h5py.File(tmp / "emb.h5", "a") as f:
+        f["pred/emb"].attrs["spoco_segmentation"] = json.dumps({"merge_distance": 4.0})
+    argv = ["segment", str(tmp / "emb.h5"), *BLOCKS, "--quiet", "--out"]
+    assert main(argv + [str(tmp / "a.h5")]) == 0
+    err = capsys.readouterr().err
+    assert "does not apply the training run's post-processing" in err and "merge distance 4" in err, err
+    with h5py.File(tmp / "a.h5", "r") as f:
+        np.testing.assert_array_equal(f["labels"][:], expected)
+    assert main(argv + [str(tmp / "b.h5"), "--merge-distance", "0"]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(argv + [str(tmp / "c.h5"), "--merge-distance", "1"]) == 2
+    assert "omit --block-shape" in capsys.readouterr().err
+
+
 def test_failed_run_leaves_output_marked_incomplete(files, capsys):
     tmp, _, _ = files
     # the halo error is raised after the output array exists

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from spoco.clustering import merge_close_segments, postprocess, remove_background
-from spoco.clustering.postprocess import adjacent_pairs, relabel_consecutive, segment_means
+from spoco.clustering.postprocess import adjacent_pairs, relabel_consecutive, segment, segment_means, segment_variants
 
 
 def _random_case(rng, ndim):
@@ -49,6 +49,25 @@ def test_merge_matches_slow_reference(rng, seed, ndim):
         got = merge_close_segments(labels, emb, d)
         assert _same_partition(got, _slow_merge(labels, emb, d)), seed
         assert set(np.unique(got)) - {0} == set(range(1, got.max() + 1))
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_segment_variants_equal_segment_per_distance(rng, seed, ndim):
+    """One clustering, several merge distances: each result is segment()'s, on random
+    embeddings with and without a foreground channel and a background rule."""
+    for _ in range(10):
+        shape = tuple(int(s) for s in rng.integers(4, 12, ndim))
+        emb = rng.normal(0, 1.5, (4,) + shape).astype(np.float32)
+        emb[-1] = rng.uniform(0, 1, shape)  # a foreground probability where used
+        foreground = bool(rng.integers(2))
+        settings = dict(delta_d=float(rng.uniform(0.5, 2.0)), foreground=foreground,
+                        foreground_threshold=float(rng.uniform(0.2, 0.8)),
+                        background=str(rng.choice(["none", "largest", "embedding"])), background_radius=1.0,
+                        min_size=int(rng.integers(0, 4)))
+        distances = [0.0, float(rng.uniform(0.1, 2)), float(rng.uniform(2, 6))]
+        got = segment_variants(emb, settings, distances)
+        for m, labels in zip(distances, got):
+            assert np.array_equal(labels, segment(emb, **settings, merge_distance=m)), (seed, settings, m)
 
 
 def test_adjacent_pairs_and_means(rng, seed):

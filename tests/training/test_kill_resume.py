@@ -103,7 +103,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(run_folder, rng):
             assert _equal(a[key], b[key]), f"{name}: {key} differs after kills {kills}"
         assert _equal(a["optimizer"]["state"], b["optimizer"]["state"])
         assert a["config"]["foreground_threshold"] == b["config"]["foreground_threshold"]
-    for name in ("train_log.csv", "val_log.csv", "foreground_thresholds.csv"):
+    for name in ("train_log.csv", "val_log.csv", "postprocessing.csv"):
         assert (run_folder / "run" / name).read_text() == (run_folder / "ref" / name).read_text(), name
     steps_logged = _iterations(run_folder / "run" / "train_log.csv")
     assert steps_logged == list(range(1, ITERS + 1))  # no step twice

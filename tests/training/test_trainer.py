@@ -9,6 +9,9 @@ import pytest
 import torch
 
 from tests._helpers.data import TinySet
+from spoco import metrics
+from spoco.clustering import segment
+from spoco.predict import predict
 from spoco.training import TrainConfig, Trainer, load_checkpoint, model_from_checkpoint
 
 
@@ -66,9 +69,14 @@ def test_checkpoint_resume_restores_state(tiny_data, tmp_path):
     first = Trainer(cfg, TinySet(train), val[:1], out_dir=tmp_path, progress=False)
     first.fit()
     saved = first.state_dict()
-    resumed = Trainer(cfg, TinySet(train), val[:1], out_dir=tmp_path, progress=False, resume=True)
+    resumed = Trainer(_config(max_iters=12, val_every=6), TinySet(train), val[:1], out_dir=tmp_path,
+                      progress=False, resume=True)
     state = resumed.state_dict()
     assert 0 < state.pop("seconds") <= saved.pop("seconds")  # training time up to the checkpoint
+    # after training, the trainer holds the post-processing chosen on validation (and its
+    # score), which best.pt stores; last.pt holds the state before that choice
+    assert saved["config"].pop("merge_distance") is not None and state["config"].pop("merge_distance") is None
+    assert saved.pop("best_score") >= state.pop("best_score")
     assert _same_tensors(state, saved)
     assert resumed.iteration == 12
     resumed.config.max_iters = 15
@@ -203,23 +211,38 @@ def test_foreground_head_and_spatial_embeddings_train(tiny_data, tmp_path):
     assert model.foreground and model.spatial_scale == 4.0 and float(model.label_rate) == pytest.approx(rate)
 
 
-def test_foreground_threshold_chosen_on_validation(tiny_data, tmp_path):
-    """Without a threshold in the config, best.pt gets the candidate that scores best on
-    the validation images, and its stored score is that candidate's."""
-    from spoco.training.trainer import FOREGROUND_THRESHOLDS
+def test_postprocessing_chosen_on_validation(tiny_data, tmp_path):
+    """Without a threshold or merge distance in the config, best.pt gets the candidate
+    (of best.pt's and last.pt's networks) that scores best on the validation images,
+    and its stored score is that candidate's."""
+    from spoco.training.trainer import FOREGROUND_THRESHOLDS, MERGE_DISTANCES
 
     train, _ = tiny_data
     cfg = _config(max_iters=20, foreground=True, spatial_scale=4.0, val_every=10)
     trainer = Trainer(cfg, TinySet(train, 0.3), train[:2], out_dir=tmp_path, progress=False)
     result = trainer.fit()
-    tried = {float(r["foreground_threshold"]): float(r["ap50"]) for r in _rows(tmp_path / "foreground_thresholds.csv")}
-    assert sorted(tried) == sorted(FOREGROUND_THRESHOLDS)
+    rows = _rows(tmp_path / "postprocessing.csv")
+    tried = {(r["checkpoint"], float(r["foreground_threshold"]), float(r["merge_distance"])): float(r["ap50"])
+             for r in rows}
+    checkpoints = {r["checkpoint"] for r in rows}
+    assert checkpoints <= {"best.pt", "last.pt"} and "best.pt" in checkpoints
+    assert len(tried) == len(checkpoints) * len(FOREGROUND_THRESHOLDS) * len(MERGE_DISTANCES)
     state = load_checkpoint(tmp_path / "best.pt")
-    chosen = state["config"]["foreground_threshold"]
-    assert tried[chosen] == max(tried.values()) == pytest.approx(result["best_score"])
-    assert TrainConfig.from_saved(state["config"]).segmentation()["foreground_threshold"] == chosen
-    # a threshold given by the user is kept
-    cfg = _config(max_iters=10, foreground=True, val_every=10, foreground_threshold=0.45)
+    chosen = TrainConfig.from_saved(state["config"]).segmentation()
+    assert chosen["foreground_threshold"] in FOREGROUND_THRESHOLDS
+    assert chosen["merge_distance"] in [m * cfg.delta_d for m in MERGE_DISTANCES]
+    best = max(tried.values())
+    assert best == pytest.approx(result["best_score"]) == pytest.approx(state["best_score"])
+    assert any(score == best and t == chosen["foreground_threshold"] and m == chosen["merge_distance"]
+               for (_, t, m), score in tried.items())
+    # the stored network is the one that scored: segmenting with it reproduces the score
+    model = model_from_checkpoint(state)
+    again = np.mean([metrics.evaluate(np.asarray(lab), segment(predict(model, img, border=cfg.border), **chosen))["ap50"]
+                     for img, lab in train[:2]])
+    assert again == pytest.approx(best)
+    # what the user gives is kept
+    cfg = _config(max_iters=10, foreground=True, val_every=10, foreground_threshold=0.45, merge_distance=0.0)
     Trainer(cfg, TinySet(train, 0.3), train[:2], out_dir=tmp_path / "fixed", progress=False).fit()
-    assert load_checkpoint(tmp_path / "fixed" / "best.pt")["config"]["foreground_threshold"] == 0.45
-    assert not (tmp_path / "fixed" / "foreground_thresholds.csv").exists()
+    saved = load_checkpoint(tmp_path / "fixed" / "best.pt")["config"]
+    assert saved["foreground_threshold"] == 0.45 and saved["merge_distance"] == 0.0
+    assert not (tmp_path / "fixed" / "postprocessing.csv").exists()

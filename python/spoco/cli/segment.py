@@ -7,6 +7,7 @@ can be added to ``segment_array`` and exposed as flags here.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -205,9 +206,13 @@ def _segment_file(src, key, out: Path, out_key, args, network=None) -> None:
                          randomize_strides=args.randomize_strides)
         with output_lock(out, f"the output {out}"):
             _write_labels(out, out_key, labels, voxel)
-    elif postprocessing:
+    elif postprocessing and (args.background not in (None, "none") or (args.merge_distance or 0) > 0):
         raise CLIError("--background and --merge-distance apply to segmentation in memory; omit --block-shape")
     else:
+        if postprocessing:  # chosen by the training run, not here: say what block-wise leaves out
+            print(f"spoco segment: warning: block-wise segmentation does not apply the training run's "
+                  f"post-processing (background {settings['background']!r}, merge distance "
+                  f"{settings['merge_distance']:g}); omit --block-shape to apply it", file=sys.stderr)
         mask = None
         if settings["foreground"]:  # the last channel is the foreground probability
             emb, mask = _LeadingChannels(emb, emb.shape[0] - 1), _Above(emb, emb.shape[0] - 1,

@@ -236,8 +236,10 @@ def run(args) -> int:
         result = trainer.fit()
     if trainer.rank == 0:
         best = f", best validation AP@0.5 {result['best_score']:.3f}" if val else ""
-        if val and config.foreground:
-            best += f" (foreground threshold {trainer.config.foreground_threshold:g})"
+        if val:
+            chosen = trainer.config.segmentation()
+            best += (f" (foreground threshold {chosen['foreground_threshold']:g}," * config.foreground
+                     + f" merge distance {chosen['merge_distance']:g})")
         steps = result["steps_this_run"]
         resumed = f" (step {result['iterations']} in all)" if steps != result["iterations"] else ""
         print(f"trained {steps} steps in {result['seconds']:.0f} s{resumed}{best}; checkpoints in {args.out}")

@@ -148,3 +148,21 @@ def segment(emb, *, method: str = "mws", background: str = "none", merge_distanc
         emb = emb.detach().float().cpu().numpy() if hasattr(emb, "detach") else np.asarray(emb)
     return postprocess(labels, emb, merge_distance=merge_distance, background=background,
                        background_radius=background_radius, min_size=min_size)
+
+
+def segment_variants(emb, settings: dict, merge_distances) -> list:
+    """``[segment(emb, **settings, merge_distance=m) for m in merge_distances]`` with one
+    clustering for all: the merge distance only changes the post-processing."""
+    from . import cluster
+
+    settings = dict(settings)
+    settings.pop("merge_distance", None)
+    if settings.pop("foreground", False):
+        emb = emb.detach().float().cpu().numpy() if hasattr(emb, "detach") else np.asarray(emb)
+        settings["mask"] = emb[-1] > float(settings["foreground_threshold"])
+        emb = emb[:-1]
+    settings.pop("foreground_threshold", None)
+    post = {k: settings.pop(k) for k in ("background", "background_radius", "min_size") if k in settings}
+    labels = cluster(emb, settings.pop("method", "mws"), **settings)
+    emb = emb.detach().float().cpu().numpy() if hasattr(emb, "detach") else np.asarray(emb)
+    return [postprocess(labels, emb, merge_distance=m, **post) for m in merge_distances]

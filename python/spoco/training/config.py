@@ -75,7 +75,9 @@ class TrainConfig:
     # segmentation used by validation (and stored for ``spoco segment``)
     background: str = "none"
     background_radius: float = 2.0    # "embedding" background: within this of the largest segment (δ_d)
-    merge_distance: float = 0.0
+    # merge touching segments with closer mean embeddings; None: chosen on the validation
+    # images after training (MERGE_DISTANCES, in units of delta_d), 0 without them
+    merge_distance: float | None = None
     min_size: int = 0
     # with a foreground head: pixels above this probability are clustered; None: chosen on the
     # validation images after training (FOREGROUND_THRESHOLDS), 0.5 without them
@@ -160,6 +162,8 @@ class TrainConfig:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if self.foreground_threshold is not None and not 0 < self.foreground_threshold < 1:
             raise ValueError(f"foreground_threshold must be in (0, 1) or None, got {self.foreground_threshold!r}")
+        if self.merge_distance is not None and not self.merge_distance >= 0:
+            raise ValueError(f"merge_distance must be >= 0 or None, got {self.merge_distance!r}")
         if self.background_label is not None and (not isinstance(self.background_label, int)
                                                   or isinstance(self.background_label, bool)
                                                   or not 0 < self.background_label < 2 ** 31):
@@ -206,7 +210,8 @@ class TrainConfig:
         return dict(delta_d=self.delta_d, foreground=self.foreground,
                     foreground_threshold=0.5 if self.foreground_threshold is None else self.foreground_threshold,
                     background=self.background, background_radius=self.background_radius,
-                    merge_distance=self.merge_distance, min_size=self.min_size)
+                    merge_distance=0.0 if self.merge_distance is None else self.merge_distance,
+                    min_size=self.min_size)
 
     @property
     def ndim(self) -> int:

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from .. import metrics
 from ..adversarial import AdversarialTerm
-from ..clustering.postprocess import segment
+from ..clustering.postprocess import segment, segment_variants
 from ..ema import EMANet, unwrap
 from ..foreground import BACKGROUND_SCRIBBLE, labelled_mean_probability, pu_foreground_loss, scribble_foreground_loss
 from ..loss import TERMS, SPOCOLoss
@@ -34,8 +34,10 @@ from .config import TrainConfig
 from .samplers import EpochSampler, ResumableDistributedSampler
 
 
-# Foreground thresholds tried on the validation images after training (Trainer.fit).
+# Post-processing tried on the validation images after training (Trainer.fit), where the
+# config leaves it open: foreground thresholds, and merge distances in units of delta_d.
 FOREGROUND_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+MERGE_DISTANCES = (0.0, 1.0, 2.0, 3.0)
 
 
 def build_model(config: TrainConfig, in_channels: int) -> UNet:
@@ -344,31 +346,55 @@ class Trainer:
         self._seconds, self._started = self.seconds, None
         if bar is not None:
             bar.close()
-        if self.rank == 0 and cfg.foreground and cfg.foreground_threshold is None and self.val_data \
-                and (self.out_dir / "best.pt").exists():
-            self._choose_foreground_threshold()
+        if self.rank == 0 and self.val_data and (self.out_dir / "best.pt").exists() and \
+                ((cfg.foreground and cfg.foreground_threshold is None) or cfg.merge_distance is None):
+            with torch.random.fork_rng(devices=[]):  # building the networks draws weights: keep training's stream
+                self._choose_postprocessing()
         dist_utils.barrier()
         return {"iterations": self.iteration, "steps_this_run": self.iteration - first_step,
                 "best_score": self.best_score, "seconds": time.perf_counter() - start}
 
-    def _choose_foreground_threshold(self) -> None:
-        """Give ``best.pt`` the foreground threshold (of FOREGROUND_THRESHOLDS) under which
-        its network scores best on the validation images, so that segmentation uses it.
-        Logs every candidate's score to ``foreground_thresholds.csv``."""
-        state = load_checkpoint(self.out_dir / "best.pt", map_location=self.device)
-        model = model_from_checkpoint(state).to(self.device)
-        cfg = TrainConfig.from_saved(state["config"])
-        embeddings = [predict(model, image, border=cfg.border, device=self.device) for image, _ in self.val_data]
-        scores = {}
-        (self.out_dir / "foreground_thresholds.csv").unlink(missing_ok=True)  # a resumed run redoes this step
-        for threshold in FOREGROUND_THRESHOLDS:
-            settings = cfg.segmentation() | {"foreground_threshold": threshold}
-            scores[threshold] = float(np.mean([metrics.evaluate(np.asarray(labels), segment(emb, **settings))["ap50"]
-                                               for emb, (_, labels) in zip(embeddings, self.val_data)]))
-            self._log("foreground_thresholds.csv", {"foreground_threshold": threshold, "ap50": scores[threshold]})
-        best = max(scores, key=lambda t: (scores[t], -abs(t - 0.5)))  # ties: the one nearest 0.5
-        self.config.foreground_threshold = state["config"]["foreground_threshold"] = best
-        self.best_score = state["best_score"] = scores[best]
+    def _choose_postprocessing(self) -> None:
+        """Give ``best.pt`` the post-processing under which its network scores best on the
+        validation images, so that segmentation uses it: the foreground threshold (of
+        FOREGROUND_THRESHOLDS) and the merge distance (MERGE_DISTANCES · delta_d), each
+        where the config leaves it None. The network of ``last.pt`` competes too: a
+        checkpoint chosen by the score without merging need not be the best with it.
+        Logs every candidate's score to ``postprocessing.csv``."""
+        cfg = self.config
+        thresholds = (FOREGROUND_THRESHOLDS if cfg.foreground and cfg.foreground_threshold is None
+                      else (cfg.segmentation()["foreground_threshold"],))
+        distances = (tuple(m * cfg.delta_d for m in MERGE_DISTANCES) if cfg.merge_distance is None
+                     else (cfg.merge_distance,))
+        log = self.out_dir / "postprocessing.csv"
+        log.unlink(missing_ok=True)  # a resumed run redoes this step
+        labels = [np.asarray(lab) for _, lab in self.val_data]
+        best = None
+        for name in dict.fromkeys(("best.pt", "last.pt")):
+            state = load_checkpoint(self.out_dir / name, map_location=self.device)
+            if name == "last.pt" and state["iteration"] == best[1]["iteration"]:
+                continue  # the same network
+            model = model_from_checkpoint(state).to(self.device)
+            base = TrainConfig.from_saved(state["config"]).segmentation()
+            embeddings = [predict(model, image, border=cfg.border, device=self.device) for image, _ in self.val_data]
+            for threshold in thresholds:
+                variants = [segment_variants(emb, base | {"foreground_threshold": threshold}, distances)
+                            for emb in embeddings]
+                for i, distance in enumerate(distances):
+                    score = float(np.mean([metrics.evaluate(gt, segs[i])["ap50"] for gt, segs in zip(labels, variants)]))
+                    self._log("postprocessing.csv", {"checkpoint": name, "iteration": state["iteration"],
+                                                     "foreground_threshold": threshold if cfg.foreground else "",
+                                                     "merge_distance": distance, "ap50": score})
+                    # ties: the earlier checkpoint, the threshold nearest 0.5, the smaller distance
+                    key = (score, -abs(threshold - 0.5), -distance)
+                    if best is None or key > best[0]:
+                        best = (key, state, threshold, distance)
+        _, state, threshold, distance = best
+        if cfg.foreground and cfg.foreground_threshold is None:
+            self.config.foreground_threshold = state["config"]["foreground_threshold"] = threshold
+        if cfg.merge_distance is None:
+            self.config.merge_distance = state["config"]["merge_distance"] = distance
+        self.best_score = state["best_score"] = best[0][0]
         save_checkpoint(self.out_dir / "best.pt", state)
         self._write_config()
 
