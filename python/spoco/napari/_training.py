@@ -51,10 +51,11 @@ class TrainRequest:
 def plan(pairs, overrides: dict | None = None, init_from=None) -> tuple[TrainConfig, list[str]]:
     """The run's config and the reasons for its derived values: the default recipe for
     the painted labels, then ``overrides``. Validation sees only painted labels, which
-    cannot rank foreground thresholds (every unpainted object found would count
-    against it), so the threshold is 0.5, as ``spoco train`` uses without validation
-    images. Fine-tuning keeps the architecture of the run it starts from."""
-    values = {"foreground_threshold": 0.5}
+    cannot rank foreground thresholds or merge distances (every unpainted object found
+    would count against them), so the threshold is 0.5 and nothing is merged, as
+    ``spoco train`` does without validation images. Fine-tuning keeps the architecture of
+    the run it starts from."""
+    values = {"foreground_threshold": 0.5, "merge_distance": 0.0}
     reasons = []
     if init_from is not None:
         values.update(architecture_of(init_from, pairs))
