@@ -65,7 +65,7 @@ def test_segment_variants_equal_segment_per_distance(rng, seed, ndim):
                         background=str(rng.choice(["none", "largest", "embedding"])), background_radius=1.0,
                         min_size=int(rng.integers(0, 4)))
         distances = [0.0, float(rng.uniform(0.1, 2)), float(rng.uniform(2, 6))]
-        got = segment_variants(emb, settings, distances)
+        got = segment_variants(emb, distances, **settings)
         for m, labels in zip(distances, got):
             assert np.array_equal(labels, segment(emb, **settings, merge_distance=m)), (seed, settings, m)
 

@@ -238,8 +238,8 @@ def run(args) -> int:
         best = f", best validation AP@0.5 {result['best_score']:.3f}" if val else ""
         if val:
             chosen = trainer.config.segmentation()
-            best += (f" (foreground threshold {chosen['foreground_threshold']:g}," * config.foreground
-                     + f" merge distance {chosen['merge_distance']:g})")
+            threshold = f"foreground threshold {chosen['foreground_threshold']:g}, " if config.foreground else ""
+            best += f" ({threshold}merge distance {chosen['merge_distance']:g})"
         steps = result["steps_this_run"]
         resumed = f" (step {result['iterations']} in all)" if steps != result["iterations"] else ""
         print(f"trained {steps} steps in {result['seconds']:.0f} s{resumed}{best}; checkpoints in {args.out}")

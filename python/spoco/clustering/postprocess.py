@@ -133,6 +133,17 @@ def segment(emb, *, method: str = "mws", background: str = "none", merge_distanc
     ``foreground=True``: the last channel of ``emb`` is a foreground probability (the
     output of :func:`spoco.predict.predict` for a network with a foreground head); only
     pixels above ``foreground_threshold`` are clustered, with the other channels."""
+    return segment_variants(emb, [merge_distance], method=method, background=background,
+                            background_radius=background_radius, min_size=min_size, foreground=foreground,
+                            foreground_threshold=foreground_threshold, **cluster_kwargs)[0]
+
+
+def segment_variants(emb, merge_distances, *, method: str = "mws", background: str = "none",
+                     background_radius: float = 2.0, min_size: int = 0, foreground: bool = False,
+                     foreground_threshold: float = 0.5, **cluster_kwargs) -> list:
+    """``[segment(emb, merge_distance=m, ...) for m in merge_distances]`` with one
+    clustering for all (the merge distance only changes the post-processing); other
+    arguments as in :func:`segment`."""
     from . import cluster
 
     if foreground:
@@ -144,25 +155,7 @@ def segment(emb, *, method: str = "mws", background: str = "none", merge_distanc
         cluster_kwargs["mask"] = emb[-1] > float(foreground_threshold)
         emb = emb[:-1]
     labels = cluster(emb, method, **cluster_kwargs)
-    if merge_distance > 0 or background == "embedding":
+    if any(m > 0 for m in merge_distances) or background == "embedding":
         emb = emb.detach().float().cpu().numpy() if hasattr(emb, "detach") else np.asarray(emb)
-    return postprocess(labels, emb, merge_distance=merge_distance, background=background,
-                       background_radius=background_radius, min_size=min_size)
-
-
-def segment_variants(emb, settings: dict, merge_distances) -> list:
-    """``[segment(emb, **settings, merge_distance=m) for m in merge_distances]`` with one
-    clustering for all: the merge distance only changes the post-processing."""
-    from . import cluster
-
-    settings = dict(settings)
-    settings.pop("merge_distance", None)
-    if settings.pop("foreground", False):
-        emb = emb.detach().float().cpu().numpy() if hasattr(emb, "detach") else np.asarray(emb)
-        settings["mask"] = emb[-1] > float(settings["foreground_threshold"])
-        emb = emb[:-1]
-    settings.pop("foreground_threshold", None)
-    post = {k: settings.pop(k) for k in ("background", "background_radius", "min_size") if k in settings}
-    labels = cluster(emb, settings.pop("method", "mws"), **settings)
-    emb = emb.detach().float().cpu().numpy() if hasattr(emb, "detach") else np.asarray(emb)
-    return [postprocess(labels, emb, merge_distance=m, **post) for m in merge_distances]
+    return [postprocess(labels, emb, merge_distance=m, background=background, background_radius=background_radius,
+                        min_size=min_size) for m in merge_distances]

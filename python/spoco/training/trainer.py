@@ -377,9 +377,10 @@ class Trainer:
                 continue  # the same network
             model = model_from_checkpoint(state).to(self.device)
             base = TrainConfig.from_saved(state["config"]).segmentation()
+            del base["merge_distance"]  # the candidates below
             embeddings = [predict(model, image, border=cfg.border, device=self.device) for image, _ in self.val_data]
             for threshold in thresholds:
-                variants = [segment_variants(emb, base | {"foreground_threshold": threshold}, distances)
+                variants = [segment_variants(emb, distances, **base | {"foreground_threshold": threshold})
                             for emb in embeddings]
                 for i, distance in enumerate(distances):
                     score = float(np.mean([metrics.evaluate(gt, segs[i])["ap50"] for gt, segs in zip(labels, variants)]))
