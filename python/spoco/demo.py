@@ -121,7 +121,7 @@ def run_demo(out="demo_output", *, data: str = "nuclei", seed: int = 0, iters: i
     for reason in reasons:
         print(f"  {reason}")
     dataset = InstanceDataset(train[1], train[2], patch_shape=config.patch_shape, fraction=fraction, seed=seed,
-                              length=config.samples_per_epoch)
+                              length=config.samples_per_epoch, border_background=config.border_background)
     torch.manual_seed(seed)
     trainer = Trainer(config, dataset, list(zip(val[1], val[2])), out_dir=out / "run", device=device,
                       progress=progress)

@@ -129,7 +129,7 @@ def test_train_with_background_scribbles(tmp_path):
                  "--val-labels", "val_labels", "--out", "run", "--iters", "2", "--val-every", "2",
                  "--fraction", "0.5", "--background-label", "65535", "--f-maps", "4", "--batch-size", "2",
                  "--threads", "1", cwd=tmp_path)
-    assert "80 background-scribble pixels (value 65535)" in proc.stdout, proc.stdout
+    assert "80 painted background pixels (value 65535)" in proc.stdout, proc.stdout
     text = (tmp_path / "run" / "config.yaml").read_text()
     assert "background_label: 65535" in text
     proc = spoco("train", "--images", "images", "--labels", "labels", "--out", "r2", "--iters", "1",

@@ -220,3 +220,44 @@ def test_background_scribbles_survive_sparsification_and_become_minus_two(rng, s
     assert set(np.unique(item)) - {0, BACKGROUND_SCRIBBLE} == set(np.unique(objects[objects > 0]))
     plain = InstanceDataset([image], [labels], patch_shape=(40, 40), augment=False)
     assert plain.scribble_pixels == 0 and (plain[0]["labels"].numpy() == 9999).sum() == 60
+
+
+def _border_reference(lab: np.ndarray, width: int) -> np.ndarray:
+    """Unlabeled pixels within ``width`` 4-connected steps of an object: by grid distance,
+    pixel by pixel (the slow, obvious way)."""
+    objects = np.argwhere(lab > 0)
+    out = np.zeros(lab.shape, bool)
+    for p in np.argwhere(lab == 0):
+        out[tuple(p)] = objects.size > 0 and np.abs(objects - p).sum(axis=1).min() <= width
+    return out
+
+
+@pytest.mark.parametrize("width", [1, 2, 3])
+def test_border_background_paints_the_ring_around_kept_objects(rng, seed, width):
+    from spoco.foreground import BACKGROUND_SCRIBBLE
+
+    labels = np.zeros((30, 30), np.uint8)
+    for k in range(6):  # six objects of random size and place; later ones may cover earlier
+        y, x, h, w = rng.integers(0, 26, 2).tolist() + rng.integers(1, 6, 2).tolist()
+        labels[y:y + h, x:x + w] = k + 1
+    labels[0, 0] = 255  # the new id must not overflow uint8
+    ds = InstanceDataset([rng.random((30, 30))], [labels], patch_shape=(30, 30), fraction=0.5,
+                         seed=int(seed % 2**31), augment=False, border_background=width)
+    objects = ds.object_labels()[0]
+    item = ds[0]["labels"].numpy()
+    expected = _border_reference(objects, width)
+    assert np.array_equal(item == BACKGROUND_SCRIBBLE, expected), seed
+    assert np.array_equal(np.where(expected, 0, item), objects), seed  # objects untouched
+    assert ds.scribble_pixels == expected.sum()
+
+
+def test_border_background_adds_to_scribbles(rng):
+    from spoco.foreground import BACKGROUND_SCRIBBLE
+
+    labels = np.zeros((20, 20), np.int32)
+    labels[5:8, 5:8] = 1
+    labels[15, :] = 7  # a stroke of painted background, far from the object
+    ds = InstanceDataset([rng.random((20, 20))], [labels], patch_shape=(20, 20), augment=False,
+                         background_label=7, border_background=1)
+    item = ds[0]["labels"].numpy()
+    assert (item[15] == BACKGROUND_SCRIBBLE).all() and (item == BACKGROUND_SCRIBBLE).sum() == 20 + 12

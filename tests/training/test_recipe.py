@@ -83,3 +83,43 @@ def test_voxel_size_shapes_3d_patches():
     assert config.patch_shape == (16, 64, 64) and any("voxel size 2 x 0.5 x 0.5" in r for r in reasons)
     assert auto_config(s, voxel_size=(0.5, 0.5, 0.5))[0].patch_shape == (64, 64, 64)
     assert auto_config(s, {"patch_shape": (8, 32, 32)}, voxel_size=(2.0, 0.5, 0.5))[0].patch_shape == (8, 32, 32)
+
+
+def _neighbour_pairs_reference(lab, reach):
+    """Pairs of objects with pixels at most ``reach`` apart along an axis, pixel by pixel."""
+    near, touching = set(), set()
+    for p in np.argwhere(lab > 0):
+        for axis in range(lab.ndim):
+            for step in range(1, reach + 1):
+                q = p.copy()
+                q[axis] += step
+                if q[axis] < lab.shape[axis] and lab[tuple(q)] > 0 and lab[tuple(q)] != lab[tuple(p)]:
+                    pair = tuple(sorted((int(lab[tuple(p)]), int(lab[tuple(q)]))))
+                    near.add(pair)
+                    if step == 1:
+                        touching.add(pair)
+    return len(near), len(touching)
+
+
+@pytest.mark.parametrize("shape", [(24, 24), (6, 10, 12)])
+def test_neighbour_pairs_equal_the_pixel_by_pixel_count(rng, seed, shape):
+    from spoco.training.recipe import neighbour_pairs
+
+    for _ in range(5):
+        lab = rng.integers(0, 6, shape) * (rng.random(shape) < 0.3)
+        for reach in (1, 3, 8):
+            assert neighbour_pairs(lab, reach) == _neighbour_pairs_reference(lab, reach), seed
+
+
+def test_objects_separated_by_background_paint_their_borders():
+    apart = _discs((200, 200), [(30, 30 + 26 * k) for k in range(7)] + [(56, 30 + 26 * k) for k in range(7)], 10)
+    s = summarize_labels([apart])  # 14 discs, 6 px gaps: neighbours, none touching
+    assert s.objects_separated and s.touching_pairs == 0 and s.near_pairs >= 10
+    config, reasons = auto_config(s)
+    assert config.border_background > 0 and any("never touch" in r for r in reasons)
+    touching = _discs((200, 200), [(30, 30 + 20 * k) for k in range(7)] + [(50, 30 + 20 * k) for k in range(7)], 10)
+    s = summarize_labels([touching])
+    assert not s.objects_separated and s.touching_pairs > 0
+    assert auto_config(s)[0].border_background == 0
+    few = summarize_labels([_discs((200, 200), [(30, 30), (30, 56)], 10)])  # one pair: too little to tell
+    assert not few.objects_separated and auto_config(few)[0].border_background == 0

@@ -10,7 +10,7 @@ _OVERRIDES = ("fraction", "patch_shape", "batch_size", "max_iters", "max_minutes
               "checkpoint_every", "embedding_dim", "f_maps", "depth", "norm", "workers", "seed", "momentum",
               "eval_network", "border", "background", "min_size", "merge_distance", "spatial_scale",
               "foreground_threshold", "samples_per_epoch", "adversarial_weight", "critic_steps", "adversarial_warmup",
-              "adversarial_patch_shape", "critic_lr", "background_label")
+              "adversarial_patch_shape", "critic_lr", "background_label", "border_background")
 
 
 def add_parser(sub) -> None:
@@ -70,6 +70,10 @@ def add_parser(sub) -> None:
                    help="label value painted on background (scribbles, a few strokes are enough): the "
                    "foreground head learns the objects against them instead of against all unlabeled pixels; "
                    "helps most where the background is structured (membranes in EM)")
+    p.add_argument("--border-background", type=int, metavar="PIXELS",
+                   help="count the unlabeled pixels within this distance of a labelled object as painted "
+                   "background, like scribbles: for objects that never touch (membranes between EM cells, "
+                   "isolated cells); 0: off")
     p.add_argument("--workers", type=int, help="data loading processes (default 0)")
     p.add_argument("--threads", type=int, help="CPU threads (default: the CPUs available to this process)")
     p.add_argument("--samples-per-epoch", type=int, help="random patches per epoch")
@@ -210,13 +214,16 @@ def run(args) -> int:
         reasons.append(_adopt_network(config, _finetune(args.finetune)))
     train = InstanceDataset(images, labels, patch_shape=config.patch_shape, fraction=config.fraction,
                             seed=config.seed, augment=config.augment, length=1,
-                            names=[f"{p} / {q}" for p, q in pairs], background_label=config.background_label)
+                            names=[f"{p} / {q}" for p, q in pairs], background_label=config.background_label,
+                            border_background=config.border_background)
     train.length = config.samples_per_epoch or 4 * len(train.images)
     quiet = args.quiet
     used = summarize_labels(train.object_labels())  # after SPOCO@p
     # recorded with the checkpoints, so that an exported model says what it was trained on
-    scribbles = (f", {train.scribble_pixels} background-scribble pixels (value {config.background_label})"
-                 if config.background_label is not None else "")
+    scribbles = (f", {train.scribble_pixels} painted background pixels"
+                 + (f" (value {config.background_label})" if config.background_label is not None else "")
+                 + (f" (object borders of {config.border_background} px)" if config.border_background else "")
+                 if config.painted_background else "")
     config.data = {"images": str(args.images), "labels": str(args.labels), "summary": used.line() + scribbles,
                    **({"val_images": str(args.val_images), "val_labels": str(args.val_labels)}
                       if args.val_images else {})}

@@ -54,6 +54,10 @@ class InstanceDataset(torch.utils.data.Dataset):
         Label value painted on background pixels (scribbles). Never an object: not
         drawn by ``fraction``, not counted; in the items' labels these pixels are
         :data:`spoco.foreground.BACKGROUND_SCRIBBLE` (-2).
+    border_background : int
+        Paint the unlabeled pixels within this many pixels (4-connected steps) of a
+        labelled object (after ``fraction``) as background scribbles: for objects that
+        never touch, separated by background. 0 (default): off.
 
     Notes
     -----
@@ -63,7 +67,7 @@ class InstanceDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, images, labels, *, patch_shape, fraction=None, seed=0, augment=True, length=None,
-                 normalize=True, names=None, background_label=None):
+                 normalize=True, names=None, background_label=None, border_background=0):
         self.patch_shape = _patch_shape(patch_shape)
         if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
@@ -101,6 +105,8 @@ class InstanceDataset(torch.utils.data.Dataset):
                 lab[scribbles] = scribble_id
             if fraction is not None:
                 lab = sparsify(lab, fraction, self.seed, image_index=i, ignore_index=scribble_id)
+            if border_background:
+                lab, scribble_id = _paint_borders(lab, scribble_id, int(border_background))
             self._scribble_ids.append(scribble_id)
             img, lab = self._pad(img, lab)
             self.images.append(img)
@@ -215,6 +221,22 @@ class InstanceDataset(torch.utils.data.Dataset):
         return {"image_f": torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32)),
                 "image_g": torch.from_numpy(np.ascontiguousarray(g, dtype=np.float32)),
                 "labels": torch.from_numpy(lab)}
+
+
+def _paint_borders(lab: np.ndarray, scribble_id, width: int):
+    """``lab`` with its unlabeled pixels within ``width`` 4-connected steps of an object
+    set to ``scribble_id`` (a new id one above the objects if None); returns (labels, id)."""
+    from scipy import ndimage as ndi
+
+    objects = (lab > 0) if scribble_id is None else (lab > 0) & (lab != scribble_id)
+    ring = ndi.binary_dilation(objects, ndi.generate_binary_structure(lab.ndim, 1), iterations=width) & (lab == 0)
+    if not ring.any():
+        return lab, scribble_id
+    if scribble_id is None:
+        scribble_id = int(lab.max()) + 1
+    lab = lab.astype(np.promote_types(lab.dtype, np.int32))  # a copy; room for the new id
+    lab[ring] = scribble_id
+    return lab, scribble_id
 
 
 def _patch_shape(patch_shape) -> tuple:

@@ -143,7 +143,7 @@ def train(request: TrainRequest, *, on_step=None, on_validation=None, should_sto
     # As spoco train builds it: the labels as painted, one random patch per sample.
     dataset = InstanceDataset(images, labels, patch_shape=config.patch_shape, fraction=config.fraction,
                               seed=config.seed, augment=config.augment, length=1,
-                              background_label=config.background_label)
+                              background_label=config.background_label, border_background=config.border_background)
     dataset.length = config.samples_per_epoch or 4 * len(images)
     # Context around the painted objects: half a patch, what the network sees in training;
     # painted background is scored as background.

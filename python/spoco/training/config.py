@@ -22,6 +22,10 @@ class TrainConfig:
     # label value painted on background pixels (scribbles): the foreground head learns objects
     # against them (spoco.foreground.scribble_foreground_loss); None: no scribbles
     background_label: int | None = None
+    # width in pixels of the ring just outside every labelled object that counts as painted
+    # background (like scribbles): for objects that never touch, separated by background
+    # (boundary-stained EM, isolated cells); 0: off
+    border_background: int = 0
     spatial_scale: float | None = None  # spatial embeddings: pixels per embedding unit (UNet)
     # data
     patch_shape: tuple = (128, 128)
@@ -170,6 +174,11 @@ class TrainConfig:
             raise ValueError(f"background_label must be an integer in [1, 2**31) or None, got {self.background_label!r}")
         if self.background_label is not None and not self.foreground:
             raise ValueError("background_label (scribbles) trains the foreground head: it needs foreground=True")
+        if not isinstance(self.border_background, int) or isinstance(self.border_background, bool) \
+                or self.border_background < 0:
+            raise ValueError(f"border_background must be an integer >= 0, got {self.border_background!r}")
+        if self.border_background and not self.foreground:
+            raise ValueError("border_background trains the foreground head: it needs foreground=True")
         if self.norm not in (None, "batch", "group", "none"):
             raise ValueError(f"norm must be batch, group or none, got {self.norm!r}")
         self._check_adversarial()
@@ -203,6 +212,12 @@ class TrainConfig:
         from ..adversarial import PAPER_PATCH
 
         return tuple(max(8, min(p, s)) for p, s in zip(PAPER_PATCH[self.ndim], self.patch_shape))
+
+    @property
+    def painted_background(self) -> bool:
+        """Whether the foreground head learns objects against painted background (scribbles
+        or object borders) rather than positive-unlabeled."""
+        return self.background_label is not None or self.border_background > 0
 
     def segmentation(self) -> dict:
         """Keyword arguments of :func:`spoco.clustering.segment` that validation uses, and

@@ -8,6 +8,9 @@ labels it is given, as Cellpose looks at the object diameter, and chooses:
   distance at which the mutex watershed weights are fully repulsive);
 - a foreground head trained positive-unlabeled (:mod:`spoco.foreground`): objects
   are clustered inside its mask, so the unlabeled background never becomes objects;
+  where the labelled objects never touch one another (membranes between EM cells), the
+  pixels just outside them are background and the head learns the objects against
+  them (``border_background``);
 - the smallest object kept, ``min_size``: a tenth of the median labelled area;
 - random patches per epoch: as many as cover the training images once.
 
@@ -43,6 +46,14 @@ class LabelSummary:
     weighted_area: float       # area-weighted median: the size of the object a labelled pixel belongs to
     pixels: int                # over all images
     ndim: int
+    near_pairs: int = 0        # pairs of labelled objects at most NEAR pixels apart along an axis
+    touching_pairs: int = 0    # of those, pairs that touch (4-/6-connected neighbours)
+
+    @property
+    def objects_separated(self) -> bool:
+        """Whether the labels show objects that never touch, always separated by background:
+        at least MIN_NEAR_PAIRS neighbouring pairs of labelled objects, none touching."""
+        return self.near_pairs >= MIN_NEAR_PAIRS and self.touching_pairs == 0
 
     @property
     def diameter(self) -> float:
@@ -62,6 +73,30 @@ class LabelSummary:
         return f"{self.images} training images{empty}, {self.objects} labelled objects{size}"
 
 
+NEAR = 8             # pixels: labelled objects this close count as neighbours
+MIN_NEAR_PAIRS = 3   # neighbouring pairs needed before the labels say whether objects touch
+BORDER_BACKGROUND = 2  # px around labelled objects that never touch: painted background
+
+
+def neighbour_pairs(lab: np.ndarray, reach: int = NEAR) -> tuple[int, int]:
+    """Numbers of pairs of labelled objects of ``lab`` (ids > 0) at most ``reach`` pixels
+    apart along an axis, and of those that touch (one step apart)."""
+    lab = np.asarray(lab).astype(np.int64, copy=False)
+    n = int(lab.max(initial=0)) + 1
+    near, touching = [], []
+    for axis in range(lab.ndim):
+        moved = np.moveaxis(lab, axis, 0)
+        for step in range(1, min(reach, moved.shape[0] - 1) + 1):
+            a, b = moved[:-step].ravel(), moved[step:].ravel()
+            sel = (a != b) & (a > 0) & (b > 0)
+            keys = np.unique(np.minimum(a[sel], b[sel]) * n + np.maximum(a[sel], b[sel]))
+            near.append(keys)
+            if step == 1:
+                touching.append(keys)
+    count = lambda parts: int(np.unique(np.concatenate(parts)).size) if parts else 0  # noqa: E731
+    return count(near), count(touching)
+
+
 def _diameter(area: float, ndim: int) -> float:
     if not area > 0:
         return math.nan
@@ -70,13 +105,16 @@ def _diameter(area: float, ndim: int) -> float:
 
 def summarize_labels(labels, ignore_index: int | None = None) -> LabelSummary:
     """:class:`LabelSummary` of a list of label images ``(*spatial)`` (0 = unlabeled)."""
-    areas, empty, pixels = [], 0, 0
+    areas, empty, pixels, near, touching = [], 0, 0, 0, 0
     for lab in labels:
         lab = np.asarray(lab)
         pixels += lab.size
         flat = lab.ravel()
         if ignore_index is not None:
             flat = flat[flat != ignore_index]
+            lab = np.where(lab == ignore_index, 0, lab)
+        n_near, n_touching = neighbour_pairs(lab)
+        near, touching = near + n_near, touching + n_touching
         # object sizes by np.unique, not np.bincount: any id (up to 2**63 - 1) costs nothing extra
         counts = np.unique(flat[flat > 0], return_counts=True)[1] if flat.size else np.zeros(0, np.int64)
         empty += counts.size == 0
@@ -89,7 +127,7 @@ def summarize_labels(labels, ignore_index: int | None = None) -> LabelSummary:
         weighted = float(areas[np.searchsorted(cumulative, 0.5 * cumulative[-1])])
     return LabelSummary(images=len(labels), empty=int(empty), objects=int(areas.size),
                         median_area=float(np.median(areas)) if areas.size else math.nan, weighted_area=weighted,
-                        pixels=int(pixels), ndim=int(ndim))
+                        pixels=int(pixels), ndim=int(ndim), near_pairs=near, touching_pairs=touching)
 
 
 def _round_up(x: float, m: int) -> int:
@@ -122,6 +160,11 @@ def auto_config(summary: LabelSummary, overrides: dict | None = None,
             values["batch_size"] = max(2, int(round(8 * 64 ** 2 / side ** 2)))
             reasons.append(f"-> patches {side}x{side} (twice the typical diameter, at least 64), "
                            f"batch {values['batch_size']}")
+        if summary.objects_separated:
+            values["border_background"] = BORDER_BACKGROUND
+            reasons.append(f"labelled objects never touch (0 of {summary.near_pairs} pairs within {NEAR} px) -> "
+                           f"the {BORDER_BACKGROUND} px around each count as painted background for the foreground "
+                           "head")
     else:
         reasons.append("no labelled objects: plain embeddings, no size filter")
     if ndim == 3 and voxel_size is not None and len(voxel_size) == 3 and min(voxel_size) > 0:

@@ -271,14 +271,14 @@ class Trainer:
         loss, terms = self.criterion(f, labels, g, return_terms=True)
         terms = {k: float(v) for k, v in terms.items()}
         if fg_logits is not None:
-            if self.config.background_label is not None:  # objects against scribbles: c = 1
+            if self.config.painted_background:  # objects against scribbles: c = 1
                 fg_loss = scribble_foreground_loss(fg_logits, painted)
                 self.model.label_rate.fill_(1.0)  # also after --finetune from a positive-unlabeled head
             else:
                 fg_loss = pu_foreground_loss(fg_logits, labels, ignore_index=self.criterion.ignore_index)
             loss = loss + self.config.foreground_weight * fg_loss
             terms["foreground"], terms["total"] = float(fg_loss.detach()), float(loss.detach())
-            rate = labelled_mean_probability(fg_logits, labels) if self.config.background_label is None else None
+            rate = None if self.config.painted_background else labelled_mean_probability(fg_logits, labels)
             if rate is not None:  # a running mean over ~100 steps of c (spoco.foreground)
                 self.model.label_rate.lerp_(torch.tensor(rate, device=self.device), 0.01 if self.iteration else 1.0)
         if self.adversarial is not None:  # critic updates, then ζ·L_wgan (appendix A.1)
