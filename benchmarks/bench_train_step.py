@@ -13,6 +13,11 @@ plain ``Trainer.train_step`` (to check that the phases add up), the data loader 
 sampling, augmentation, collation), and validation and checkpointing, amortised over
 ``val_every`` and ``checkpoint_every`` steps. Prints a table with ms per step and
 shares; "network" = f's forward and backward and g's forward.
+
+``--workers-ab N``: then times whole steps (next batch + ``Trainer.train_step``) with the
+data loaded in the training process (``workers=0``) and in one loader process
+(``workers=1``, prefetching while the network runs), in alternating blocks of N steps
+of two otherwise identical trainers, and prints the median step of each.
 """
 from __future__ import annotations
 
@@ -39,13 +44,13 @@ from spoco.training import Trainer
 from spoco.training.recipe import auto_config, summarize_labels
 
 
-def build_trainer(out_dir: Path, fraction: float = 0.1, seed: int = 0) -> Trainer:
+def build_trainer(out_dir: Path, fraction: float = 0.1, seed: int = 0, workers: int = 0) -> Trainer:
     """The demo's training run: default recipe sized from the SPOCO@0.1 labels."""
     pairs = io.list_pairs(DATA_DIR / "train" / "images", DATA_DIR / "train" / "labels")
     images = [io.read_array(p) for p, _ in pairs]
     labels = [read_labels(q) for _, q in pairs]
     seen = [sparsify(lab, fraction, seed, image_index=i) for i, lab in enumerate(labels)]
-    config, _ = auto_config(summarize_labels(seen), {"fraction": fraction, "seed": seed})
+    config, _ = auto_config(summarize_labels(seen), {"fraction": fraction, "seed": seed, "workers": workers})
     train = InstanceDataset(images, labels, patch_shape=config.patch_shape, fraction=fraction, seed=seed,
                             augment=config.augment, length=1)
     train.length = config.samples_per_epoch or 4 * len(train.images)
@@ -93,6 +98,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--threads", type=int, default=None, help="default: the CPUs available to this process")
+    p.add_argument("--workers-ab", type=int, default=0, metavar="N",
+                   help="also compare whole steps with 0 and 1 loader workers, in alternating blocks of N steps")
     args = p.parse_args(argv)
     n_threads = threads.set_threads(args.threads)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {n_threads} threads, "
@@ -142,6 +149,30 @@ def main(argv=None) -> None:
     print(f"Trainer.train_step alone (median, without data): {1e3 * statistics.median(plain):.1f} ms; "
           f"the phases above without data, validation and checkpoint: "
           f"{sum(v for k, v in ms.items() if k in phases):.1f} ms; load {os.getloadavg()[0]:.2f} at the end")
+    if args.workers_ab:
+        compare_workers(args.workers_ab)
+
+
+def compare_workers(block: int, rounds: int = 4) -> None:
+    """Median whole step (next batch + train_step) with 0 and 1 loader workers, in
+    alternating blocks of ``block`` steps (the first 5 steps of each trainer not counted)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {w: build_trainer(Path(tmp) / f"w{w}", workers=w) for w in (0, 1)}
+        batches = {w: tr._batches() for w, tr in runs.items()}
+        times = {w: [] for w in runs}
+        for w, tr in runs.items():  # warm-up: loader start, first allocations
+            for _ in range(5):
+                tr.train_step(next(batches[w]))
+        for _ in range(rounds):
+            for w, tr in runs.items():
+                for _ in range(block):
+                    t0 = time.perf_counter()
+                    tr.train_step(next(batches[w]))
+                    times[w].append(time.perf_counter() - t0)
+    for w, t in times.items():
+        print(f"whole step, {w} loader workers: median {1e3 * statistics.median(t):.1f} ms "
+              f"(mean {1e3 * statistics.mean(t):.1f} ms, {len(t)} steps)")
+    print(f"load {os.getloadavg()[0]:.2f} at the end")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ pixels only, labelled objects against scribbles, each class weighing the same
 itself (c = 1). On boundary-stained EM, where nearly every unlabeled pixel belongs to
 an unlabeled cell, this is what separates membranes from cells (the positive-unlabeled
 head leaves half of the membrane pixels above 0.5; see the benchmark notes).
+Where objects never touch, the unlabeled pixels just outside each labelled object are
+background too (``TrainConfig.border_background``): they are painted as scribbles, and
+the head learns the objects against their own borders without any stroke.
 """
 from __future__ import annotations
 

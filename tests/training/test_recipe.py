@@ -117,6 +117,7 @@ def test_objects_separated_by_background_paint_their_borders():
     assert s.objects_separated and s.touching_pairs == 0 and s.near_pairs >= 10
     config, reasons = auto_config(s)
     assert config.border_background > 0 and any("never touch" in r for r in reasons)
+    assert auto_config(s, {"sparse": False})[0].border_background == 0  # dense labels: every 0 is background
     touching = _discs((200, 200), [(30, 30 + 20 * k) for k in range(7)] + [(50, 30 + 20 * k) for k in range(7)], 10)
     s = summarize_labels([touching])
     assert not s.objects_separated and s.touching_pairs > 0

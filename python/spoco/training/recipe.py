@@ -160,7 +160,7 @@ def auto_config(summary: LabelSummary, overrides: dict | None = None,
             values["batch_size"] = max(2, int(round(8 * 64 ** 2 / side ** 2)))
             reasons.append(f"-> patches {side}x{side} (twice the typical diameter, at least 64), "
                            f"batch {values['batch_size']}")
-        if summary.objects_separated:
+        if summary.objects_separated and overrides.get("sparse", True):  # dense: all of 0 is background already
             values["border_background"] = BORDER_BACKGROUND
             reasons.append(f"labelled objects never touch (0 of {summary.near_pairs} pairs within {NEAR} px) -> "
                            f"the {BORDER_BACKGROUND} px around each count as painted background for the foreground "
