@@ -154,6 +154,15 @@ def _difference(stored, job) -> str:
     return ", ".join(f"{k}: {old.get(k)!r} then, {job.get(k)!r} now" for k in keys[:4])
 
 
+def flush_array(array) -> None:
+    """Push an h5py dataset's writes to the file before a journal records them (HDF5 keeps
+    them in memory until a flush: killed before it, the file may hold none of them; zarr
+    writes each chunk as it goes)."""
+    f = getattr(array, "file", None)
+    if f is not None and hasattr(f, "flush"):
+        f.flush()
+
+
 @contextlib.contextmanager
 def output_lock(output, what: str | None = None):
     """Hold an exclusive lock on ``output`` (a file or folder path) while the block runs.

@@ -26,7 +26,7 @@ import itertools
 import numpy as np
 import torch
 
-from ._journal import Journal, output_lock
+from ._journal import Journal, flush_array, output_lock
 from .data.normalize import normalize_image, percentile_range
 from .models.outputs import add_coordinates, split_output
 
@@ -176,6 +176,7 @@ def _predict_tiles(model, image, tiles, spatial, halo, border, lo, hi, device, o
             out = np.zeros((emb.shape[0],) + spatial, dtype=np.float32)
         out[(slice(None),) + core_sl] = emb
         if journal is not None:
+            flush_array(out)
             journal.mark("tiles", index)
     return out
 
@@ -208,6 +209,7 @@ def _dask_tile(model, image, core_sl, win_sl, spatial, halo, border, lo, hi, dev
         out[(slice(None),) + core_sl] = _predict_tile(model, image, core_sl, win_sl, spatial, halo, border, lo, hi,
                                                       device)
     if journal is not None:
+        flush_array(out)
         Journal.reopen(journal).mark("tiles", index)
 
 

@@ -43,7 +43,7 @@ from .blocks import (BlockGrid, MWSOptions, block_bytes, block_lut, fits, match_
                      segment_ext, slab_items)
 from .offsets import default_offsets
 from .._complete import COMPLETE_ATTR, set_complete
-from .._journal import Journal, output_lock
+from .._journal import Journal, flush_array, output_lock
 
 __all__ = ["cluster_blockwise", "COMPLETE_ATTR"]
 
@@ -378,7 +378,7 @@ class _Run:
         with self.lock:
             self.result[self.grid.core(flat)] = final
         if self.out is not None:
-            _flush(self.out)
+            flush_array(self.out)
             self.journal.mark("written", flat)
 
 
@@ -405,13 +405,6 @@ def _load_libc():
 
 
 _LIBC = _load_libc()
-
-
-def _flush(array) -> None:
-    """Push an h5py dataset's writes to the file (zarr writes each chunk as it goes)."""
-    f = getattr(array, "file", None)
-    if f is not None and hasattr(f, "flush"):
-        f.flush()
 
 
 class _NoLock:

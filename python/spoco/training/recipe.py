@@ -79,21 +79,20 @@ BORDER_BACKGROUND = 2  # px around labelled objects that never touch: painted ba
 
 
 def neighbour_pairs(lab: np.ndarray, reach: int = NEAR) -> tuple[int, int]:
-    """Numbers of pairs of labelled objects of ``lab`` (ids > 0) at most ``reach`` pixels
-    apart along an axis, and of those that touch (one step apart)."""
-    lab = np.asarray(lab).astype(np.int64, copy=False)
-    n = int(lab.max(initial=0)) + 1
+    """Numbers of pairs of labelled objects of ``lab`` (ids > 0, any integer width) at most
+    ``reach`` pixels apart along an axis, and of those that touch (one step apart)."""
+    lab = np.asarray(lab)
     near, touching = [], []
     for axis in range(lab.ndim):
         moved = np.moveaxis(lab, axis, 0)
         for step in range(1, min(reach, moved.shape[0] - 1) + 1):
             a, b = moved[:-step].ravel(), moved[step:].ravel()
             sel = (a != b) & (a > 0) & (b > 0)
-            keys = np.unique(np.minimum(a[sel], b[sel]) * n + np.maximum(a[sel], b[sel]))
-            near.append(keys)
+            pairs = np.unique(np.stack([np.minimum(a[sel], b[sel]), np.maximum(a[sel], b[sel])], axis=1), axis=0)
+            near.append(pairs)
             if step == 1:
-                touching.append(keys)
-    count = lambda parts: int(np.unique(np.concatenate(parts)).size) if parts else 0  # noqa: E731
+                touching.append(pairs)
+    count = lambda parts: len(np.unique(np.concatenate(parts), axis=0)) if parts else 0  # noqa: E731
     return count(near), count(touching)
 
 
