@@ -116,11 +116,13 @@ MallocPtr compact_ids(MallocPtr recs, std::size_t n) {
 }
 
 /// Produce and sort the records, then run the loop up to the last attractive edge.
-template <class R, class Produce, class Decode, class IsAttractiveId>
+/// `sorted()` is called once the producer is no longer needed (to free its inputs).
+template <class R, class Produce, class Decode, class IsAttractiveId, class Sorted>
 void sort_and_solve(int key_bits, uint64_t n_ids, Produce produce, UnionFind& uf, MutexLists& mutexes,
-                    Decode decode, IsAttractiveId is_attractive, int threads) {
+                    Decode decode, IsAttractiveId is_attractive, int threads, Sorted sorted) {
     std::size_t n = 0;
     MallocPtr recs = produce_sorted<R>(key_bits, threads, produce, n);
+    sorted();
     auto run = [&](auto id_type) {
         using Id = decltype(id_type);
         const MallocPtr ids_storage = compact_ids<Id, R>(std::move(recs), n);
@@ -148,8 +150,8 @@ inline void write_labels(UnionFind& uf, const uint8_t* mask, int64_t* labels) {
     }
 }
 
-template <class T, class R, class RowPriority>
-void solve_grid(const GridSpec& g, RowPriority row_priority, int64_t* labels, int threads) {
+template <class T, class R, class RowPriority, class Sorted>
+void solve_grid(const GridSpec& g, RowPriority row_priority, int64_t* labels, int threads, Sorted sorted) {
     const GridEdges edges(g);
     const std::size_t N = g.n_pixels();
     const std::size_t n_rows = edges.n_rows();
@@ -179,18 +181,21 @@ void solve_grid(const GridSpec& g, RowPriority row_priority, int64_t* labels, in
     UnionFind uf(N);
     MutexLists mutexes(N);
     sort_and_solve<R>(8 * static_cast<int>(sizeof(T)), g.n_channels() * N, produce, uf, mutexes, decode,
-                      is_attractive, threads);
+                      is_attractive, threads, sorted);
     write_labels(uf, g.mask, labels);
 }
 
-template <class T, class RowPriority>
-void dispatch_grid(const GridSpec& g, RowPriority row_priority, int64_t* labels, int threads) {
-    if (g.n_pixels() > UnionFind::kMaxNodes) throw std::invalid_argument("grid has too many pixels for one mutex watershed (>= 2^31)");
+template <class T, class RowPriority, class Sorted>
+void dispatch_grid(const GridSpec& g, RowPriority row_priority, int64_t* labels, int threads, Sorted sorted) {
     const uint64_t n_ids = static_cast<uint64_t>(g.n_channels()) * g.n_pixels();
     if (sizeof(T) == 4 && n_ids <= 0xFFFFFFFFull)
-        solve_grid<T, PackedRecord>(g, row_priority, labels, resolve_threads(threads));
+        solve_grid<T, PackedRecord>(g, row_priority, labels, threads, sorted);
     else
-        solve_grid<T, WideRecord>(g, row_priority, labels, resolve_threads(threads));
+        solve_grid<T, WideRecord>(g, row_priority, labels, threads, sorted);
+}
+
+inline void check_grid_size(const GridSpec& g) {
+    if (g.n_pixels() > UnionFind::kMaxNodes) throw std::invalid_argument("grid has too many pixels for one mutex watershed (>= 2^31)");
 }
 
 /// Squared embedding distance along a row, then Eq. 12 priorities.
@@ -217,25 +222,47 @@ void embedding_row_priority(const T* emb, std::size_t D, std::size_t N, T two_de
 /// Writes labels 1..K (0 where masked) to `labels` (N).
 template <class T>
 void mutex_watershed_grid(const T* aff, const GridSpec& g, int64_t* labels, int threads) {
+    detail::check_grid_size(g);
     const std::size_t N = g.n_pixels();
     auto row_priority = [&](const GridEdges::Row& w, T* prio) {
         const T* a = aff + w.channel * N + w.base + w.x0;
         for (int64_t i = 0; i < w.x1 - w.x0; ++i) prio[i] = a[i];
     };
-    detail::dispatch_grid<T>(g, row_priority, labels, threads);
+    detail::dispatch_grid<T>(g, row_priority, labels, resolve_threads(threads), [] {});
 }
 
-/// Mutex watershed directly from embeddings `emb` of shape (D, N): each edge's
-/// priority is computed on the fly from Eq. 12 (no affinity array is allocated).
+/// Mutex watershed directly from embeddings `emb` of shape (D, N), Eq. 12 priorities.
+///
+/// The sort reads every priority twice (once to count, once to place), and with D
+/// channels per edge computing them twice cost more than storing them: they are
+/// computed once, in parallel, for the rows that have edges, into a (C, N) buffer
+/// (sizeof(T) bytes per edge) that is freed before the loop over the sorted edges,
+/// whose memory peak it does not raise.
 template <class T>
 void mutex_watershed_embeddings(const T* emb, std::size_t D, T delta_d, const GridSpec& g,
                                 int64_t* labels, int threads) {
+    detail::check_grid_size(g);
+    threads = resolve_threads(threads);
     const std::size_t N = g.n_pixels();
     const T two_delta_d = T(2) * delta_d;
-    auto row_priority = [&](const GridEdges::Row& w, T* prio) {
-        detail::embedding_row_priority(emb, D, N, two_delta_d, w, prio);
+    const GridEdges edges(g);
+    MallocPtr storage = malloc_or_throw(g.n_channels() * N * sizeof(T));
+    T* prio = static_cast<T*>(storage.get());
+    // Pixel row by pixel row, all channels of one row together: the row's D
+    // embedding rows stay in cache for every offset.
+    const std::size_t rows_per_channel = static_cast<std::size_t>(g.shape[0] * g.shape[1]);
+    const std::ptrdiff_t n_pixel_rows = static_cast<std::ptrdiff_t>(rows_per_channel);
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (std::ptrdiff_t zy = 0; zy < n_pixel_rows; ++zy) {
+        for (std::size_t c = 0; c < g.n_channels(); ++c) {
+            const GridEdges::Row w = edges.row(c * rows_per_channel + static_cast<std::size_t>(zy));
+            if (w.x0 < w.x1) detail::embedding_row_priority(emb, D, N, two_delta_d, w, prio + w.channel * N + w.base + w.x0);
+        }
+    }
+    auto row_priority = [&](const GridEdges::Row& w, T* out) {
+        std::memcpy(out, prio + w.channel * N + w.base + w.x0, sizeof(T) * static_cast<std::size_t>(w.x1 - w.x0));
     };
-    detail::dispatch_grid<T>(g, row_priority, labels, threads);
+    detail::dispatch_grid<T>(g, row_priority, labels, threads, [&] { storage.reset(); });
 }
 
 /// Eq. 12 priorities as grid affinities (C, N): 1 - w on attractive channels, w on
@@ -285,7 +312,7 @@ void mutex_watershed_graph(std::size_t n_nodes, const int64_t* uvs, const T* wei
     UnionFind uf(n_nodes);
     MutexLists mutexes(n_nodes);
     detail::sort_and_solve<R>(8 * static_cast<int>(sizeof(T)), n, produce, uf, mutexes, decode, is_attractive,
-                              resolve_threads(threads));
+                              resolve_threads(threads), [] {});
     detail::write_labels(uf, nullptr, labels);
 }
 
