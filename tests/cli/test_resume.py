@@ -211,3 +211,26 @@ def test_a_second_training_into_the_same_folder_is_refused(tmp_path, capsys):
         assert main(["train", "--images", str(images), "--labels", str(labels), "--iters", "1", "--threads", "1",
                      "--out", str(tmp_path / "run"), "--quiet"]) == 2
     assert f"the run folder {tmp_path / 'run'} is being written by another process" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["predict", "segment"])
+def test_damaged_output_file_is_named_not_the_input(checkpoint, embeddings, rng, tmp_path, capsys, command):
+    """A torn HDF5 output (a kill while the file was created) is reported as the output's
+    problem, with the way out, not as an error of the input."""
+    out = tmp_path / "out.h5"
+    out.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(88))  # 96 bytes: an HDF5 signature, no file
+    if command == "predict":
+        import tifffile
+
+        src = tmp_path / "image.tif"
+        tifffile.imwrite(src, rng.integers(0, 4000, (32, 32), dtype=np.uint16))
+        argv = ["predict", "--checkpoint", str(checkpoint), "--images", str(src), "--out", str(out),
+                "--device", "cpu", "--quiet"]
+    else:
+        src = embeddings
+        argv = ["segment", str(src), "--key", "emb", "--out", str(out), "--block-shape", "6", "30", "30",
+                "--halo", "9", "--long-range", "3", "9", "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: the output {out} cannot be written" in err and "delete it or choose another --out" in err
+    assert f"error: {src}" not in err

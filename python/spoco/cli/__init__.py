@@ -21,6 +21,11 @@ class CLIError(Exception):
     """An error in the user's input, reported as ``spoco <cmd>: error: <message>``."""
 
 
+class OutputError(CLIError):
+    """An output file that cannot be opened or written; its message names the output, and
+    :func:`naming_errors` passes it on unchanged (it is not about the input)."""
+
+
 @contextlib.contextmanager
 def naming_errors(path):
     """Report an error about one input's data (a wrong shape or dtype, NaN, a damaged chunk met
@@ -29,7 +34,7 @@ def naming_errors(path):
 
     try:
         yield
-    except (OutputLockedError, KeyboardInterrupt):
+    except (OutputLockedError, OutputError, KeyboardInterrupt):
         raise
     except (CLIError, ValueError, TypeError, RuntimeError, OSError, MemoryError) as err:
         text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)

@@ -85,16 +85,34 @@ class ResumableOutput:
         from ..data import io
 
         path, key = (self.folder / "staging.zarr", None) if self.staged else (self.out, self.key)
-        if self.journal.resumed:
-            existing = io.open_for_update(path, key)
-            if existing is not None and tuple(existing.shape) == tuple(shape) \
-                    and np.dtype(existing.dtype) == np.dtype(dtype):
-                return existing
-        return io.create_array(path, shape, dtype, key=key, chunks=chunks, **metadata)
+        with self._naming_output():
+            if self.journal.resumed:
+                existing = io.open_for_update(path, key)
+                if existing is not None and tuple(existing.shape) == tuple(shape) \
+                        and np.dtype(existing.dtype) == np.dtype(dtype):
+                    return existing
+            return io.create_array(path, shape, dtype, key=key, chunks=chunks, **metadata)
+
+    @contextlib.contextmanager
+    def _naming_output(self):
+        """An output that cannot be opened or written (a damaged file, no permission, a full
+        disk) is reported as such, naming the output, not the job's input."""
+        from . import OutputError
+
+        try:
+            yield
+        except OSError as err:
+            first = (str(err).splitlines() or [type(err).__name__])[0]
+            raise OutputError(f"the output {self.out} cannot be written ({first}); "
+                              "delete it or choose another --out") from None
 
     def finish(self, array, attrs: dict | None = None) -> None:
         """Mark ``array`` (from :meth:`array`) complete, copy a staged HDF5 output into place,
         and delete the progress folder."""
+        with self._naming_output():
+            self._finish(array, attrs)
+
+    def _finish(self, array, attrs) -> None:
         from ..data import io
 
         for name, value in (attrs or {}).items():
