@@ -41,6 +41,26 @@ def label_array(x, name: str, shape: tuple | None = None) -> np.ndarray:
     return np.asarray(a, dtype=np.int64, order="C")  # (np.ascontiguousarray would make 0-D arrays 1-D)
 
 
+def pairs_at_step(labels: np.ndarray, step: int = 1) -> np.ndarray:
+    """Unique pairs ``(P, 2)`` (a < b, ``labels``' dtype) of different non-zero labels found
+    ``step`` pixels apart along some axis (``step`` 1: segments that touch).
+
+    Pairs are deduplicated as rows, never as ``a * n + b`` keys, so ids up to the dtype's
+    maximum cannot overflow."""
+    labels = np.asarray(labels)
+    parts = []
+    for axis in range(labels.ndim):
+        moved = np.moveaxis(labels, axis, 0)
+        if step >= moved.shape[0]:
+            continue
+        a, b = moved[:-step].ravel(), moved[step:].ravel()
+        sel = (a != b) & (a > 0) & (b > 0)
+        parts.append(np.stack([np.minimum(a[sel], b[sel]), np.maximum(a[sel], b[sel])], axis=1))
+    if not parts:
+        return np.zeros((0, 2), labels.dtype)
+    return np.unique(np.concatenate(parts), axis=0)
+
+
 def compact_ids(labels: np.ndarray) -> np.ndarray:
     """``labels`` (non-negative integers) with ids small enough to index a table of one
     entry per id (``np.bincount``, lookup tables of size ``max + 1``).

@@ -86,6 +86,13 @@ def test_adjacent_pairs_and_means(rng, seed):
         np.testing.assert_allclose(means[i], emb[:, labels == i].mean(axis=1), atol=1e-12)
 
 
+def test_adjacent_pairs_of_the_largest_ids():
+    """Ids near 2**63 - 1 (a key id * n + id would overflow) give their own pairs."""
+    top = np.iinfo(np.int64).max
+    labels = np.array([[top, top - 1, 0], [top - 1, 3, 3]], dtype=np.int64)
+    assert adjacent_pairs(labels).tolist() == [[3, top - 1], [top - 1, top]]
+
+
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_background_modes_match_reference(rng, seed, ndim):
     for _ in range(20):

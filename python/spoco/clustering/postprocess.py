@@ -14,7 +14,7 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse import csgraph
 
-from .._labels import compact_ids, label_array
+from .._labels import compact_ids, label_array, pairs_at_step
 from .._validation import float_array
 from .mws import remove_small_segments
 
@@ -42,16 +42,7 @@ def segment_means(labels: np.ndarray, emb: np.ndarray):
 
 def adjacent_pairs(labels: np.ndarray) -> np.ndarray:
     """Unique pairs ``(P, 2)`` (a < b) of non-zero segments that touch along an axis."""
-    keys = []
-    for axis in range(labels.ndim):
-        a = np.moveaxis(labels, axis, 0)[:-1].ravel()
-        b = np.moveaxis(labels, axis, 0)[1:].ravel()
-        sel = (a != b) & (a > 0) & (b > 0)
-        lo, hi = np.minimum(a[sel], b[sel]), np.maximum(a[sel], b[sel])
-        keys.append(lo * (int(labels.max()) + 1) + hi)
-    keys = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
-    n = int(labels.max()) + 1
-    return np.stack([keys // n, keys % n], axis=1)
+    return pairs_at_step(labels, 1)
 
 
 def merge_close_segments(labels, emb, distance: float) -> np.ndarray:

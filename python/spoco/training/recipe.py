@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._labels import pairs_at_step
 from .config import TrainConfig
 
 # Fixed part of the default recipe (sizes come from the data, see auto_config).
@@ -82,18 +83,9 @@ def neighbour_pairs(lab: np.ndarray, reach: int = NEAR) -> tuple[int, int]:
     """Numbers of pairs of labelled objects of ``lab`` (ids > 0, any integer width) at most
     ``reach`` pixels apart along an axis, and of those that touch (one step apart)."""
     lab = np.asarray(lab)
-    near, touching = [], []
-    for axis in range(lab.ndim):
-        moved = np.moveaxis(lab, axis, 0)
-        for step in range(1, min(reach, moved.shape[0] - 1) + 1):
-            a, b = moved[:-step].ravel(), moved[step:].ravel()
-            sel = (a != b) & (a > 0) & (b > 0)
-            pairs = np.unique(np.stack([np.minimum(a[sel], b[sel]), np.maximum(a[sel], b[sel])], axis=1), axis=0)
-            near.append(pairs)
-            if step == 1:
-                touching.append(pairs)
-    count = lambda parts: len(np.unique(np.concatenate(parts), axis=0)) if parts else 0  # noqa: E731
-    return count(near), count(touching)
+    touching = pairs_at_step(lab, 1)
+    near = [touching] + [pairs_at_step(lab, step) for step in range(2, reach + 1)]
+    return len(np.unique(np.concatenate(near), axis=0)), len(touching)
 
 
 def _diameter(area: float, ndim: int) -> float:
