@@ -203,13 +203,12 @@ def run(args) -> int:
         scribble_value = TrainConfig.read_yaml(args.config).get("background_label")
     labels = [read_labels(q, args.label_key, scribble_value) for _, q in pairs]
     objects = _without(labels, scribble_value)
-    # Sizes come from the labels the network will see: after SPOCO@p when --fraction is given.
-    config, _ = build_config(args, summarize_labels(objects))
+    # Sizes come from the labels the network will see: after SPOCO@p when --fraction is given
+    # (known once the config is read; its first build needs no neighbouring pairs).
+    config, _ = build_config(args, summarize_labels(objects, pairs=False))
     if config.fraction is not None:
-        seen = [sparsify(lab, config.fraction, config.seed, image_index=i) for i, lab in enumerate(objects)]
-        config, reasons = build_config(args, summarize_labels(seen))
-    else:
-        config, reasons = build_config(args, summarize_labels(objects))
+        objects = [sparsify(lab, config.fraction, config.seed, image_index=i) for i, lab in enumerate(objects)]
+    config, reasons = build_config(args, summarize_labels(objects))
     if args.finetune:
         reasons.append(_adopt_network(config, _finetune(args.finetune)))
     train = InstanceDataset(images, labels, patch_shape=config.patch_shape, fraction=config.fraction,
@@ -218,7 +217,7 @@ def run(args) -> int:
                             border_background=config.border_background)
     train.length = config.samples_per_epoch or 4 * len(train.images)
     quiet = args.quiet
-    used = summarize_labels(train.object_labels())  # after SPOCO@p
+    used = summarize_labels(train.object_labels(), pairs=False)  # after SPOCO@p
     # recorded with the checkpoints, so that an exported model says what it was trained on
     scribbles = (f", {train.scribble_pixels} painted background pixels"
                  + (f" (value {config.background_label})" if config.background_label is not None else "")

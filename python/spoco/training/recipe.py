@@ -94,8 +94,10 @@ def _diameter(area: float, ndim: int) -> float:
     return 2 * math.sqrt(area / math.pi) if ndim == 2 else 2 * (3 * area / (4 * math.pi)) ** (1 / 3)
 
 
-def summarize_labels(labels, ignore_index: int | None = None) -> LabelSummary:
-    """:class:`LabelSummary` of a list of label images ``(*spatial)`` (0 = unlabeled)."""
+def summarize_labels(labels, ignore_index: int | None = None, pairs: bool = True) -> LabelSummary:
+    """:class:`LabelSummary` of a list of label images ``(*spatial)`` (0 = unlabeled).
+    ``pairs=False`` skips counting neighbouring objects (the costly part: about a second
+    for 139 fields of 520x696), leaving ``near_pairs`` and ``touching_pairs`` 0."""
     areas, empty, pixels, near, touching = [], 0, 0, 0, 0
     for lab in labels:
         lab = np.asarray(lab)
@@ -104,8 +106,9 @@ def summarize_labels(labels, ignore_index: int | None = None) -> LabelSummary:
         if ignore_index is not None:
             flat = flat[flat != ignore_index]
             lab = np.where(lab == ignore_index, 0, lab)
-        n_near, n_touching = neighbour_pairs(lab)
-        near, touching = near + n_near, touching + n_touching
+        if pairs:
+            n_near, n_touching = neighbour_pairs(lab)
+            near, touching = near + n_near, touching + n_touching
         # object sizes by np.unique, not np.bincount: any id (up to 2**63 - 1) costs nothing extra
         counts = np.unique(flat[flat > 0], return_counts=True)[1] if flat.size else np.zeros(0, np.int64)
         empty += counts.size == 0
