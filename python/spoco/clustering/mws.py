@@ -109,10 +109,11 @@ def mutex_watershed_embeddings(emb, offsets, n_attractive, *, delta_d=2.0, strid
                                randomize_strides=False, seed=0, mask=None, threads=None) -> np.ndarray:
     """Mutex watershed directly on embeddings ``emb (D, *spatial)``.
 
-    Edge priorities are Eq. 12 of the paper, computed per edge on the fly:
+    Edge priorities are Eq. 12 of the paper:
     ``w = 1 - max((2 delta_d - |e_i - e_j|) / (2 delta_d), 0)^2``, attractive priority
-    ``1 - w``, repulsive priority ``w``. No ``(C, *spatial)`` affinity array is
-    allocated. Same result as :func:`mutex_watershed` on
+    ``1 - w``, repulsive priority ``w``, computed once per existing edge (in parallel
+    with ``threads``) into a buffer of one float per edge that is freed before the
+    pass over the sorted edges. Same result as :func:`mutex_watershed` on
     :func:`embedding_affinities`. Other arguments as in :func:`mutex_watershed`.
     """
     e = float_array(emb, "emb")
