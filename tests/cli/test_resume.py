@@ -25,7 +25,7 @@ import zarr
 
 from spoco._journal import Journal, output_lock
 from spoco.cli import main
-from spoco.cli._resume import PROGRESS_SUFFIX
+from spoco.cli._resume import PROGRESS_SUFFIX, ResumableOutput
 
 _CHILD = textwrap.dedent("""
     import json, sys, time
@@ -234,3 +234,32 @@ def test_damaged_output_file_is_named_not_the_input(checkpoint, embeddings, rng,
     err = capsys.readouterr().err
     assert f"error: the output {out} cannot be written" in err and "delete it or choose another --out" in err
     assert f"error: {src}" not in err
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_hdf5_output_torn_while_copied_is_made_again_only_if_the_job_created_it(rng, tmp_path, existed):
+    """A kill while the staged result is copied into the HDF5 file can leave the file
+    unreadable. The resumed job makes a file it created itself again; a file that existed
+    before the job (it may hold other datasets) is never deleted: the error names it."""
+    out = tmp_path / "out.h5"
+    if existed:
+        with h5py.File(out, "w") as f:
+            f["other"] = np.arange(3)
+    data = rng.standard_normal((2, 8, 8)).astype(np.float32)
+    job = {"what": "test"}
+    with ResumableOutput(out, "emb", job, quiet=True) as res:  # killed after the last tile
+        res.array(data.shape, "float32", (2, 8, 8))[...] = data
+    out.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(88))  # what a kill during h5py's file creation leaves
+    from spoco.cli import OutputError
+
+    with ResumableOutput(out, "emb", job, quiet=True) as res:
+        arr = res.array(data.shape, "float32", (2, 8, 8))
+        if existed:
+            with pytest.raises(OutputError, match="cannot be written"):
+                res.finish(arr)
+            assert out.stat().st_size == 96
+            return
+        res.finish(arr)
+    with h5py.File(out, "r") as f:
+        np.testing.assert_array_equal(f["emb"][...], data)
+    assert not Path(f"{out}{PROGRESS_SUFFIX}").exists()

@@ -9,7 +9,9 @@ renames it, so a kill never leaves a torn chunk. HDF5 is not safe that way: a pr
 killed while writing compressed chunks leaves chunks that can no longer be read or
 overwritten (12 of 20 kills in a test of this), so an HDF5 output is staged in a zarr
 array inside the progress folder and copied into the HDF5 file at the end; a kill
-during the copy repeats the copy only. A lock on the output makes a second process
+during the copy repeats the copy only (an HDF5 file that the job itself created is made
+again, since a kill while HDF5 writes can leave it unreadable; a file that existed before
+is never deleted). A lock on the output makes a second process
 writing the same output fail at once.
 """
 from __future__ import annotations
@@ -21,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .._journal import JOB_ATTR, Journal, output_lock
+from .._journal import JOB_ATTR, Journal, output_lock, write_atomic
 
 PROGRESS_SUFFIX = ".spoco-progress"
+CREATES_OUTPUT = "creates_output"  # in the progress folder: the HDF5 output file did not exist before the job
 
 
 def source_identity(path) -> dict:
@@ -64,6 +67,8 @@ class ResumableOutput:
         except BaseException:
             self._stack.close()
             raise
+        if not self.journal.resumed and self.staged and not self.out.exists():
+            write_atomic(self.folder / CREATES_OUTPUT, b"", True)
         if self.journal.resumed and not self.quiet:
             print(f"resuming the interrupted run recorded in {self.folder} (--restart to start again)")
         return self
@@ -122,6 +127,8 @@ class ResumableOutput:
         if self.staged:
             io.set_complete(array, True)
             voxel = array.attrs.get(io.VOXEL_ATTR)
+            if (self.folder / CREATES_OUTPUT).exists():  # ours: a kill while it was written may have torn it
+                self.out.unlink(missing_ok=True)
             target = io.create_array(self.out, array.shape, array.dtype, key=self.key, chunks=array.chunks,
                                      voxel_size=voxel)
             try:
