@@ -15,6 +15,10 @@ the same run. Prints mean AP@0.5, SBD, |DiC| and adapted Rand error per setting 
 ``--data`` is a folder with ``train/{images,labels}`` and ``val/{images,labels}``.
 Results also go to ``--out`` (``results.csv`` with one row per run, and the runs).
 
+Each run records its scores in ``run/scores.json``; run again with the same ``--out``,
+the script reuses the runs already done with the same settings (an interrupted grid goes
+on where it stopped; ``--seed-list`` adds seeds to a table).
+
 ``--scribbles S`` adds simulated background scribbles to the training labels and trains
 with ``--background-label 65535``: per image, short strokes (31 px long, 3 px wide) along
 the middle line of the background (its skeleton), centred on random skeleton pixels,
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import platform
 import sys
@@ -84,6 +89,24 @@ def train_and_score(data: Path, run: Path, fraction: float, seed: int, minutes: 
     return score(gts, segs) | {"train_seconds": seconds, "iterations": int(state["iteration"])}
 
 
+def recorded_or_run(data: Path, run: Path, fraction: float, seed: int, minutes: float, extra: list,
+                    labels: Path) -> dict:
+    """The scores of ``run`` recorded by an earlier invocation with the same settings
+    (``run/scores.json``), else :func:`train_and_score` (recording them): an interrupted
+    grid goes on where it stopped."""
+    record = run / "scores.json"
+    settings = {"data": str(data), "fraction": fraction, "seed": seed, "minutes": minutes, "extra": list(extra),
+                "labels": str(labels)}
+    if record.exists():
+        saved = json.loads(record.read_text())
+        if saved.get("settings") == settings:
+            print(f"  (recorded in {record})", flush=True)
+            return saved["scores"]
+    scores = train_and_score(data, run, fraction, seed, minutes, extra, labels=labels)
+    record.write_text(json.dumps({"settings": settings, "scores": scores}))
+    return scores
+
+
 def _fmt(values) -> str:
     values = np.asarray(values, dtype=float)
     return f"{values.mean():.3f}" + (f" ± {values.std():.3f}" if len(values) > 1 else "")
@@ -128,6 +151,8 @@ def main(argv=None) -> None:
     p.add_argument("--data", required=True, type=Path, help="folder with train/ and val/ (images/, labels/)")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.4, 1.0])
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per fraction")
+    p.add_argument("--seed-list", type=int, nargs="+", default=None, metavar="S",
+                   help="these seeds instead of 0..N-1 (e.g. --seed-list 1 2 to add two seeds to a table)")
     p.add_argument("--minutes", type=float, default=15.0, help="training time limit per run")
     p.add_argument("--out", type=Path, default=None, help="folder for runs and results.csv (default: a temp dir)")
     p.add_argument("--scribbles", type=float, default=None, metavar="S",
@@ -153,9 +178,9 @@ def main(argv=None) -> None:
         suffix = " + scribbles"
         print(f"scribbles: {100 * share:.2f} % of the training background painted", flush=True)
     for fraction in args.fractions:
-        for seed in range(args.seeds):
-            res = train_and_score(args.data, out / f"p{fraction:g}_s{seed}", fraction, seed, args.minutes,
-                                  train_args, labels=labels)
+        for seed in args.seed_list or range(args.seeds):
+            res = recorded_or_run(args.data, out / f"p{fraction:g}_s{seed}", fraction, seed, args.minutes,
+                                  train_args, labels)
             rows.append({"method": f"SPOCO@{fraction:g}{suffix}", "seed": seed, **res})
             print(f"  SPOCO@{fraction:g}{suffix} seed {seed}: " + "  ".join(f"{h} {res[k]:.3f}" for h, k in
                                                                    zip(HEADER, METRICS))

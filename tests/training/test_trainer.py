@@ -121,6 +121,34 @@ def test_eval_network_g_validates_and_loads_the_moving_average(tiny_data, tmp_pa
         _config(border="reflect").check()
 
 
+def _running_stats(model):
+    return {n: b.clone() for n, b in model.named_buffers() if "running" in n}
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_ema_buffers_give_g_its_own_batchnorm_statistics(tiny_data, tmp_path, sparse):
+    """"own": g's running statistics come from g's own training-mode forwards (the
+    consistency term), not from f; without g forwards (dense labels) it averages f's
+    (the averaging itself: tests/test_ema.py)."""
+    train, _ = tiny_data
+    stats = {}
+    for mode in ("copy", "own"):
+        trainer = Trainer(_config(max_iters=3, eval_network="g", momentum=0.9, ema_buffers=mode, sparse=sparse),
+                          TinySet(train, 0.5), None, out_dir=tmp_path / mode, progress=False)
+        g_before = _running_stats(trainer.ema.g)
+        trainer.fit()
+        f_after, g_after = _running_stats(trainer.model), _running_stats(trainer.ema.g)
+        assert trainer.ema.buffers_mode == (mode if sparse or mode == "copy" else "ema")
+        stats[mode] = (g_before, f_after, g_after)
+    _, f_after, g_after = stats["copy"]
+    assert _same_tensors(f_after, g_after)
+    g_before, f_after, g_after = stats["own"]
+    assert not _same_tensors(f_after, g_after)  # g measured itself, or averaged f
+    assert not _same_tensors(g_before, g_after)  # and its statistics moved from the initial ones
+    with pytest.raises(ValueError, match="ema_buffers"):
+        _config(ema_buffers="mean").check()
+
+
 def test_resume_with_other_model_gives_clear_error(tiny_data, tmp_path):
     train, _ = tiny_data
     Trainer(_config(max_iters=2), TinySet(train), None, out_dir=tmp_path, progress=False).fit()

@@ -43,6 +43,7 @@ class TrainConfig:
     data: dict = field(default_factory=dict)  # where the training data came from (recorded, not used)
     momentum: float = 0.999           # EMANet momentum m
     eval_network: str = "f"           # network validated, kept as best and predicted with: "f" or "g" (EMA)
+    ema_buffers: str = "copy"         # g's BatchNorm statistics: f's ("copy"), averaged ("ema"), g's own ("own")
     # optimisation
     lr: float = 2e-4
     weight_decay: float = 1e-5
@@ -162,6 +163,8 @@ class TrainConfig:
             raise ValueError(f"border must be 'zero' or 'mirror', got {self.border!r}")
         if self.eval_network not in ("f", "g"):
             raise ValueError(f"eval_network must be 'f' or 'g', got {self.eval_network!r}")
+        if self.ema_buffers not in ("copy", "ema", "own"):
+            raise ValueError(f"ema_buffers must be 'copy', 'ema' or 'own', got {self.ema_buffers!r}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if self.foreground_threshold is not None and not 0 < self.foreground_threshold < 1:

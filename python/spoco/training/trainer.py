@@ -109,7 +109,8 @@ class Trainer:
         in_channels = int(train_data[0]["image_f"].shape[0])
         torch.manual_seed(config.seed)
         self.model = build_model(config, in_channels).to(self.device)
-        self.ema = EMANet(self.model, momentum=config.momentum)
+        self.use_g = config.sparse and config.consistency
+        self.ema = EMANet(self.model, momentum=config.momentum, buffers=self._ema_buffers())
         self.net = self.model
         if self.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
@@ -126,7 +127,6 @@ class Trainer:
             weights["consistency_weight"] = 0.0
         self.criterion = SPOCOLoss(sparse=config.sparse, delta_v=config.delta_v, delta_d=config.delta_d,
                                    generator=gen, **weights)
-        self.use_g = config.sparse and config.consistency
         self.adversarial = self._adversarial_term() if config.adversarial else None
         self.iteration, self.best_score, self.epoch = 0, -math.inf, 0
         self.epoch_batches = 0  # batches of the current epoch trained on
@@ -140,6 +140,12 @@ class Trainer:
             state = load_checkpoint(init_from, map_location=self.device)
             self.model.load_state_dict(model_from_checkpoint(state, network="f").state_dict())
             self.ema.g.load_state_dict(self.model.state_dict())
+
+    def _ema_buffers(self) -> str:
+        """``config.ema_buffers``; "own" needs g to run in training mode every step (the
+        consistency term) to measure its statistics, so without it g averages f's."""
+        mode = self.config.ema_buffers
+        return "ema" if mode == "own" and not self.use_g else mode
 
     def _adversarial_term(self) -> AdversarialTerm:
         cfg = self.config
