@@ -111,10 +111,14 @@ def test_train_prints_its_choices_and_takes_real_world_folders(folders, tmp_path
     assert "spatial_scale" in out and "min_size" in out and "patches per epoch" in out, out
     text = (tmp_path / "run" / "config.yaml").read_text()
     assert "foreground: true" in text and "spatial_scale:" in text and "samples_per_epoch:" in text
+    assert "ema_buffers: own" in text
     proc = spoco("train", "--images", "images", "--labels", "labels", "--out", "run_paper", "--iters", "1",
                  "--recipe", "paper", "--patch-shape", "32", "32", "--f-maps", "4", "--quiet", cwd=tmp_path)
     text = (tmp_path / "run_paper" / "config.yaml").read_text()
-    assert "foreground: false" in text and "lr: 0.0002" in text
+    assert "foreground: false" in text and "lr: 0.0002" in text and "ema_buffers: copy" in text
+    spoco("train", "--images", "images", "--labels", "labels", "--out", "run_ema", "--iters", "1",
+          "--ema-buffers", "ema", "--patch-shape", "32", "32", "--f-maps", "4", "--quiet", cwd=tmp_path)
+    assert "ema_buffers: ema" in (tmp_path / "run_ema" / "config.yaml").read_text()
 
 
 def test_train_with_background_scribbles(tmp_path):

@@ -8,7 +8,7 @@ from . import CLIError
 # Flags that override config keys of the same name (None = not given).
 _OVERRIDES = ("fraction", "patch_shape", "batch_size", "max_iters", "max_minutes", "lr", "val_every",
               "checkpoint_every", "embedding_dim", "f_maps", "depth", "norm", "workers", "seed", "momentum",
-              "eval_network", "border", "background", "min_size", "merge_distance", "spatial_scale",
+              "eval_network", "ema_buffers", "border", "background", "min_size", "merge_distance", "spatial_scale",
               "foreground_threshold", "samples_per_epoch", "adversarial_weight", "critic_steps", "adversarial_warmup",
               "adversarial_patch_shape", "critic_lr", "background_label", "border_background")
 
@@ -55,6 +55,9 @@ def add_parser(sub) -> None:
     p.add_argument("--eval-network", choices=("f", "g"), help="network that validation scores, best.pt keeps and "
                    "spoco predict uses by default: f or its moving average g, smoother once training "
                    "has run for several times 1 / (1 - momentum) steps")
+    p.add_argument("--ema-buffers", choices=("copy", "ema", "own"), help="g's BatchNorm statistics: copied from f "
+                   "(the paper's settings), averaged, or g's own, measured by its forwards in training mode "
+                   "(default recipe)")
     p.add_argument("--border", choices=("zero", "mirror"), help="past the image border when validating and, by "
                    "default, in spoco predict: the network's zero padding or 16 pixels of mirrored image")
     p.add_argument("--background", choices=("none", "largest", "embedding"),

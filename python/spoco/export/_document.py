@@ -14,7 +14,8 @@ SPOCO_DOI = "10.48550/arXiv.2103.14572"
 # is in rdf.yaml under config.spoco.train_config).
 _RECIPE = ("fraction", "sparse", "patch_shape", "batch_size", "max_iters", "max_minutes", "lr", "lr_schedule",
            "warmup", "weight_decay", "embedding_dim", "f_maps", "depth", "norm", "delta_v", "delta_d",
-           "consistency", "momentum", "eval_network", "foreground", "foreground_weight", "spatial_scale",
+           "consistency", "momentum", "eval_network", "ema_buffers",
+           "foreground", "foreground_weight", "spatial_scale",
            "augment", "adversarial", "seed")
 # spoco segment's flag for each segmentation setting.
 _FLAGS = {"delta_d": "--delta-d", "foreground_threshold": "--foreground-threshold", "background": "--background",
