@@ -65,6 +65,28 @@ def test_buffer_modes(mode):
     assert not torch.equal(f_bufs["1.running_mean"], g_before["1.running_mean"])
 
 
+def test_own_mode_copies_the_buffers_no_forward_measures():
+    """"own" leaves g's BatchNorm statistics to g, but a buffer no forward pass updates
+    (the foreground head's labelled rate c) still comes from f; without it g's
+    foreground probabilities would be divided by a stale c."""
+    f = net()
+    f.register_buffer("label_rate", torch.ones(()))
+    ema = EMANet(f, momentum=0.9, buffers="own")
+    g_stats = _bn_stats(ema.g)
+    f.train()
+    f(torch.randn(4, 1, 8, 8) * 3 + 1)
+    f.label_rate.fill_(0.1)
+    ema.update()
+    assert float(ema.g.label_rate) == pytest.approx(0.1)
+    torch.testing.assert_close(ema.g[1].running_mean, g_stats["1.running_mean"])
+    ema.train()
+    ema(torch.randn(4, 1, 8, 8) * 3 + 1)  # g measures its own statistics in train mode
+    assert not torch.equal(ema.g[1].running_mean, g_stats["1.running_mean"])
+    before = ema.g[1].running_mean.clone()
+    ema.update()
+    torch.testing.assert_close(ema.g[1].running_mean, before)  # and update() keeps them
+
+
 def test_g_has_no_gradients():
     f = net()
     ema = EMANet(f)

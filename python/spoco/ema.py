@@ -39,9 +39,12 @@ class EMANet(nn.Module):
     momentum : float in [0, 1]
         m; the paper's best is 0.999 (A.6). 0 makes g a copy of f after each update.
     buffers : {"copy", "ema", "own"}
-        What :meth:`update` does with buffers (BatchNorm running statistics): copy
-        f's (default), average them like parameters (integer buffers are copied),
-        or leave g's own buffers alone (g updates them itself in train mode).
+        What :meth:`update` does with buffers: copy f's (default), average them like
+        parameters (integer buffers are copied), or ``"own"``: leave the running
+        statistics of g's normalisation layers (BatchNorm, InstanceNorm with
+        ``track_running_stats``) to g, which measures them itself in train mode, and
+        copy f's other buffers (e.g. the foreground head's labelled rate, which no
+        forward pass measures).
 
     Attributes
     ----------
@@ -65,6 +68,11 @@ class EMANet(nn.Module):
         self.buffers_mode = buffers
         self.g = copy.deepcopy(source)
         self.g.requires_grad_(False)
+        # Buffers that g's own train-mode forwards keep up to date ("own" leaves them alone).
+        self._measured = {f"{prefix}.{name}" if prefix else name
+                          for prefix, module in self.g.named_modules()
+                          if isinstance(module, nn.modules.batchnorm._NormBase)
+                          for name, _ in module.named_buffers(recurse=False)}
         self.train(source.training)
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.int64))
 
@@ -99,12 +107,14 @@ class EMANet(nn.Module):
         for tg, tf in params:
             if not tg.is_floating_point():
                 tg.copy_(tf)
-        if self.buffers_mode != "own":
-            for tg, tf in self._pairs(self.g.named_buffers(), self._f.named_buffers(), "buffer"):
-                if self.buffers_mode == "ema" and tg.is_floating_point():
-                    tg.lerp_(tf.to(tg.dtype), w)
-                else:
-                    tg.copy_(tf)
+        named_g = self.g.named_buffers()
+        if self.buffers_mode == "own":
+            named_g = [(name, b) for name, b in named_g if name not in self._measured]
+        for tg, tf in self._pairs(named_g, self._f.named_buffers(), "buffer"):
+            if self.buffers_mode == "ema" and tg.is_floating_point():
+                tg.lerp_(tf.to(tg.dtype), w)
+            else:
+                tg.copy_(tf)
         self.num_updates += 1
 
     def extra_repr(self) -> str:

@@ -129,16 +129,20 @@ def _running_stats(model):
 def test_ema_buffers_give_g_its_own_batchnorm_statistics(tiny_data, tmp_path, sparse):
     """"own": g's running statistics come from g's own training-mode forwards (the
     consistency term), not from f; without g forwards (dense labels) it averages f's
-    (the averaging itself: tests/test_ema.py)."""
+    (the averaging itself: tests/test_ema.py). Other buffers are f's in every mode."""
     train, _ = tiny_data
     stats = {}
     for mode in ("copy", "own"):
-        trainer = Trainer(_config(max_iters=3, eval_network="g", momentum=0.9, ema_buffers=mode, sparse=sparse),
+        trainer = Trainer(_config(max_iters=3, eval_network="g", momentum=0.9, ema_buffers=mode, sparse=sparse,
+                                  foreground=True),
                           TinySet(train, 0.5), None, out_dir=tmp_path / mode, progress=False)
         g_before = _running_stats(trainer.ema.g)
         trainer.fit()
         f_after, g_after = _running_stats(trainer.model), _running_stats(trainer.ema.g)
         assert trainer.ema.buffers_mode == (mode if sparse or mode == "copy" else "ema")
+        # the foreground head's labelled rate c is no statistic g measures: it comes from f
+        if trainer.ema.buffers_mode != "ema":
+            assert float(trainer.ema.g.label_rate) == float(trainer.model.label_rate) != 1.0
         stats[mode] = (g_before, f_after, g_after)
     _, f_after, g_after = stats["copy"]
     assert _same_tensors(f_after, g_after)
