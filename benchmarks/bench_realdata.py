@@ -17,7 +17,9 @@ Results also go to ``--out`` (``results.csv`` with one row per run, and the runs
 
 Each run records its scores in ``run/scores.json``; run again with the same ``--out``,
 the script reuses the runs already done with the same settings (an interrupted grid goes
-on where it stopped; ``--seed-list`` adds seeds to a table).
+on where it stopped; ``--seed-list`` adds seeds to a table). ``--rescore`` redoes the last step
+of training for runs already in ``--out``, choosing the post-processing on the validation
+images again with this version of spoco, and scores them (no training).
 
 ``--scribbles S`` adds simulated background scribbles to the training labels and trains
 with ``--background-label 65535``: per image, short strokes (31 px long, 3 px wide) along
@@ -81,27 +83,68 @@ def train_and_score(data: Path, run: Path, fraction: float, seed: int, minutes: 
     start = time.perf_counter()
     if cli(argv) != 0:
         raise SystemExit(f"spoco {' '.join(argv)} failed")
-    seconds = time.perf_counter() - start
+    return score_run(data, run) | {"train_seconds": time.perf_counter() - start}
+
+
+def score_run(data: Path, run: Path) -> dict:
+    """Scores of ``run/best.pt`` on the validation images with the prediction and
+    segmentation settings stored in it (what ``spoco predict`` + ``spoco segment`` do)."""
+    from spoco.clustering import segment
+    from spoco.predict import predict
+    from spoco.training import TrainConfig, load_checkpoint, model_from_checkpoint
+
     state = load_checkpoint(run / "best.pt")
     model, config = model_from_checkpoint(state), TrainConfig.from_saved(state["config"])
     _, images, gts = read_folder(data / "val")
-    segs = [segment(predict(model, img, border=config.border), **config.segmentation()) for img in images]
-    return score(gts, segs) | {"train_seconds": seconds, "iterations": int(state["iteration"])}
+    segs = [segment(predict(model, img, **config.prediction()), **config.segmentation()) for img in images]
+    return score(gts, segs) | {"iterations": int(state["iteration"]), "tta": bool(config.tta)}
+
+
+# Settings that spoco train chooses on the validation images after training unless a flag fixes them.
+CHOSEN_AFTER_TRAINING = {"foreground_threshold": ("--foreground-threshold",), "merge_distance": ("--merge-distance",),
+                         "tta": ("--tta", "--no-tta")}
+
+
+def rescore(data: Path, run: Path, extra: list, recorded: dict) -> dict:
+    """Redo the last step of a finished run's training with this version of spoco: choose the
+    post-processing of its two checkpoints on the validation images again (the settings that
+    ``extra`` does not fix), then score. A run whose earlier choice was ``last.pt`` kept only
+    that network in ``best.pt``: then one candidate fewer competes than at the end of training."""
+    import dataclasses
+
+    import yaml
+
+    from spoco.predict import select_device
+    from spoco.training import TrainConfig, load_checkpoint
+    from spoco.training.trainer import choose_postprocessing
+
+    config = TrainConfig.from_saved(load_checkpoint(run / "best.pt")["config"])
+    open_keys = {k: None for k, flags in CHOSEN_AFTER_TRAINING.items() if not set(flags) & set(extra)}
+    config = dataclasses.replace(config, **open_keys)
+    _, images, gts = read_folder(data / "val")
+    chosen, _ = choose_postprocessing(run, config, list(zip(images, gts)), select_device(None))
+    (run / "config.yaml").write_text(yaml.safe_dump(dataclasses.replace(config, **chosen).to_dict(), sort_keys=False))
+    return score_run(data, run) | {"train_seconds": recorded["train_seconds"], "rescored": True}
 
 
 def recorded_or_run(data: Path, run: Path, fraction: float, seed: int, minutes: float, extra: list,
-                    labels: Path) -> dict:
+                    labels: Path, rescore_runs: bool = False) -> dict:
     """The scores of ``run`` recorded by an earlier invocation with the same settings
-    (``run/scores.json``), else :func:`train_and_score` (recording them): an interrupted
-    grid goes on where it stopped."""
+    (``run/scores.json``; with ``rescore_runs``, chosen and scored again by :func:`rescore`),
+    else :func:`train_and_score` (recording them): an interrupted grid goes on where it stopped."""
     record = run / "scores.json"
     settings = {"data": str(data), "fraction": fraction, "seed": seed, "minutes": minutes, "extra": list(extra),
                 "labels": str(labels)}
     if record.exists():
         saved = json.loads(record.read_text())
         if saved.get("settings") == settings:
-            print(f"  (recorded in {record})", flush=True)
-            return saved["scores"]
+            if not rescore_runs:
+                print(f"  (recorded in {record})", flush=True)
+                return saved["scores"]
+            print(f"  (trained before, post-processing chosen again: {record})", flush=True)
+            scores = rescore(data, run, extra, saved["scores"])
+            record.write_text(json.dumps({"settings": settings, "scores": scores}))
+            return scores
     scores = train_and_score(data, run, fraction, seed, minutes, extra, labels=labels)
     record.write_text(json.dumps({"settings": settings, "scores": scores}))
     return scores
@@ -155,6 +198,9 @@ def main(argv=None) -> None:
                    help="these seeds instead of 0..N-1 (e.g. --seed-list 1 2 to add two seeds to a table)")
     p.add_argument("--minutes", type=float, default=15.0, help="training time limit per run")
     p.add_argument("--out", type=Path, default=None, help="folder for runs and results.csv (default: a temp dir)")
+    p.add_argument("--rescore", action="store_true",
+                   help="runs already trained in --out: choose their post-processing again with this version "
+                   "(threshold, merge distance, test-time augmentation) and score, without training")
     p.add_argument("--scribbles", type=float, default=None, metavar="S",
                    help="add simulated background strokes covering this share of the background's skeleton")
     p.add_argument("--train-args", nargs=argparse.REMAINDER, default=[],
@@ -180,11 +226,12 @@ def main(argv=None) -> None:
     for fraction in args.fractions:
         for seed in args.seed_list or range(args.seeds):
             res = recorded_or_run(args.data, out / f"p{fraction:g}_s{seed}", fraction, seed, args.minutes,
-                                  train_args, labels)
+                                  train_args, labels, rescore_runs=args.rescore)
             rows.append({"method": f"SPOCO@{fraction:g}{suffix}", "seed": seed, **res})
             print(f"  SPOCO@{fraction:g}{suffix} seed {seed}: " + "  ".join(f"{h} {res[k]:.3f}" for h, k in
                                                                    zip(HEADER, METRICS))
-                  + f"  ({res['iterations']} steps, {res['train_seconds'] / 60:.1f} min)", flush=True)
+                  + f"  ({res['iterations']} steps, {res['train_seconds'] / 60:.1f} min"
+                  + (", test-time augmentation" if res.get("tta") else "") + ")", flush=True)
     with open(out / "results.csv", "w", newline="") as fh:
         keys = sorted({k for r in rows for k in r}, key=lambda k: (k != "method", k))
         writer = csv.DictWriter(fh, fieldnames=keys)

@@ -166,3 +166,71 @@ def test_cli_dask_threads_equals_serial(rng, seed, tmp_path):
     read = lambda name: zarr.open_group(str(tmp_path / name), mode="r")["embeddings"][...]  # noqa: E731
     np.testing.assert_array_equal(read("dask.zarr"), read("serial.zarr"))
     assert main(common + ["--out", str(tmp_path / "dask.h5"), "--dask", "threads"]) == 2
+
+
+# ---- test-time augmentation -----------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(5, 5), (4, 7), (1, 6), (6, 1)])
+def test_orient_points_follow_orient(shape):
+    """Pixel p of an array lands at M p + t after orient, for all 8 orientations."""
+    from spoco.predict import DIHEDRAL, orient, orient_points, unorient
+
+    ys, xs = np.indices(shape)
+    grid = torch.from_numpy(np.stack([ys, xs]))
+    for k, flip in DIHEDRAL:
+        moved = orient(grid, k, flip).numpy()  # (2, *turned): where each new pixel came from
+        m, t = orient_points(shape, k, flip)
+        assert np.allclose(m @ m.T, np.eye(2))
+        p = np.stack([ys.ravel(), xs.ravel()])
+        q = np.rint(m @ p + t[:, None]).astype(int)
+        np.testing.assert_array_equal(moved[:, q[0], q[1]], p, err_msg=f"k={k} flip={flip}")
+        np.testing.assert_array_equal(unorient(orient(grid, k, flip), k, flip).numpy(), grid.numpy())
+    assert len(set(DIHEDRAL)) == 8
+
+
+class _PointsAtBrightest(torch.nn.Module):
+    """An exactly equivariant spatial-embedding network: every pixel's first ``ndim``
+    channels point at the window's brightest pixel (so that with the coordinates added
+    they equal its position / scale), then two pointwise channels and a pointwise
+    foreground logit. Every orientation must therefore give the same embeddings."""
+
+    def __init__(self, ndim, scale):
+        super().__init__()
+        self.ndim, self.spatial_scale, self.foreground = ndim, scale, True
+        self.register_buffer("label_rate", torch.tensor(0.8))
+
+    def forward(self, x):
+        img = x[0, 0]
+        centre = torch.unravel_index(img.argmax(), img.shape)
+        grids = torch.meshgrid(*[torch.arange(n, dtype=x.dtype) for n in img.shape], indexing="ij")
+        offsets = [(c.to(x.dtype) - g) / self.spatial_scale for c, g in zip(centre, grids)]
+        return torch.stack([*offsets, img ** 2, torch.tanh(3 * img), 4 * img - 2])[None]
+
+
+@pytest.mark.parametrize("shape", [(33, 33), (30, 41), (6, 20, 27)])
+@pytest.mark.parametrize("tiles", [None, 16])
+def test_tta_of_an_equivariant_network_equals_one_prediction(rng, seed, shape, tiles):
+    """The coordinate channels are moved back as points (turns, flips, the window's place
+    in the image): for a network that commutes with the orientations, the mean of the 8
+    equals the plain prediction, whole or tiled."""
+    net = _PointsAtBrightest(len(shape), scale=float(rng.uniform(2, 9)))
+    image = rng.random(shape).astype(np.float32) * 0.5
+    image[tuple(rng.integers(0, s) for s in shape)] = 1.0  # one brightest pixel
+    plain = predict(net, image, tile_shape=tiles, halo=4, device="cpu")
+    tta = predict(net, image, tile_shape=tiles, halo=4, device="cpu", tta=True)
+    assert tta.shape == plain.shape == (len(shape) + 3,) + shape
+    np.testing.assert_allclose(tta, plain, rtol=1e-5, atol=1e-5, err_msg=str(seed))
+
+
+@pytest.mark.parametrize("shape", [(36, 52), (8, 24, 40)])
+def test_tta_runs_a_unet_on_non_square_images(rng, seed, shape):
+    torch.manual_seed(seed % 2**63)
+    cls = UNet2D if len(shape) == 2 else UNet3D
+    net = cls(1, 4, f_maps=4, depth=2, spatial_scale=5.0).eval()
+    image = rng.random(shape).astype(np.float32)
+    plain = predict(net, image, device="cpu")
+    tta = predict(net, image, device="cpu", tta=True)
+    assert tta.shape == plain.shape and np.isfinite(tta).all()
+    assert not np.allclose(tta, plain)  # a random network is not equivariant: the mean differs
+    with pytest.raises(TypeError, match="tta must be True or False"):
+        predict(net, image, device="cpu", tta="yes")

@@ -132,7 +132,7 @@ def run_demo(out="demo_output", *, data: str = "nuclei", seed: int = 0, iters: i
 
     rows, figure_rows, ours, classic = [], [], [], []
     for name, image, gt in zip(*test):
-        emb = predict(model, image, border=config.border, device=device)
+        emb = predict(model, image, **config.prediction(), device=device)
         seg = segment(emb, **config.segmentation())
         base = otsu_watershed(image)
         for method, labels, store in (("spoco", seg, ours), ("otsu_watershed", base, classic)):

@@ -76,7 +76,8 @@ def tile_grid(spatial, core, halo):
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, image, *, tile_shape=None, halo=None, border: str = "zero", device=None,
-            out=None, progress: bool = False, norm_range=None, journal=None, dask: bool = False) -> np.ndarray:
+            out=None, progress: bool = False, norm_range=None, journal=None, dask: bool = False,
+            tta: bool = False) -> np.ndarray:
     """Embeddings ``(D, *spatial)`` float32 of one image; for a model with a foreground
     head ``(D + 1, *spatial)``, the last channel the foreground probability in [0, 1].
     Spatial embeddings (``model.spatial_scale``) include the image coordinates.
@@ -114,6 +115,14 @@ def predict(model: torch.nn.Module, image, *, tile_shape=None, halo=None, border
         best device). ``out`` must be a zarr array whose chunks tile the cores (all channels
         in one chunk); the model and ``image`` travel to the workers (use a zarr or numpy
         image). The result equals the single-process prediction.
+    tta : bool
+        Test-time augmentation: every window is predicted in the 8 orientations of its
+        YX plane (:data:`DIHEDRAL`: 4 quarter turns, with and without a flip), each result
+        turned back, and the 8 averaged (8 times the network's work). Spatial embeddings
+        point at their object's position, so their coordinate channels are mapped back as
+        positions. On the validation images of BBBC039 and ISBI-2012 the mean splits fewer
+        objects than one prediction (benchmarks/notebook.md); ``spoco train`` chooses it on
+        the validation images (``TrainConfig.tta``).
     """
     ndim = getattr(model, "ndim", None)
     if ndim is not None and image.ndim == ndim:
@@ -135,6 +144,9 @@ def predict(model: torch.nn.Module, image, *, tile_shape=None, halo=None, border
     halo = _spatial_arg(16 if halo is None else halo, "halo", len(spatial), minimum=0)
     if border not in BORDERS:
         raise ValueError(f"border must be one of {BORDERS}, got {border!r}")
+    if not isinstance(tta, (bool, np.bool_)):
+        raise TypeError(f"tta must be True or False, got {tta!r}")
+    tta = bool(tta)
     core = tile_cores(model, spatial, tile_shape)
     if tile_shape is not None:  # aligned tiles: halos in multiples of the pooling factor too
         halo = tuple(_round_up(h, divisor) for h in halo)
@@ -149,29 +161,32 @@ def predict(model: torch.nn.Module, image, *, tile_shape=None, halo=None, border
         with output_lock(journal, f"the journal {journal}"):
             job = {"what": "predict", "format": 1, "image_shape": list(image.shape), "core": list(core),
                    "halo": list(halo), "border": border, "out_shape": list(out.shape),
-                   "norm_range": [np.asarray(lo).tolist(), np.asarray(hi).tolist()], "weights": _weights_digest(model)}
+                   "norm_range": [np.asarray(lo).tolist(), np.asarray(hi).tolist()], "weights": _weights_digest(model),
+                   "tta": tta}
             log = Journal(journal, job)
             log.bind(out, "tiles")
             done = log.done("tiles")
             todo = [t for t in tiles if t[0] not in done]
             if dask:
-                _predict_dask(model, image, todo, spatial, core, halo, border, lo, hi, worker_device, out, journal)
+                _predict_dask(model, image, todo, spatial, core, halo, border, lo, hi, worker_device, out, journal,
+                              tta)
             else:
-                _predict_tiles(model, image, todo, spatial, halo, border, lo, hi, device, out, progress, log)
+                _predict_tiles(model, image, todo, spatial, halo, border, lo, hi, device, out, progress, log, tta)
             log.remove()
         return out
     if dask:
-        return _predict_dask(model, image, tiles, spatial, core, halo, border, lo, hi, worker_device, out, None)
-    return _predict_tiles(model, image, tiles, spatial, halo, border, lo, hi, device, out, progress, None)
+        return _predict_dask(model, image, tiles, spatial, core, halo, border, lo, hi, worker_device, out, None,
+                             tta)
+    return _predict_tiles(model, image, tiles, spatial, halo, border, lo, hi, device, out, progress, None, tta)
 
 
-def _predict_tiles(model, image, tiles, spatial, halo, border, lo, hi, device, out, progress, journal):
+def _predict_tiles(model, image, tiles, spatial, halo, border, lo, hi, device, out, progress, journal, tta):
     """Predict ``tiles`` (``(index, (core, window))``) into ``out``; record each in ``journal``."""
     if progress:
         from tqdm import tqdm
         tiles = tqdm(tiles, desc="predict", unit="tile")
     for index, (core_sl, win_sl) in tiles:
-        emb = _predict_tile(model, image, core_sl, win_sl, spatial, halo, border, lo, hi, device)
+        emb = _predict_tile(model, image, core_sl, win_sl, spatial, halo, border, lo, hi, device, tta)
         if out is None:
             out = np.zeros((emb.shape[0],) + spatial, dtype=np.float32)
         out[(slice(None),) + core_sl] = emb
@@ -181,7 +196,7 @@ def _predict_tiles(model, image, tiles, spatial, halo, border, lo, hi, device, o
     return out
 
 
-def _predict_tile(model, image, core_sl, win_sl, spatial, halo, border, lo, hi, device) -> np.ndarray:
+def _predict_tile(model, image, core_sl, win_sl, spatial, halo, border, lo, hi, device, tta) -> np.ndarray:
     """The embeddings ``(D[+1], *core)`` of one tile's core, predicted from its window."""
     window = normalize_image(image[(slice(None),) + win_sl], lo=lo, hi=hi)
     if not np.isfinite(window).all():  # else every embedding of the tile becomes NaN, silently
@@ -193,12 +208,12 @@ def _predict_tile(model, image, core_sl, win_sl, spatial, halo, border, lo, hi, 
             window = np.pad(window, [(0, 0)] + outside, mode="reflect")
         start = list(halo)
     origin = [c.start - b for c, b in zip(core_sl, start)]  # image coordinates of the window's first pixel
-    emb = _embeddings(model, torch.from_numpy(window)[None].to(device), origin)
+    emb = _embeddings(model, torch.from_numpy(window)[None].to(device), origin, tta)
     inner = tuple(slice(b, b + c.stop - c.start) for c, b in zip(core_sl, start))
     return emb[(slice(None),) + inner]
 
 
-def _dask_tile(model, image, core_sl, win_sl, spatial, halo, border, lo, hi, device, out, journal, index):
+def _dask_tile(model, image, core_sl, win_sl, spatial, halo, border, lo, hi, device, out, journal, index, tta):
     """One Dask task: predict a tile on the worker's device, write its core into ``out``,
     record it in ``journal`` (a folder path, or None)."""
     if device is None:  # each worker uses its own best device (its GPU on a GPU cluster)
@@ -207,13 +222,13 @@ def _dask_tile(model, image, core_sl, win_sl, spatial, halo, border, lo, hi, dev
     model.eval()
     with torch.no_grad():
         out[(slice(None),) + core_sl] = _predict_tile(model, image, core_sl, win_sl, spatial, halo, border, lo, hi,
-                                                      device)
+                                                      device, tta)
     if journal is not None:
         flush_array(out)
         Journal.reopen(journal).mark("tiles", index)
 
 
-def _predict_dask(model, image, tiles, spatial, core, halo, border, lo, hi, device, out, journal):
+def _predict_dask(model, image, tiles, spatial, core, halo, border, lo, hi, device, out, journal, tta):
     """Run ``tiles`` as Dask tasks on the active scheduler (threads, processes, distributed), each
     writing its core into ``out``. Cores must cover whole chunks of ``out`` so that no two
     tasks write one chunk."""
@@ -229,7 +244,7 @@ def _predict_dask(model, image, tiles, spatial, core, halo, border, lo, hi, devi
     shared_model, shared_image = dask.delayed(model, pure=True), dask.delayed(image, pure=True)
     device = None if device is None else str(device)
     tasks = [dask.delayed(_dask_tile, pure=False)(shared_model, shared_image, core_sl, win_sl, spatial, halo, border,
-                                                  lo, hi, device, out, journal, index)
+                                                  lo, hi, device, out, journal, index, tta)
              for index, (core_sl, win_sl) in tiles]
     dask.compute(*tasks)
     return out
@@ -244,16 +259,72 @@ def _weights_digest(model) -> str:
     return digest.hexdigest()
 
 
-def _embeddings(model, window: torch.Tensor, origin) -> np.ndarray:
+# The 8 orientations of the YX plane that test-time augmentation averages, as (quarter
+# turns k, flip): flip X first (if flip), then turn by torch.rot90(., k, dims=(-2, -1)).
+DIHEDRAL = tuple((k, flip) for flip in (False, True) for k in range(4))
+
+
+def orient(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """``x (..., Y, X)`` flipped along X if ``flip``, then turned ``k`` quarter turns."""
+    return torch.rot90(x.flip(-1) if flip else x, k, dims=(-2, -1))
+
+
+def unorient(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """The inverse of :func:`orient`."""
+    x = torch.rot90(x, -k, dims=(-2, -1))
+    return x.flip(-1) if flip else x
+
+
+def orient_points(shape, k: int, flip: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Where :func:`orient` moves the pixel positions of a ``shape = (Y, X)`` array:
+    ``(M, t)`` with ``p' = M @ p + t`` for ``p = (y, x)``; ``M`` is orthogonal."""
+    h, w = (int(s) for s in shape)
+    m, t = np.eye(2), np.zeros(2)
+    if flip:  # (y, x) -> (y, w - 1 - x)
+        m, t = np.diag([1.0, -1.0]) @ m, np.array([t[0], w - 1 - t[1]])
+    for _ in range(k):  # one quarter turn: (y, x) -> (w - 1 - x, y); the shape becomes (w, h)
+        m, t = np.array([[0.0, -1.0], [1.0, 0.0]]) @ m, np.array([w - 1 - t[1], t[0]])
+        h, w = w, h
+    return m, t
+
+
+def _embeddings(model, window: torch.Tensor, origin, tta: bool = False) -> np.ndarray:
     """The model's output for one window ``(1, C, *spatial)`` as ``(D[+1], *spatial)``:
     spatial embeddings get the image coordinates of their pixels added, and a
-    foreground logit becomes the probability ``min(1, sigmoid(logit) / c)``."""
+    foreground logit becomes the probability ``min(1, sigmoid(logit) / c)``. With
+    ``tta``, the mean over the window's :data:`DIHEDRAL` orientations."""
+    scale = getattr(model, "spatial_scale", None)
+    if not tta:
+        return _oriented_embeddings(model, window, scale, origin)[0].cpu().numpy()
+    ndim = window.dim() - 2
+    total = None
+    for k, flip in DIHEDRAL:
+        emb = _oriented_embeddings(model, orient(window, k, flip), scale, None)
+        if scale is not None:
+            # A spatial embedding is (about) its object's position / scale in the turned
+            # window's pixels: move that point back, p = M^T (p' - t).
+            m, t = orient_points(window.shape[-2:], k, flip)
+            m = torch.as_tensor(m, dtype=emb.dtype, device=emb.device)
+            t = torch.as_tensor(t / scale, dtype=emb.dtype, device=emb.device).view(1, 2, *([1] * ndim))
+            emb[:, ndim - 2:ndim] = torch.einsum("ji,bj...->bi...", m, emb[:, ndim - 2:ndim] - t)
+        emb = unorient(emb, k, flip)
+        total = emb if total is None else total.add_(emb)
+    emb = total.div_(len(DIHEDRAL))
+    if scale is not None:  # where the window lies in the image
+        shift = torch.as_tensor([o / scale for o in origin], dtype=emb.dtype, device=emb.device)
+        emb[:, :ndim] += shift.view(1, ndim, *([1] * ndim))
+    return emb[0].cpu().numpy()
+
+
+def _oriented_embeddings(model, window: torch.Tensor, scale, origin) -> torch.Tensor:
+    """``(1, D[+1], *spatial)`` float: embeddings with coordinates counted from ``origin``
+    (None: the window's first pixel), the foreground probability last."""
     emb, logits = split_output(model(window), model)
-    emb = add_coordinates(emb.float(), getattr(model, "spatial_scale", None), origin)
+    emb = add_coordinates(emb.float(), scale, origin)
     if logits is not None:
         prob = (torch.sigmoid(logits.float()) / model.label_rate.clamp_min(1e-6)).clamp(max=1.0)
         emb = torch.cat([emb, prob[:, None]], dim=1)
-    return emb[0].cpu().numpy()
+    return emb
 
 
 class _AddChannel:

@@ -52,6 +52,11 @@ def test_train_predict_evaluate(folders):
     image = read_array(folders / "val_images" / "img5.tif")
     np.testing.assert_allclose(one, predict(model, image, border="mirror", device="cpu"), atol=1e-5)
     assert not np.allclose(one, predict(model, image, device="cpu"), atol=1e-5)
+    # --tta: the mean over the 8 orientations, as the library computes it
+    spoco("predict", "--checkpoint", "run/last.pt", "--images", "val_images/img5.tif", "--out", "tta.zarr",
+          "--eval-network", "g", "--tta", "--quiet", cwd=folders)
+    np.testing.assert_allclose(read_array(folders / "tta.zarr", "embeddings"),
+                               predict(model, image, border="mirror", tta=True, device="cpu"), atol=1e-5)
     # The README's chain: a folder of embeddings -> a folder of label tifs -> scores.
     spoco("segment", "emb", "--key", "embeddings", "--out", "seg", "--min-size", "5",
           "--quiet", cwd=folders)
@@ -62,6 +67,7 @@ def test_train_predict_evaluate(folders):
     from spoco.training import TrainConfig
     config = TrainConfig.from_saved(load_checkpoint(folders / "run" / "best.pt")["config"])
     assert config.foreground and config.min_size > 0
+    assert config.tta in (False, True)  # chosen on the validation images, with and without
     spoco("segment", "emb/img4.h5", "--key", "embeddings", "--out", "seg4.tif", "--quiet", cwd=folders)
     emb4 = read_array(folders / "emb" / "img4.h5", "embeddings")
     np.testing.assert_array_equal(read_array(folders / "seg4.tif"), segment(emb4, **config.segmentation()))
@@ -117,8 +123,9 @@ def test_train_prints_its_choices_and_takes_real_world_folders(folders, tmp_path
     text = (tmp_path / "run_paper" / "config.yaml").read_text()
     assert "foreground: false" in text and "lr: 0.0002" in text and "ema_buffers: copy" in text
     spoco("train", "--images", "images", "--labels", "labels", "--out", "run_ema", "--iters", "1",
-          "--ema-buffers", "ema", "--patch-shape", "32", "32", "--f-maps", "4", "--quiet", cwd=tmp_path)
-    assert "ema_buffers: ema" in (tmp_path / "run_ema" / "config.yaml").read_text()
+          "--ema-buffers", "ema", "--tta", "--patch-shape", "32", "32", "--f-maps", "4", "--quiet", cwd=tmp_path)
+    text = (tmp_path / "run_ema" / "config.yaml").read_text()
+    assert "ema_buffers: ema" in text and "tta: true" in text
 
 
 def test_train_with_background_scribbles(tmp_path):

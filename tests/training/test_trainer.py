@@ -244,37 +244,41 @@ def test_foreground_head_and_spatial_embeddings_train(tiny_data, tmp_path):
 
 
 def test_postprocessing_chosen_on_validation(tiny_data, tmp_path):
-    """Without a threshold or merge distance in the config, best.pt gets the candidate
-    (of best.pt's and last.pt's networks) that scores best on the validation images,
-    and its stored score is that candidate's."""
+    """Without a threshold, merge distance or test-time augmentation in the config, best.pt
+    gets the candidate (of best.pt's and last.pt's networks) that scores best on the
+    validation images, and its stored score is that candidate's."""
     from spoco.training.trainer import FOREGROUND_THRESHOLDS, MERGE_DISTANCES
 
     train, _ = tiny_data
-    cfg = _config(max_iters=20, foreground=True, spatial_scale=4.0, val_every=10)
+    cfg = _config(max_iters=20, foreground=True, spatial_scale=4.0, val_every=10, tta=None)
     trainer = Trainer(cfg, TinySet(train, 0.3), train[:2], out_dir=tmp_path, progress=False)
     result = trainer.fit()
     rows = _rows(tmp_path / "postprocessing.csv")
-    tried = {(r["checkpoint"], float(r["foreground_threshold"]), float(r["merge_distance"])): float(r["ap50"])
-             for r in rows}
+    tried = {(r["checkpoint"], r["tta"] == "True", float(r["foreground_threshold"]), float(r["merge_distance"])):
+             float(r["ap50"]) for r in rows}
     checkpoints = {r["checkpoint"] for r in rows}
     assert checkpoints <= {"best.pt", "last.pt"} and "best.pt" in checkpoints
-    assert len(tried) == len(checkpoints) * len(FOREGROUND_THRESHOLDS) * len(MERGE_DISTANCES)
+    assert {r["tta"] for r in rows} == {"False", "True"}
+    assert len(tried) == len(checkpoints) * 2 * len(FOREGROUND_THRESHOLDS) * len(MERGE_DISTANCES)
     state = load_checkpoint(tmp_path / "best.pt")
-    chosen = TrainConfig.from_saved(state["config"]).segmentation()
+    saved = TrainConfig.from_saved(state["config"])
+    chosen = saved.segmentation()
     assert chosen["foreground_threshold"] in FOREGROUND_THRESHOLDS
     assert chosen["merge_distance"] in [m * cfg.delta_d for m in MERGE_DISTANCES]
+    assert saved.tta in (False, True) and trainer.config.tta == saved.tta
     best = max(tried.values())
     assert best == pytest.approx(result["best_score"]) == pytest.approx(state["best_score"])
-    assert any(score == best and t == chosen["foreground_threshold"] and m == chosen["merge_distance"]
-               for (_, t, m), score in tried.items())
+    assert any(score == best and a == saved.tta and t == chosen["foreground_threshold"]
+               and m == chosen["merge_distance"] for (_, a, t, m), score in tried.items())
     # the stored network is the one that scored: segmenting with it reproduces the score
     model = model_from_checkpoint(state)
-    again = np.mean([metrics.evaluate(np.asarray(lab), segment(predict(model, img, border=cfg.border), **chosen))["ap50"]
+    again = np.mean([metrics.evaluate(np.asarray(lab), segment(predict(model, img, **saved.prediction()),
+                                                               **chosen))["ap50"]
                      for img, lab in train[:2]])
     assert again == pytest.approx(best)
     # what the user gives is kept
     cfg = _config(max_iters=10, foreground=True, val_every=10, foreground_threshold=0.45, merge_distance=0.0)
     Trainer(cfg, TinySet(train, 0.3), train[:2], out_dir=tmp_path / "fixed", progress=False).fit()
     saved = load_checkpoint(tmp_path / "fixed" / "best.pt")["config"]
-    assert saved["foreground_threshold"] == 0.45 and saved["merge_distance"] == 0.0
+    assert saved["foreground_threshold"] == 0.45 and saved["merge_distance"] == 0.0 and saved["tta"] is False
     assert not (tmp_path / "fixed" / "postprocessing.csv").exists()

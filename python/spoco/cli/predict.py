@@ -1,6 +1,7 @@
 """``spoco predict``: embeddings of images or volumes with a trained network, tile by tile."""
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -36,6 +37,9 @@ def add_parser(sub) -> None:
     p.add_argument("--border", choices=("zero", "mirror"), help="past the image border: the network's zero "
                    "padding, or --halo pixels of mirrored image (default: the training run's --border, zero "
                    "unless set)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="test-time augmentation: average the predictions of the 8 orientations of each image "
+                   "(8 times the work; default: what the training run chose on its validation images)")
     p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: best available)")
     p.add_argument("--dask", metavar="SCHEDULER",
                    help="run the tiles as Dask tasks: 'threads', 'processes', or the address of a dask.distributed "
@@ -53,17 +57,18 @@ def _inputs(args):
 
 
 def predict_file(model, src, dst: Path, *, key, out_key, tile_shape, halo, border, device, progress,
-                 segmentation=None, restart: bool = False, dask: bool = False) -> None:
+                 segmentation=None, restart: bool = False, dask: bool = False, tta: bool = False) -> None:
     """Predict one input file into an HDF5/zarr output dataset, written tile by tile; a run
     killed before the end resumes from ``<dst>.spoco-progress`` (:mod:`._resume`). An error
     about the image (shape, channels, dtype, NaN, a damaged chunk) names ``src``."""
     with naming_errors(src):
         _predict_file(model, src, dst, key=key, out_key=out_key, tile_shape=tile_shape, halo=halo, border=border,
-                      device=device, progress=progress, segmentation=segmentation, restart=restart, dask=dask)
+                      device=device, progress=progress, segmentation=segmentation, restart=restart, dask=dask,
+                      tta=tta)
 
 
 def _predict_file(model, src, dst: Path, *, key, out_key, tile_shape, halo, border, device, progress,
-                 segmentation=None, restart: bool = False, dask: bool = False) -> None:
+                  segmentation=None, restart: bool = False, dask: bool = False, tta: bool = False) -> None:
 
     from ..data import io
     from ..predict import predict, tile_cores
@@ -90,7 +95,7 @@ def _predict_file(model, src, dst: Path, *, key, out_key, tile_shape, halo, bord
         out = resumable.array(shape, "float32", chunks, voxel_size=io.voxel_size(src, key), channels=True)
         if out.attrs.get(io.COMPLETE_ATTR) is not True:  # else killed while copying to HDF5
             predict(model, image, out=out, tile_shape=tile_shape, halo=halo, border=border, device=device,
-                    progress=progress, journal=resumable.folder / "tiles", dask=dask)
+                    progress=progress, journal=resumable.folder / "tiles", dask=dask, tta=tta)
         attrs = {} if segmentation is None else {SEGMENTATION_ATTR: json.dumps(segmentation)}
         resumable.finish(out, attrs)
 
@@ -100,6 +105,7 @@ def run(args) -> int:
 
     model, config = load_network(args.checkpoint, args.eval_network)
     border = args.border or config.border
+    tta = config.prediction()["tta"] if args.tta is None else args.tta
     device = select_device(args.device)
     model.to(device)
     with _scheduler(args.dask):
@@ -107,7 +113,7 @@ def run(args) -> int:
             predict_file(model, src, dst, key=args.key, out_key=args.out_key, tile_shape=args.tile_shape,
                          halo=args.halo, border=border, device=None if args.dask and not args.device else device,
                          progress=not args.quiet, segmentation=config.segmentation(), restart=args.restart,
-                         dask=bool(args.dask))
+                         dask=bool(args.dask), tta=tta)
             if not args.quiet:
                 print(f"{src} -> {dst}:{args.out_key}")
     return 0

@@ -247,7 +247,7 @@ def _embeddings_of_image(src, key, network, args) -> np.ndarray:
     device = select_device(args.device)
     model.to(device)
     try:
-        return predict(model, io.open_array(src, key), border=config.border, device=device)
+        return predict(model, io.open_array(src, key), **config.prediction(), device=device)
     except ValueError as err:  # an image that does not fit the network: name the file
         raise CLIError(f"{src}: {err}") from None
 

@@ -1,6 +1,7 @@
 """``spoco train``: train an embedding network on a folder of images and (partial) label images."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from . import CLIError
@@ -10,7 +11,7 @@ _OVERRIDES = ("fraction", "patch_shape", "batch_size", "max_iters", "max_minutes
               "checkpoint_every", "embedding_dim", "f_maps", "depth", "norm", "workers", "seed", "momentum",
               "eval_network", "ema_buffers", "border", "background", "min_size", "merge_distance", "spatial_scale",
               "foreground_threshold", "samples_per_epoch", "adversarial_weight", "critic_steps", "adversarial_warmup",
-              "adversarial_patch_shape", "critic_lr", "background_label", "border_background")
+              "adversarial_patch_shape", "critic_lr", "background_label", "border_background", "tta")
 
 
 def add_parser(sub) -> None:
@@ -69,6 +70,10 @@ def add_parser(sub) -> None:
     p.add_argument("--no-foreground", action="store_true", help="no foreground head: cluster every pixel")
     p.add_argument("--foreground-threshold", type=float, help="foreground probability above which pixels are "
                    "clustered (default 0.5)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="test-time augmentation in validation and, by default, in spoco predict: average the "
+                   "predictions of the 8 orientations of each image (8 times the prediction time); default "
+                   "recipe: chosen with and without on the validation images after training")
     p.add_argument("--background-label", type=int, metavar="VALUE",
                    help="label value painted on background (scribbles, a few strokes are enough): the "
                    "foreground head learns the objects against them instead of against all unlabeled pixels; "
@@ -248,7 +253,8 @@ def run(args) -> int:
         if val:
             chosen = trainer.config.segmentation()
             threshold = f"foreground threshold {chosen['foreground_threshold']:g}, " if config.foreground else ""
-            best += f" ({threshold}merge distance {chosen['merge_distance']:g})"
+            tta = ", test-time augmentation" if trainer.config.tta else ""
+            best += f" ({threshold}merge distance {chosen['merge_distance']:g}{tta})"
         steps = result["steps_this_run"]
         resumed = f" (step {result['iterations']} in all)" if steps != result["iterations"] else ""
         print(f"trained {steps} steps in {result['seconds']:.0f} s{resumed}{best}; checkpoints in {args.out}")

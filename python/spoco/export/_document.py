@@ -14,7 +14,7 @@ SPOCO_DOI = "10.48550/arXiv.2103.14572"
 # is in rdf.yaml under config.spoco.train_config).
 _RECIPE = ("fraction", "sparse", "patch_shape", "batch_size", "max_iters", "max_minutes", "lr", "lr_schedule",
            "warmup", "weight_decay", "embedding_dim", "f_maps", "depth", "norm", "delta_v", "delta_d",
-           "consistency", "momentum", "eval_network", "ema_buffers",
+           "consistency", "momentum", "eval_network", "ema_buffers", "tta",
            "foreground", "foreground_weight", "spatial_scale",
            "augment", "adversarial", "seed")
 # spoco segment's flag for each segmentation setting.
@@ -58,6 +58,10 @@ def readme(*, name: str, description: str, spoco: dict, test_image: str, best_sc
               if scale else "The embeddings do not depend on the position in the image: tiles with a halo of\n"
               "context give the whole-image output.")
     rows = "\n".join(f"| `{k}` | {train[k]} |" for k in _RECIPE if k in train)
+    tta = ("\nThe training run chose test-time augmentation (`tta: true`): `spoco predict` averages the\n"
+           "predictions of the 8 orientations of the image (quarter turns, with and without a flip),\n"
+           "the spatial channels moved back as positions; a consumer that predicts once gets slightly\n"
+           "more split objects than the validation score says.\n" if train.get("tta") else "")
     settings = "\n".join(f"| `{k}` | {v} |" for k, v in seg.items())
     validated = best_score is not None and np.isfinite(best_score)  # -inf: a run without validation images
     score = (f"The network kept ({spoco['network']}) reached AP@0.5 = {best_score:.3f} on the training run's "
@@ -114,7 +118,7 @@ Embeddings computed elsewhere (saved as a `(channel, {axes})` array without the 
 ```
 
 In Python: `spoco.clustering.segment(embeddings, **settings)` with the settings above.
-
+{tta}
 ## Training
 
 The settings of the training run (`spoco train`; all of them in rdf.yaml under

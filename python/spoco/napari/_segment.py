@@ -78,7 +78,7 @@ def segment_image(run: Run, image: np.ndarray, *, device=None, slices=None,
         slices = range(spatial[0]) if slices is None else slices
         embeddings, next_id = [], 0
         for z in slices:
-            emb = predict(model, image[:, z], border=run.config.border, device=device)
+            emb = predict(model, image[:, z], **run.config.prediction(), device=device)
             seg = segment(emb, **run.config.segmentation())
             labels[z] = np.where(seg > 0, seg + next_id, 0)
             next_id += int(seg.max(initial=0))
@@ -97,14 +97,14 @@ def _segment_whole(run, model, image, device, blockwise_above):
     spatial = image.shape[1:]
     d = run.model.embedding_dim
     if int(np.prod(spatial)) <= blockwise_above:
-        emb = predict(model, image, border=run.config.border, device=device)
+        emb = predict(model, image, **run.config.prediction(), device=device)
         return segment(emb, **settings).astype(np.int32), pca_rgb(emb[:d])
     tile = tuple(min(t, s) for t, s in zip(TILE[len(spatial)], spatial))
     offsets, n_attractive = default_offsets(len(spatial))
     with tempfile.TemporaryDirectory(prefix="spoco-napari-") as folder:
         emb = io.create_array(Path(folder) / "embeddings.zarr", (d + int(run.model.foreground),) + spatial,
                               "float32", chunks=(1,) + tile)
-        predict(model, image, tile_shape=tile, border=run.config.border, device=device, out=emb)
+        predict(model, image, tile_shape=tile, **run.config.prediction(), device=device, out=emb)
         mask = None
         if settings["foreground"]:  # only pixels above the threshold are clustered
             mask = np.asarray(emb[d]) > settings["foreground_threshold"]

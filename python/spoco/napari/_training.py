@@ -119,7 +119,7 @@ class LayerTrainer(Trainer):
         cfg = self.config
         rows = []
         for (image, labels), norm_range in zip(self.val_data, self.norm_ranges):
-            emb = predict(model, image, border=cfg.border, device=self.device, norm_range=norm_range)
+            emb = predict(model, image, **cfg.prediction(), device=self.device, norm_range=norm_range)
             rows.append(sparse_scores(labels, segment(emb, **cfg.segmentation())))
         scores = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
         if self.on_validation is not None:

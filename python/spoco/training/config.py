@@ -87,6 +87,10 @@ class TrainConfig:
     # with a foreground head: pixels above this probability are clustered; None: chosen on the
     # validation images after training (FOREGROUND_THRESHOLDS), 0.5 without them
     foreground_threshold: float | None = None
+    # test-time augmentation in prediction (spoco.predict.predict(tta=...)): the mean over the
+    # 8 orientations of the YX plane; None: chosen on the validation images after training
+    # (with and without), False without them
+    tta: bool | None = False
     seed: int = 0
 
     @classmethod
@@ -169,6 +173,8 @@ class TrainConfig:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if self.foreground_threshold is not None and not 0 < self.foreground_threshold < 1:
             raise ValueError(f"foreground_threshold must be in (0, 1) or None, got {self.foreground_threshold!r}")
+        if self.tta is not None and not isinstance(self.tta, bool):
+            raise ValueError(f"tta must be true, false or None (chosen on the validation images), got {self.tta!r}")
         if self.merge_distance is not None and not self.merge_distance >= 0:
             raise ValueError(f"merge_distance must be >= 0 or None, got {self.merge_distance!r}")
         if self.background_label is not None and (not isinstance(self.background_label, int)
@@ -230,6 +236,11 @@ class TrainConfig:
                     background=self.background, background_radius=self.background_radius,
                     merge_distance=0.0 if self.merge_distance is None else self.merge_distance,
                     min_size=self.min_size)
+
+    def prediction(self) -> dict:
+        """Keyword arguments of :func:`spoco.predict.predict` that validation uses, and the
+        defaults of ``spoco predict`` with this run's checkpoints."""
+        return dict(border=self.border, tta=bool(self.tta))
 
     @property
     def ndim(self) -> int:

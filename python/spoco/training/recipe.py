@@ -19,8 +19,10 @@ The other settings were chosen by measurement on real data (benchmarks/README.md
 moving-average network g (momentum 0.995) validated, kept and used for prediction,
 with BatchNorm statistics of its own (``ema_buffers="own"``: f's statistics, which the
 paper's g copies, do not fit g's averaged weights while f still moves fast, and g's
-validation collapsed to a few segments per image early in runs on ISBI-2012), 16 pixels of mirrored image past the border. :data:`PAPER` holds the paper's
-settings (``spoco train --recipe paper``).
+validation collapsed to a few segments per image early in runs on ISBI-2012), 16 pixels of mirrored image past the border;
+after training, the foreground threshold, the merge distance and whether prediction
+averages the 8 orientations of each image (test-time augmentation) are chosen on the
+validation images. :data:`PAPER` holds the paper's settings (``spoco train --recipe paper``).
 """
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ from .config import TrainConfig
 
 # Fixed part of the default recipe (sizes come from the data, see auto_config).
 RECIPE = dict(f_maps=8, embedding_dim=16, batch_size=8, lr=1e-3, lr_schedule="cosine", warmup=200, momentum=0.995,
-              eval_network="g", ema_buffers="own", border="mirror", foreground=True, max_iters=10000, val_every=500)
+              eval_network="g", ema_buffers="own", border="mirror", foreground=True, max_iters=10000, val_every=500,
+              tta=None)
 # The paper's settings (appendix A.1) are TrainConfig's own defaults.
 PAPER: dict = {}
 

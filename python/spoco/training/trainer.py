@@ -354,7 +354,8 @@ class Trainer:
         if bar is not None:
             bar.close()
         if self.rank == 0 and self.val_data and (self.out_dir / "best.pt").exists() and \
-                ((cfg.foreground and cfg.foreground_threshold is None) or cfg.merge_distance is None):
+                ((cfg.foreground and cfg.foreground_threshold is None) or cfg.merge_distance is None
+                 or cfg.tta is None):
             with torch.random.fork_rng(devices=[]):  # building the networks draws weights: keep training's stream
                 self._choose_postprocessing()
         dist_utils.barrier()
@@ -362,48 +363,10 @@ class Trainer:
                 "best_score": self.best_score, "seconds": time.perf_counter() - start}
 
     def _choose_postprocessing(self) -> None:
-        """Give ``best.pt`` the post-processing under which its network scores best on the
-        validation images, so that segmentation uses it: the foreground threshold (of
-        FOREGROUND_THRESHOLDS) and the merge distance (MERGE_DISTANCES · delta_d), each
-        where the config leaves it None. The network of ``last.pt`` competes too: a
-        checkpoint chosen by the score without merging need not be the best with it.
-        Logs every candidate's score to ``postprocessing.csv``."""
-        cfg = self.config
-        thresholds = (FOREGROUND_THRESHOLDS if cfg.foreground and cfg.foreground_threshold is None
-                      else (cfg.segmentation()["foreground_threshold"],))
-        distances = (tuple(m * cfg.delta_d for m in MERGE_DISTANCES) if cfg.merge_distance is None
-                     else (cfg.merge_distance,))
-        log = self.out_dir / "postprocessing.csv"
-        log.unlink(missing_ok=True)  # a resumed run redoes this step
-        labels = [np.asarray(lab) for _, lab in self.val_data]
-        best = None
-        for name in dict.fromkeys(("best.pt", "last.pt")):
-            state = load_checkpoint(self.out_dir / name, map_location=self.device)
-            if name == "last.pt" and state["iteration"] == best[1]["iteration"]:
-                continue  # the same network
-            model = model_from_checkpoint(state).to(self.device)
-            base = TrainConfig.from_saved(state["config"]).segmentation()
-            del base["merge_distance"]  # the candidates below
-            embeddings = [predict(model, image, border=cfg.border, device=self.device) for image, _ in self.val_data]
-            for threshold in thresholds:
-                variants = [segment_variants(emb, distances, **base | {"foreground_threshold": threshold})
-                            for emb in embeddings]
-                for i, distance in enumerate(distances):
-                    score = float(np.mean([metrics.evaluate(gt, segs[i])["ap50"] for gt, segs in zip(labels, variants)]))
-                    self._log("postprocessing.csv", {"checkpoint": name, "iteration": state["iteration"],
-                                                     "foreground_threshold": threshold if cfg.foreground else "",
-                                                     "merge_distance": distance, "ap50": score})
-                    # ties: the earlier checkpoint, the threshold nearest 0.5, the smaller distance
-                    key = (score, -abs(threshold - 0.5), -distance)
-                    if best is None or key > best[0]:
-                        best = (key, state, threshold, distance)
-        _, state, threshold, distance = best
-        if cfg.foreground and cfg.foreground_threshold is None:
-            self.config.foreground_threshold = state["config"]["foreground_threshold"] = threshold
-        if cfg.merge_distance is None:
-            self.config.merge_distance = state["config"]["merge_distance"] = distance
-        self.best_score = state["best_score"] = best[0][0]
-        save_checkpoint(self.out_dir / "best.pt", state)
+        """:func:`choose_postprocessing` for this run; the config and best score follow it."""
+        chosen, self.best_score = choose_postprocessing(self.out_dir, self.config, self.val_data, self.device)
+        for key, value in chosen.items():
+            setattr(self.config, key, value)
         self._write_config()
 
     def _write_config(self) -> None:
@@ -446,7 +409,7 @@ class Trainer:
         cfg = self.config
         rows = []
         for image, labels in self.val_data:
-            emb = predict(model, image, border=cfg.border, device=self.device)
+            emb = predict(model, image, **cfg.prediction(), device=self.device)
             seg = segment(emb, **cfg.segmentation())
             rows.append(metrics.evaluate(np.asarray(labels), seg))
         return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
@@ -459,6 +422,67 @@ class Trainer:
             if new:
                 writer.writeheader()
             writer.writerow(row)
+
+
+
+def choose_postprocessing(out_dir: Path, config: TrainConfig, val_data, device) -> tuple[dict, float]:
+    """Give ``out_dir/best.pt`` the post-processing under which its network scores best on
+    the validation images ``val_data`` (pairs of image and labels), so that segmentation
+    uses it: the foreground threshold (of FOREGROUND_THRESHOLDS), the merge distance
+    (MERGE_DISTANCES · delta_d) and whether prediction averages the image's 8 orientations
+    (test-time augmentation), each where ``config`` leaves it None. The network of
+    ``last.pt`` competes too: a checkpoint chosen by the score without merging need not be
+    the best with it. Logs every candidate's score to ``postprocessing.csv``.
+
+    Returns the chosen values (config keys) and their AP@0.5."""
+    cfg = config
+    thresholds = (FOREGROUND_THRESHOLDS if cfg.foreground and cfg.foreground_threshold is None
+                  else (cfg.segmentation()["foreground_threshold"],))
+    distances = (tuple(m * cfg.delta_d for m in MERGE_DISTANCES) if cfg.merge_distance is None
+                 else (cfg.merge_distance,))
+    augmentations = (False, True) if cfg.tta is None else (cfg.tta,)
+    log = Path(out_dir) / "postprocessing.csv"
+    log.unlink(missing_ok=True)  # a resumed run redoes this step
+    labels = [np.asarray(lab) for _, lab in val_data]
+    best, rows = None, []
+    for name in dict.fromkeys(("best.pt", "last.pt")):
+        state = load_checkpoint(Path(out_dir) / name, map_location=device)
+        if name == "last.pt" and state["iteration"] == best[1]["iteration"]:
+            continue  # the same network
+        model = model_from_checkpoint(state).to(device)
+        base = TrainConfig.from_saved(state["config"]).segmentation()
+        del base["merge_distance"]  # the candidates below
+        for tta in augmentations:
+            embeddings = [predict(model, image, border=cfg.border, tta=tta, device=device) for image, _ in val_data]
+            for threshold in thresholds:
+                variants = [segment_variants(emb, distances, **base | {"foreground_threshold": threshold})
+                            for emb in embeddings]
+                for i, distance in enumerate(distances):
+                    score = float(np.mean([metrics.evaluate(gt, segs[i])["ap50"] for gt, segs in zip(labels, variants)]))
+                    rows.append({"checkpoint": name, "iteration": state["iteration"], "tta": tta,
+                                 "foreground_threshold": threshold if cfg.foreground else "",
+                                 "merge_distance": distance, "ap50": score})
+                    # ties: the earlier checkpoint, one prediction (8 times cheaper), the
+                    # threshold nearest 0.5, the smaller distance
+                    key = (score, not tta, -abs(threshold - 0.5), -distance)
+                    if best is None or key > best[0]:
+                        best = (key, state, threshold, distance, tta)
+    with open(log, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (score, *_), state, threshold, distance, tta = best
+    chosen = {}
+    if cfg.foreground and cfg.foreground_threshold is None:
+        chosen["foreground_threshold"] = threshold
+    if cfg.merge_distance is None:
+        chosen["merge_distance"] = distance
+    if cfg.tta is None:
+        chosen["tta"] = tta
+    state["config"] |= chosen
+    state["best_score"] = score
+    save_checkpoint(Path(out_dir) / "best.pt", state)
+    return chosen, score
 
 
 def _drop_rows_after(path: Path, iteration: int) -> None:
