@@ -23,3 +23,15 @@ def test_demo_writes_figure_labels_and_scores(tmp_path, data):
 def test_demo_rejects_unknown_data(tmp_path):
     with pytest.raises(ValueError, match="data"):
         run_demo(tmp_path, data="imagenet", iters=1)
+
+
+def test_demo_stops_at_its_time_limit(tmp_path):
+    """The schedule ends after --iters steps or --minutes, whichever comes first: the demo's
+    10-minute bound holds on a slow host too."""
+    import yaml
+
+    run_demo(tmp_path, data="synthetic", iters=10**6, minutes=0.02, progress=False)
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["max_minutes"] == 0.02 and config["max_iters"] == 10**6
+    last = (tmp_path / "run" / "val_log.csv").read_text().strip().splitlines()[-1]
+    assert 0 < int(last.split(",")[0]) < 10**6

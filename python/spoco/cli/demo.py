@@ -15,6 +15,9 @@ def add_parser(sub) -> None:
                    help="nuclei: the bundled BBBC039 fields (default); synthetic: generated images")
     d.add_argument("--seed", type=int, default=0, help="seed of sampling and training (default: 0)")
     d.add_argument("--iters", type=int, help="training steps (default 5000)")
+    d.add_argument("--minutes", type=float, default=8.0, help="training time limit: the schedule ends after "
+                   "--iters steps or this many minutes, whichever comes first (default 8, which keeps the "
+                   "whole demo within 10 minutes on 2 CPU cores)")
     d.add_argument("--fraction", type=float, help="fraction of labelled objects (default 0.1)")
     d.add_argument("--device", default="cpu", help="device for training (default cpu)")
     d.add_argument("--threads", type=int, help="CPU threads (default: the CPUs available to this process)")
@@ -28,5 +31,5 @@ def run(args) -> int:
 
     set_threads(args.threads)
     run_demo(args.out, data=args.data, seed=args.seed, iters=args.iters, fraction=args.fraction,
-             device=args.device, progress=not args.quiet)
+             device=args.device, progress=not args.quiet, minutes=args.minutes)
     return 0
