@@ -53,8 +53,9 @@ def test_train_predict_evaluate(folders):
     np.testing.assert_allclose(one, predict(model, image, border="mirror", device="cpu"), atol=1e-5)
     assert not np.allclose(one, predict(model, image, device="cpu"), atol=1e-5)
     # --tta: the mean over the 8 orientations, as the library computes it
-    spoco("predict", "--checkpoint", "run/last.pt", "--images", "val_images/img5.tif", "--out", "tta.zarr",
-          "--eval-network", "g", "--tta", "--quiet", cwd=folders)
+    said = spoco("predict", "--checkpoint", "run/last.pt", "--images", "val_images/img5.tif", "--out", "tta.zarr",
+                 "--eval-network", "g", "--tta", cwd=folders).stdout
+    assert "test-time augmentation (--tta): 8 predictions per tile" in said
     np.testing.assert_allclose(read_array(folders / "tta.zarr", "embeddings"),
                                predict(model, image, border="mirror", tta=True, device="cpu"), atol=1e-5)
     # The README's chain: a folder of embeddings -> a folder of label tifs -> scores.

@@ -108,6 +108,9 @@ def run(args) -> int:
     tta = config.prediction()["tta"] if args.tta is None else args.tta
     device = select_device(args.device)
     model.to(device)
+    if tta and not args.quiet:
+        why = "--tta" if args.tta else "chosen by the training run on its validation images"
+        print(f"test-time augmentation ({why}): 8 predictions per tile, averaged; --no-tta predicts once")
     with _scheduler(args.dask):
         for src, dst in _inputs(args):
             predict_file(model, src, dst, key=args.key, out_key=args.out_key, tile_shape=args.tile_shape,
