@@ -101,10 +101,12 @@ def test_critic_separates_sharp_from_soft_masks(seed, torch_single_thread):
         opt.step()
     real, fake = sample(64)
     with torch.no_grad():
-        d_real, d_fake = critic(real), critic(fake)
-    threshold = 0.5 * (d_real.mean() + d_fake.mean())
-    accuracy = 0.5 * ((d_real > threshold).float().mean() + (d_fake < threshold).float().mean())
-    assert accuracy > 0.95, (seed, accuracy)
+        d_real, d_fake = critic(real).flatten(), critic(fake).flatten()
+    # The share of (real, fake) pairs the critic ranks the right way round (ROC AUC; 0.5
+    # untrained): free of a threshold, which the mean of the two means set badly when one
+    # class had a few outliers (a perfect ranking scored 0.945 as an accuracy).
+    ranked = (d_real[:, None] > d_fake[None, :]).float().mean()
+    assert ranked > 0.95, (seed, ranked)
     assert d_real.mean() - d_fake.mean() > 0.5, seed
 
 
