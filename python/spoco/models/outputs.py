@@ -2,6 +2,8 @@
 the pixel coordinates that spatial embeddings add to their offsets."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -9,7 +11,10 @@ def split_output(out: torch.Tensor, model) -> tuple[torch.Tensor, torch.Tensor |
     """``(embeddings (B, D, *spatial), foreground logits (B, *spatial) or None)`` of the
     raw output ``(B, D[+1], *spatial)`` of ``model`` (a :class:`spoco.models.UNet`)."""
     if getattr(model, "foreground", False):
-        return out[:, :-1], out[:, -1]
+        # One split, not two slices: its backward writes both gradients into one
+        # buffer instead of zero-filling a full-size buffer per slice.
+        emb, logits = out.split([out.shape[1] - 1, 1], dim=1)
+        return emb, logits.squeeze(1)
     return out, None
 
 
@@ -20,10 +25,21 @@ def add_coordinates(emb: torch.Tensor, scale: float | None, origin=None) -> torc
     ``scale=None`` returns ``emb`` unchanged."""
     if scale is None:
         return emb
-    spatial = emb.shape[2:]
-    origin = (0,) * len(spatial) if origin is None else tuple(int(o) for o in origin)
-    axes = [(torch.arange(n, device=emb.device, dtype=emb.dtype) + o) / scale for n, o in zip(spatial, origin)]
-    grids = torch.meshgrid(*axes, indexing="ij")
-    coords = torch.stack(grids)[None]  # (1, ndim, *spatial)
-    ndim = len(spatial)
-    return torch.cat([emb[:, :ndim] + coords, emb[:, ndim:]], dim=1)
+    origin = None if origin is None else tuple(int(o) for o in origin)
+    # Zero-padded to all D channels: one broadcast add, whose backward passes the
+    # gradient through (slices and a concatenation would copy it twice); the same
+    # coordinates serve every training step, so they are made once.
+    return emb + _coordinates(tuple(emb.shape[1:]), float(scale), origin, emb.dtype, emb.device)
+
+
+@functools.lru_cache(maxsize=16)
+def _coordinates(shape: tuple, scale: float, origin, dtype, device) -> torch.Tensor:
+    """``(1, D, *spatial)``: ``coordinate / scale`` in channel ``k`` for spatial axis ``k``,
+    zeros in the other channels. Made outside inference mode, so that autograd may use it."""
+    spatial = shape[1:]
+    origin = (0,) * len(spatial) if origin is None else origin
+    with torch.inference_mode(False), torch.no_grad():
+        axes = [(torch.arange(n, device=device, dtype=dtype) + o) / scale for n, o in zip(spatial, origin)]
+        coords = torch.zeros((1,) + shape, device=device, dtype=dtype)
+        coords[0, :len(spatial)] = torch.stack(torch.meshgrid(*axes, indexing="ij"))
+    return coords
