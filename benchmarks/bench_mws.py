@@ -138,6 +138,8 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 LIBS = ("ours", "bioimage-cpp", "mwatershed")
+#: Speed-up over the faster peer at one thread that the project aims for on cases (a) and (b).
+TARGET_FACTOR = 10.0
 EPS_MWS = 2.0 ** -160
 DELTA_D = 2.0
 EMB_DIM = 16
@@ -774,8 +776,8 @@ def main(argv=None):
             continue
         best_t, best_lib = min(peers)
         factor = best_t / medians[(label, "ours")]
-        print(f"target ({label}): ours >= 5x faster than the faster peer -> achieved {factor:.2f}x "
-              f"vs {best_lib} ({'met' if factor >= 5 else 'NOT met'})")
+        print(f"target ({label}): ours >= {TARGET_FACTOR:g}x faster than the faster peer -> achieved {factor:.2f}x "
+              f"vs {best_lib} ({'met' if factor >= TARGET_FACTOR else 'NOT met'})")
     if hasattr(os, "getloadavg"):
         print(f"(load average at end: {', '.join(f'{x:.2f}' for x in os.getloadavg())})")
     return 0
