@@ -3,98 +3,26 @@
 // A repulsive edge (u, v) between clusters A and B appends v to A's list and u to
 // B's list. A and B are mutually exclusive iff the list of one holds a node of
 // the other, so has_mutex scans the shorter list and asks the union-find for each
-// entry's root. Merging appends the shorter list to the longer one: unlike sets of
-// cluster ids, no other cluster's list is ever rewritten, so a merge touches two
-// lists, not every partner. Repeated checks of the same pair (an object boundary
-// crossed by many attractive edges) are answered by a one-entry cache per list.
+// entry's root. A list keeps its first ids in its header (most clusters have few
+// mutexes) and the rest in a chain of 64-byte chunks, so merging two clusters
+// copies at most the few header ids and splices one chain onto the other: no list
+// grows by reallocation, nothing is freed, and no other cluster's list is rewritten. Repeated checks of the same
+// pair (an object boundary crossed by many attractive edges) are answered by a
+// one-entry cache per list. Neither the order of a list's entries nor the cache
+// changes any answer, only how fast it comes.
 #pragma once
-#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
+#include <memory>
 #include <new>
+#include <stdexcept>
 #include <vector>
 
+#include "core/common.hpp"
 #include "core/union_find.hpp"
 
 namespace spoco {
 
-/// Append-only list of uint32 node ids; up to kInline ids live inside the
-/// 24-byte object (most clusters have few mutexes), longer lists on the heap.
-class NodeList {
-public:
-    static constexpr uint32_t kInline = 3;
-    static constexpr uint32_t kNoNode = 0xFFFFFFFFu;
-
-    NodeList() = default;
-    NodeList(const NodeList&) = delete;
-    NodeList& operator=(const NodeList&) = delete;
-    NodeList(NodeList&& o) noexcept { steal(o); }
-    NodeList& operator=(NodeList&& o) noexcept {
-        if (this != &o) { release(); steal(o); }
-        return *this;
-    }
-    ~NodeList() { release(); }
-
-    uint32_t size() const { return size_; }
-    uint32_t cache() const { return u_.small.cache; }
-    void set_cache(uint32_t node) { u_.small.cache = node; }
-    uint32_t back() const { return data()[size_ - 1]; }
-    const uint32_t* data() const { return cap_ ? u_.big.heap : u_.small.ids; }
-
-    void push(uint32_t node) {
-        if (size_ == capacity()) grow(size_ + size_ / 2 + 4);  // x1.5: lists hold most of the memory
-        (cap_ ? u_.big.heap : u_.small.ids)[size_++] = node;
-    }
-
-    void append(const NodeList& o) {
-        if (size_ + o.size_ > capacity()) grow(std::max(capacity() + capacity() / 2, size_ + o.size_));
-        std::memcpy((cap_ ? u_.big.heap : u_.small.ids) + size_, o.data(), sizeof(uint32_t) * o.size_);
-        size_ += o.size_;
-    }
-
-    void release() {
-        if (cap_) std::free(u_.big.heap);
-        size_ = 0;
-        cap_ = 0;
-        u_.small.cache = kNoNode;
-    }
-
-private:
-    uint32_t capacity() const { return cap_ ? cap_ : kInline; }
-
-    void grow(uint32_t cap) {
-        uint32_t* p;
-        if (cap_) {  // realloc often grows in place: less copying and fragmentation
-            p = static_cast<uint32_t*>(std::realloc(u_.big.heap, sizeof(uint32_t) * cap));
-            if (!p) throw std::bad_alloc();
-        } else {
-            p = static_cast<uint32_t*>(std::malloc(sizeof(uint32_t) * cap));
-            if (!p) throw std::bad_alloc();
-            std::memcpy(p, u_.small.ids, sizeof(uint32_t) * size_);
-        }
-        u_.big.heap = p;
-        cap_ = cap;
-    }
-
-    void steal(NodeList& o) {
-        size_ = o.size_; cap_ = o.cap_; u_ = o.u_;
-        o.size_ = 0; o.cap_ = 0; o.u_.small.cache = kNoNode;
-    }
-
-    uint32_t size_ = 0;
-    uint32_t cap_ = 0;  // 0: inline storage
-    // Both layouts start with `cache`: a node of the last cluster this list was
-    // found to exclude (kNoNode if none).
-    union Storage {
-        struct { uint32_t cache; uint32_t ids[kInline]; } small;
-        struct { uint32_t cache; uint32_t* heap; } big;
-    } u_{{kNoNode, {}}};
-};
-
-/// Mutex lists of clusters. A cluster's list index (its handle) lives in its
-/// union-find root payload; clusters without mutexes have none
-/// (UnionFind::kNoPayload), so most checks touch no list at all.
 class MutexLists {
 public:
     static constexpr uint32_t kNone = UnionFind::kNoPayload;
@@ -107,21 +35,29 @@ public:
     bool has_mutex(UnionFind& uf, uint32_t ru, uint32_t rv) {
         const uint32_t hu = uf.payload(ru), hv = uf.payload(rv);
         if (hu == kNone || hv == kNone) return false;  // fast path: no list to scan
-        NodeList& lu = lists_[hu];
-        NodeList& lv = lists_[hv];
-        if (lu.cache() != NodeList::kNoNode && uf.find(lu.cache()) == rv) return true;
-        if (lv.cache() != NodeList::kNoNode && uf.find(lv.cache()) == ru) return true;
-        NodeList& scan = lu.size() <= lv.size() ? lu : lv;
+        List& lu = lists_[hu];
+        List& lv = lists_[hv];
+        if (lu.cache != kNoNode && uf.find(lu.cache) == rv) return true;
+        if (lv.cache != kNoNode && uf.find(lv.cache) == ru) return true;
+        List& scan = lu.size <= lv.size ? lu : lv;
         const uint32_t other = &scan == &lu ? rv : ru;
-        const uint32_t* ids = scan.data();
-        const uint32_t n = scan.size();
-        constexpr uint32_t kAhead = 8;
-        for (uint32_t i = 0; i < std::min(n, kAhead); ++i) uf.prefetch(ids[i]);
-        for (uint32_t i = 0; i < n; ++i) {
-            if (i + kAhead < n) uf.prefetch(ids[i + kAhead]);
-            if (uf.find(ids[i]) == other) {
-                scan.set_cache(ids[i]);
+        const uint32_t n_inline = scan.size < kInline ? scan.size : kInline;
+        for (uint32_t i = 0; i < n_inline; ++i) {
+            if (uf.find(scan.ids[i]) == other) {
+                scan.cache = scan.ids[i];
                 return true;
+            }
+        }
+        for (uint32_t c = scan.head; c != kNoChunk;) {
+            const Chunk& chunk = chunks_[c];
+            c = chunk.next;
+            if (c != kNoChunk) SPOCO_PREFETCH(&chunks_[c]);
+            for (uint32_t i = 0; i < chunk.count; ++i) uf.prefetch(chunk.ids[i]);
+            for (uint32_t i = 0; i < chunk.count; ++i) {
+                if (uf.find(chunk.ids[i]) == other) {
+                    scan.cache = chunk.ids[i];
+                    return true;
+                }
             }
         }
         return false;
@@ -131,22 +67,33 @@ public:
     /// Skipped when the last mutex recorded for ru already separates it from rv
     /// (repulsive edges between the same two clusters often come in runs).
     void add_mutex(UnionFind& uf, uint32_t ru, uint32_t rv, uint32_t u, uint32_t v) {
-        NodeList& lu = list_of(uf, ru);
-        if (lu.size() && uf.find(lu.back()) == rv) return;
-        lu.push(v);
-        list_of(uf, rv).push(u);
+        const uint32_t hu = handle_of(uf, ru);
+        if (lists_[hu].size && uf.find(back(lists_[hu])) == rv) return;
+        push(hu, v);
+        push(handle_of(uf, rv), u);
     }
 
     /// Clusters with handles ha and hb were merged; returns the merged handle.
     uint32_t merge(uint32_t ha, uint32_t hb) {
         if (ha == kNone) return hb;
         if (hb == kNone) return ha;
-        uint32_t big = ha, small = hb;
-        if (lists_[big].size() < lists_[small].size()) std::swap(big, small);
-        lists_[big].append(lists_[small]);
-        lists_[small].release();
-        free_.push_back(small);
-        return big;
+        if (lists_[ha].size < lists_[hb].size) std::swap(ha, hb);
+        List& small = lists_[hb];
+        const uint32_t n_inline = small.size < kInline ? small.size : kInline;
+        for (uint32_t i = 0; i < n_inline; ++i) push(ha, small.ids[i]);
+        List& big = lists_[ha];
+        if (small.head != kNoChunk) {
+            if (big.head == kNoChunk) {
+                big.head = small.head;
+            } else {
+                chunks_[big.tail].next = small.head;
+            }
+            big.tail = small.tail;
+            big.size += small.size - n_inline;
+        }
+        small = List{};
+        free_.push_back(hb);
+        return ha;
     }
 
     /// Prefetch the list header of a handle (no-op for kNone).
@@ -155,7 +102,74 @@ public:
     }
 
 private:
-    NodeList& list_of(UnionFind& uf, uint32_t root) {
+    static constexpr uint32_t kNoNode = 0xFFFFFFFFu;
+    static constexpr uint32_t kNoChunk = 0xFFFFFFFFu;
+    static constexpr uint32_t kPerChunk = 14;
+    static constexpr uint32_t kInline = 4;
+
+    // One cache line: the next chunk of the chain, how many ids this one holds, the ids.
+    struct alignas(64) Chunk {
+        uint32_t next;
+        uint32_t count;
+        uint32_t ids[kPerChunk];
+    };
+
+    // A cluster's chain: new ids go to `head`, merges splice after `tail`; `cache`
+    // is a node of the last cluster this list was found to exclude.
+    struct List {
+        uint32_t head = kNoChunk, tail = kNoChunk, size = 0, cache = kNoNode;
+        uint32_t ids[kInline];  // the first ids: most clusters have few mutexes
+    };
+
+    // Chunks in fixed blocks: growing never moves (or doubles the memory of) the
+    // chunks already made.
+    class ChunkPool {
+    public:
+        Chunk& operator[](uint32_t i) { return blocks_[i >> kBlockBits][i & kBlockMask]; }
+        const Chunk& operator[](uint32_t i) const { return blocks_[i >> kBlockBits][i & kBlockMask]; }
+        uint32_t make() {
+            if (size_ == kNoChunk) throw std::length_error("too many mutex constraints for 32-bit chunk ids");
+            if ((size_ & kBlockMask) == 0) {
+                void* p = std::aligned_alloc(alignof(Chunk), sizeof(Chunk) << kBlockBits);
+                if (!p) throw std::bad_alloc();
+                blocks_.emplace_back(static_cast<Chunk*>(p));
+            }
+            return size_++;
+        }
+
+    private:
+        static constexpr uint32_t kBlockBits = 14;  // 1 MiB blocks
+        static constexpr uint32_t kBlockMask = (1u << kBlockBits) - 1;
+        struct Free { void operator()(Chunk* p) const { std::free(p); } };
+        std::vector<std::unique_ptr<Chunk[], Free>> blocks_;
+        uint32_t size_ = 0;
+    };
+
+    uint32_t back(const List& l) const {
+        if (l.head == kNoChunk) return l.ids[l.size - 1];
+        const Chunk& c = chunks_[l.head];
+        return c.ids[c.count - 1];
+    }
+
+    void push(uint32_t h, uint32_t node) {
+        List& l = lists_[h];
+        if (l.size < kInline) {
+            l.ids[l.size++] = node;
+            return;
+        }
+        if (l.head == kNoChunk || chunks_[l.head].count == kPerChunk) {
+            const uint32_t c = chunks_.make();
+            chunks_[c].next = l.head;
+            chunks_[c].count = 0;
+            if (l.head == kNoChunk) l.tail = c;
+            l.head = c;
+        }
+        Chunk& c = chunks_[l.head];
+        c.ids[c.count++] = node;
+        ++l.size;
+    }
+
+    uint32_t handle_of(UnionFind& uf, uint32_t root) {
         uint32_t h = uf.payload(root);
         if (h == kNone) {
             if (!free_.empty()) {
@@ -167,11 +181,12 @@ private:
             }
             uf.set_payload(root, h);
         }
-        return lists_[h];
+        return h;
     }
 
-    std::vector<NodeList> lists_;
+    std::vector<List> lists_;
     std::vector<uint32_t> free_;
+    ChunkPool chunks_;
 };
 
 }  // namespace spoco

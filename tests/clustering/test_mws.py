@@ -285,6 +285,31 @@ def test_grid_random_strides_vs_oracle(rng, seed, ndim, i):
     assert_labels_equal(got, want, ctx)
 
 
+@pytest.mark.parametrize("i", range(40))
+def test_graph_long_mutex_lists_vs_oracle(rng, seed, i):
+    """Most mutexes come first, between few groups of nodes, so that clusters collect
+    long mutex lists (many chunks) before merging: merges splice long lists onto long and
+    short ones, and checks scan them. Attractive edges then join nodes of the same group
+    mostly, sometimes across groups (refused or not, as the lists say)."""
+    n = int(rng.integers(40, 120))
+    group = rng.integers(0, int(rng.integers(2, 6)), n)
+    n_mutex = int(rng.integers(5 * n, 15 * n))
+    muvs = rng.integers(0, n, (n_mutex, 2))
+    muvs = muvs[group[muvs[:, 0]] != group[muvs[:, 1]]]
+    n_edges = int(rng.integers(2 * n, 6 * n))
+    uvs = rng.integers(0, n, (n_edges, 2))
+    cross = group[uvs[:, 0]] != group[uvs[:, 1]]
+    uvs = uvs[~cross | (rng.random(n_edges) < 0.2)]
+    tied = bool(rng.random() < 0.3)
+    mw = np.asarray(0.5 + 0.5 * random_values(rng, len(muvs), F32, tied), dtype=F32)  # mostly above w
+    w = np.asarray(0.6 * random_values(rng, len(uvs), F32, tied), dtype=F32)
+    ctx = describe(seed, n_nodes=n, uvs=uvs, weights=w, mutex_uvs=muvs, mutex_weights=mw)
+    got = mutex_watershed_graph(n, uvs, w, muvs, mw, threads=1)
+    np.testing.assert_array_equal(got, mutex_watershed_graph(n, uvs, w, muvs, mw, threads=2), err_msg=ctx)
+    check_labels(got, (n,), ctx)
+    assert_labels_equal(got, oracle.mws_graph(n, uvs, w, muvs, mw), ctx)
+
+
 @pytest.mark.parametrize("i", range(150))
 def test_graph_random_vs_oracle(rng, seed, i):
     n = int(rng.integers(1, 30))
