@@ -2,6 +2,9 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <new>
 
 #if defined(__CUDACC__)
 #define SPOCO_HD __host__ __device__ __forceinline__
@@ -20,6 +23,19 @@
 #endif
 
 namespace spoco {
+
+/// Frees memory from malloc, realloc or aligned_alloc.
+struct FreeDeleter {
+    void operator()(void* p) const { std::free(p); }
+};
+/// malloc'ed storage, so that it can shrink in place with realloc.
+using MallocPtr = std::unique_ptr<void, FreeDeleter>;
+
+inline MallocPtr malloc_or_throw(std::size_t bytes) {
+    void* p = std::malloc(bytes ? bytes : 1);
+    if (!p) throw std::bad_alloc();
+    return MallocPtr(p);
+}
 
 /// Number of threads the OpenMP runtime would use (1 without OpenMP).
 inline int max_threads() {

@@ -6,16 +6,16 @@
 // entry's root. A list keeps its first ids in its header (most clusters have few
 // mutexes) and the rest in a chain of 64-byte chunks, so merging two clusters
 // copies at most the few header ids and splices one chain onto the other: no list
-// grows by reallocation, nothing is freed, and no other cluster's list is rewritten. Repeated checks of the same
-// pair (an object boundary crossed by many attractive edges) are answered by a
-// one-entry cache per list. Neither the order of a list's entries nor the cache
-// changes any answer, only how fast it comes.
+// grows by reallocation, nothing is freed, and no other cluster's list is
+// rewritten. Repeated checks of the same pair (an object boundary crossed by many
+// attractive edges) are answered by a one-entry cache per list. Neither the order
+// of a list's entries nor the cache changes any answer, only how fast it comes.
 #pragma once
 #include <cstdint>
 #include <cstdlib>
-#include <memory>
 #include <new>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 #include "core/common.hpp"
@@ -23,6 +23,9 @@
 
 namespace spoco {
 
+/// Mutex lists of clusters. A cluster's list index (its handle) lives in its
+/// union-find root payload; clusters without mutexes have none
+/// (UnionFind::kNoPayload), so most checks touch no list at all.
 class MutexLists {
 public:
     static constexpr uint32_t kNone = UnionFind::kNoPayload;
@@ -140,8 +143,7 @@ private:
     private:
         static constexpr uint32_t kBlockBits = 14;  // 1 MiB blocks
         static constexpr uint32_t kBlockMask = (1u << kBlockBits) - 1;
-        struct Free { void operator()(Chunk* p) const { std::free(p); } };
-        std::vector<std::unique_ptr<Chunk[], Free>> blocks_;
+        std::vector<std::unique_ptr<Chunk[], FreeDeleter>> blocks_;
         uint32_t size_ = 0;
     };
 

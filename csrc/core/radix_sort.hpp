@@ -44,18 +44,6 @@ inline uint64_t ascending_key(double x) {
 template <class T>
 inline auto descending_key(T x) { return ~ascending_key(x); }
 
-struct FreeDeleter {
-    void operator()(void* p) const { std::free(p); }
-};
-/// malloc'ed storage, so that it can shrink in place with realloc.
-using MallocPtr = std::unique_ptr<void, FreeDeleter>;
-
-inline MallocPtr malloc_or_throw(std::size_t bytes) {
-    void* p = std::malloc(bytes ? bytes : 1);
-    if (!p) throw std::bad_alloc();
-    return MallocPtr(p);
-}
-
 namespace detail {
 
 constexpr int kBucketBits = 16;
