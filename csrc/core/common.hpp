@@ -14,12 +14,27 @@
 
 #if defined(__GNUC__) || defined(__clang__)
 #define SPOCO_PREFETCH(addr) __builtin_prefetch(addr)
+// On a lambda, after its parameters: the loops call edge decoders several times per
+// edge, and a call instead of inline code doubles their time (GCC stops inlining
+// them once a translation unit instantiates many loops).
+#define SPOCO_ALWAYS_INLINE __attribute__((always_inline))
 #else
 #define SPOCO_PREFETCH(addr) ((void)0)
+#define SPOCO_ALWAYS_INLINE
 #endif
 
 #ifdef SPOCO_HAVE_OPENMP
 #include <omp.h>
+#endif
+
+// Relaxed atomic load/store of a 32-bit word that other threads may write (plain
+// moves on x86; MSVC's volatile accesses are atomic for aligned words).
+#if defined(__GNUC__) || defined(__clang__)
+#define SPOCO_RELAXED_LOAD(ref) __atomic_load_n(&(ref), __ATOMIC_RELAXED)
+#define SPOCO_RELAXED_STORE(ref, value) __atomic_store_n(&(ref), (value), __ATOMIC_RELAXED)
+#else
+#define SPOCO_RELAXED_LOAD(ref) (*static_cast<const volatile uint32_t*>(&(ref)))
+#define SPOCO_RELAXED_STORE(ref, value) (*static_cast<volatile uint32_t*>(&(ref)) = (value))
 #endif
 
 namespace spoco {
@@ -36,6 +51,26 @@ inline MallocPtr malloc_or_throw(std::size_t bytes) {
     if (!p) throw std::bad_alloc();
     return MallocPtr(p);
 }
+
+/// Quotient n / d of 64-bit integers, by one multiplication when n < 2^32 (then
+/// exact for every d < 2^32: Lemire, Kaser & Kurz, "Faster remainder by direct
+/// computation", 2019), by a division otherwise. The mutex watershed decodes edge
+/// ids this way: a 64-bit division costs tens of cycles, the loops do it per edge.
+class FastDiv {
+public:
+    explicit FastDiv(uint64_t d) : d_(d), magic_(d > 1 && d < (uint64_t(1) << 32) ? ~uint64_t(0) / d + 1 : 0) {}
+    uint64_t operator()(uint64_t n) const {
+        if (magic_ == 0 || (n >> 32)) return n / d_;
+#if defined(__SIZEOF_INT128__)
+        return static_cast<uint64_t>((static_cast<unsigned __int128>(magic_) * n) >> 64);
+#else
+        return n / d_;
+#endif
+    }
+
+private:
+    uint64_t d_, magic_;
+};
 
 /// Number of threads the OpenMP runtime would use (1 without OpenMP).
 inline int max_threads() {

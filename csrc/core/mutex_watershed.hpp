@@ -15,7 +15,9 @@
 // the tie rule for free, does not depend on the thread count and needs 8 bytes
 // per edge plus the largest bucket. The sequential loop uses a union-find over
 // 32-bit node ids and MutexLists (mutex_lists.hpp), prefetching the union-find
-// records of edges a few dozen positions ahead.
+// records of edges a few dozen positions ahead. On grids with threads > 1 the loop
+// runs on stripes of the grid in parallel (mutex_watershed_parallel.hpp: why its
+// partition is the sequential one); plain graphs have no stripes and run it alone.
 #pragma once
 #include <cstdint>
 #include <cstdlib>
@@ -28,6 +30,7 @@
 #include "core/embedding_weights.hpp"
 #include "core/grid_edges.hpp"
 #include "core/mutex_lists.hpp"
+#include "core/mutex_watershed_parallel.hpp"
 #include "core/radix_sort.hpp"
 #include "core/union_find.hpp"
 
@@ -49,11 +52,6 @@ struct WideRecord {
     static type make(uint64_t key, uint64_t id) { return {key, id}; }
     static uint64_t key(const type& r) { return r.key; }
     static uint64_t id(const type& r) { return r.id; }
-};
-
-struct Edge {
-    uint32_t u, v;
-    bool attractive;
 };
 
 constexpr std::size_t kPrefetchDistance = 32;
@@ -115,21 +113,26 @@ MallocPtr compact_ids(MallocPtr recs, std::size_t n) {
     return recs;
 }
 
-/// Produce and sort the records, then run the loop up to the last attractive edge.
+/// Produce and sort the records, then run the loop up to the last attractive edge:
+/// on stripes->n threads when `stripes` is given (mutex_watershed_parallel.hpp).
 /// `sorted()` is called once the producer is no longer needed (to free its inputs).
 template <class R, class Produce, class Decode, class IsAttractiveId, class Sorted>
 void sort_and_solve(int key_bits, uint64_t n_ids, Produce produce, UnionFind& uf, MutexLists& mutexes,
-                    Decode decode, IsAttractiveId is_attractive, int threads, Sorted sorted) {
+                    Decode decode, IsAttractiveId is_attractive, int threads, Sorted sorted,
+                    const Stripes* stripes = nullptr) {
     std::size_t n = 0;
     MallocPtr recs = produce_sorted<R>(key_bits, threads, produce, n);
     sorted();
     auto run = [&](auto id_type) {
         using Id = decltype(id_type);
         const MallocPtr ids_storage = compact_ids<Id, R>(std::move(recs), n);
-        const Id* ids = static_cast<const Id*>(ids_storage.get());
+        Id* ids = static_cast<Id*>(ids_storage.get());
         std::size_t stop = n;
         while (stop > 0 && !is_attractive(ids[stop - 1])) --stop;
-        mutex_watershed_loop(ids, stop, uf, mutexes, decode);
+        if (stripes && stripes->n > 1)
+            mutex_watershed_loop_parallel(ids, stop, n_ids, uf, mutexes, decode, *stripes);
+        else
+            mutex_watershed_loop(ids, stop, uf, mutexes, decode);
     };
     if (n_ids <= 0xFFFFFFFFull)
         run(uint32_t{});
@@ -171,17 +174,19 @@ void solve_grid(const GridSpec& g, RowPriority row_priority, int64_t* labels, in
     std::vector<int64_t> lin(g.n_channels());
     for (std::size_t c = 0; c < lin.size(); ++c) lin[c] = g.linear_offset(c);
     const uint64_t n_attractive_ids = static_cast<uint64_t>(g.n_attractive) * N;
-    auto decode = [&](uint64_t id) {
-        const uint64_t c = id / N;
+    const FastDiv by_n(N);
+    auto decode = [&](uint64_t id) SPOCO_ALWAYS_INLINE {
+        const uint64_t c = by_n(id);
         const uint64_t u = id - c * N;
         return Edge{static_cast<uint32_t>(u), static_cast<uint32_t>(static_cast<int64_t>(u) + lin[c]),
                     id < n_attractive_ids};
     };
     auto is_attractive = [&](uint64_t id) { return id < n_attractive_ids; };
+    const Stripes stripes = grid_stripes(g.shape, g.offsets, threads);
     UnionFind uf(N);
-    MutexLists mutexes(N);
+    MutexLists mutexes(N, stripes.n);
     sort_and_solve<R>(8 * static_cast<int>(sizeof(T)), g.n_channels() * N, produce, uf, mutexes, decode,
-                      is_attractive, threads, sorted);
+                      is_attractive, threads, sorted, &stripes);
     write_labels(uf, g.mask, labels);
 }
 
@@ -304,7 +309,7 @@ void mutex_watershed_graph(std::size_t n_nodes, const int64_t* uvs, const T* wei
         for (std::size_t i = n * t / chunks; i < i1; ++i)
             sink(descending_key(i < n_edges ? weights[i] : mutex_weights[i - n_edges]), i);
     };
-    auto decode = [&](uint64_t id) {
+    auto decode = [&](uint64_t id) SPOCO_ALWAYS_INLINE {
         const int64_t* p = id < n_edges ? uvs + 2 * id : mutex_uvs + 2 * (id - n_edges);
         return detail::Edge{static_cast<uint32_t>(p[0]), static_cast<uint32_t>(p[1]), id < n_edges};
     };

@@ -1084,3 +1084,51 @@ def test_degenerate_inputs(name, degenerate_run):
     np.testing.assert_array_equal(got, expected, err_msg=name)
     if np.issubdtype(np.asarray(got).dtype, np.integer):
         check_labels(got, np.asarray(expected).shape, name)
+
+
+# ------------------------------------------------------------ the parallel loop on stripes
+
+def striped_grid_case(rng):
+    """A grid large enough (>= 4096 pixels) and offsets short enough along its longest
+    axis for the loop to run on 2+ stripes (mutex_watershed_parallel.hpp), with ties,
+    saturated or all-equal weights, masks and strides."""
+    ndim = int(rng.integers(2, 4))
+    shape = (tuple(int(s) for s in rng.integers(64, 160, 2)) if ndim == 2 else
+             (int(rng.integers(4, 12)),) + tuple(int(s) for s in rng.integers(24, 56, 2)))
+    n_channels = int(rng.integers(2, 9))
+    reach = int(rng.integers(1, 6))
+    offs = [rng.integers(-1, 2, ndim) for _ in range(ndim)]
+    offs += [rng.integers(-reach, reach + 1, ndim) for _ in range(n_channels)]
+    offs = np.array([o for o in offs if o.any()] or [np.eye(ndim, dtype=np.int64)[0]], dtype=np.int64)
+    n_att = int(rng.integers(1, len(offs) + 1))
+    regime = ["continuous", "tied", "saturated", "all_equal"][int(rng.integers(4))]
+    size = (len(offs),) + shape
+    if regime == "continuous":
+        aff = rng.random(size)
+    elif regime == "tied":
+        aff = rng.choice([0.0, 0.5, 1.0], size)
+    elif regime == "saturated":
+        aff = (rng.random(size) < 0.8).astype(F64)
+    else:
+        aff = np.full(size, 0.5)
+    kw = {}
+    if rng.random() < 0.3:
+        kw["mask"] = rng.random(shape) < 0.8
+    if rng.random() < 0.3:
+        kw["strides"] = int(rng.integers(2, 4))
+    return aff.astype(F32), offs, n_att, regime, kw
+
+
+@pytest.mark.parametrize("i", range(60))
+def test_parallel_stripes_equal_sequential(rng, seed, i):
+    """Grids that the loop splits into stripes: bit-identical labels for 2, 3, 4 and 8
+    threads (cross edges, spanning clusters, deferred edges, many batches); every
+    6th case against the oracle too."""
+    aff, offs, n_att, regime, kw = striped_grid_case(rng)
+    ctx = describe(seed, shape=aff.shape[1:], offsets=offs, n_attractive=n_att, regime=regime, **kw)
+    want = mutex_watershed(aff, offs, n_att, threads=1, **kw)
+    for t in (2, 3, 4, 8):
+        np.testing.assert_array_equal(mutex_watershed(aff, offs, n_att, threads=t, **kw), want,
+                                      err_msg=f"threads={t}; {ctx}")
+    if i % 6 == 0:
+        assert_labels_equal(want, oracle.mws_grid(aff, offs, n_att, kw.get("strides"), kw.get("mask")), ctx)
