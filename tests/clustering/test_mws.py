@@ -1132,3 +1132,22 @@ def test_parallel_stripes_equal_sequential(rng, seed, i):
                                       err_msg=f"threads={t}; {ctx}")
     if i % 6 == 0:
         assert_labels_equal(want, oracle.mws_grid(aff, offs, n_att, kw.get("strides"), kw.get("mask")), ctx)
+
+
+@pytest.mark.parametrize("i", range(6))
+def test_parallel_stripes_on_synthetic_embeddings(rng, seed, i):
+    """The realistic case: Eq. 12 weights of noisy synthetic embeddings of touching
+    objects and background, default offsets (27 pixels), 2D and 3D: 2, 3 and 4 threads
+    give the labels of 1 thread."""
+    from spoco.data.synthetic import random_instances, synthetic_embeddings
+    shape = (int(rng.integers(160, 240)), int(rng.integers(160, 240))) if i % 2 == 0 else \
+        (int(rng.integers(6, 12)), int(rng.integers(112, 140)), int(rng.integers(60, 90)))
+    labels = random_instances(shape, int(rng.integers(10, 40)), rng=int(rng.integers(2**31)))
+    emb = np.ascontiguousarray(synthetic_embeddings(labels, 8, delta_d=1.5, rng=int(rng.integers(2**31))),
+                               dtype=F32)
+    offs, n_att = default_offsets(len(shape))
+    ctx = describe(seed, shape=shape)
+    want = mutex_watershed_embeddings(emb, offs, n_att, delta_d=1.5, threads=1)
+    for t in (2, 3, 4):
+        np.testing.assert_array_equal(mutex_watershed_embeddings(emb, offs, n_att, delta_d=1.5, threads=t), want,
+                                      err_msg=f"threads={t}; {ctx}")
