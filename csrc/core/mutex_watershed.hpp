@@ -129,9 +129,7 @@ void sort_and_solve(int key_bits, uint64_t n_ids, Produce produce, UnionFind& uf
         Id* ids = static_cast<Id*>(ids_storage.get());
         std::size_t stop = n;
         while (stop > 0 && !is_attractive(ids[stop - 1])) --stop;
-        if (stripes && stripes->n > 1)
-            mutex_watershed_loop_parallel(ids, stop, n_ids, uf, mutexes, decode, *stripes);
-        else
+        if (!(stripes && stripes->n > 1 && mutex_watershed_loop_parallel(ids, stop, n_ids, uf, mutexes, decode, *stripes)))
             mutex_watershed_loop(ids, stop, uf, mutexes, decode);
     };
     if (n_ids <= 0xFFFFFFFFull)

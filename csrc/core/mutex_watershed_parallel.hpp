@@ -139,52 +139,51 @@ constexpr int kTagShift = 28;
 constexpr uint32_t kCrossTag = 15;
 constexpr uint32_t kIdMask = (1u << kTagShift) - 1;
 
-/// Cut the batch starting at `begin` and collect thread t's items of it (its own
-/// edges and the cross edges at its stripe, in order). The batch ends at the first
-/// position, checked every 256 edges, at which every stripe has kMinPerStripe of its
-/// own edges and their counts differ by at most 1/8 of their sum (`min_per_stripe`:
-/// kMinPerStripe, or n / 256 on inputs too small for it); it has at most
-/// kMaxBatch edges. Every thread cuts at the same place: the cut depends on the
-/// edges only. `tagged`: ids carry their class (kTagShift). Returns the end.
-template <class Id, class Decode>
+/// Cut the batch starting at `begin` and collect every thread's items of it (its own
+/// edges and the cross edges at its stripe, in order) into items[t]. The batch ends at
+/// the first position, checked every 256 edges, at which every stripe has
+/// `min_per_stripe` own edges (kMinPerStripe, or n / 256 on inputs too small for it)
+/// and their counts differ by at most 1/8 of their sum; it has at most kMaxBatch
+/// edges. `tagged`: ids carry their class (kTagShift). Returns the end.
+template <class Id, class Decode, class ItemLists>
 std::size_t collect_batch(const Id* ids, std::size_t begin, std::size_t n, Decode& decode, const Stripes& st,
-                          bool tagged, int t, std::size_t min_per_stripe, std::vector<std::size_t>& count,
-                          std::vector<Item>& items) {
-    std::fill(count.begin(), count.end(), 0);
-    items.clear();
+                          bool tagged, std::size_t min_per_stripe, ItemLists& items) {
+    std::size_t count[kCrossTag + 1] = {};  // own edges per stripe (and cross edges, tagged)
+    for (auto& list : items) list.items.clear();
     const std::size_t limit = std::min(n, begin + kMaxBatch);
     std::size_t k = begin;
-    std::size_t picked[256];
     while (k < limit) {
         const std::size_t chunk_end = std::min(limit, k + 256);
-        std::size_t m = 0;
-        if (tagged) {  // without decoding, and without branches (own edges are half of them, at random)
-            for (; k < chunk_end; ++k) {
-                const uint32_t cls = static_cast<uint32_t>(ids[k] >> kTagShift);
-                ++count[cls];
-                picked[m] = k;
-                m += (cls == static_cast<uint32_t>(t)) | (cls == kCrossTag);
-            }
-        } else {
-            for (; k < chunk_end; ++k) {
-                const Edge e = decode(ids[k]);
-                const uint8_t su = st.of_node[e.u], sv = st.of_node[e.v];
-                if (su == sv) ++count[su];
-                if (su == t || sv == t) picked[m++] = k;
-            }
-        }
-        for (std::size_t i = 0; i < m; ++i) {
-            const Id id = ids[picked[i]];
+        for (; k < chunk_end; ++k) {
+            const Id id = ids[k];
+            Edge e;
+            uint8_t su, sv;
             if (tagged) {
-                items.emplace_back(picked[i] - begin, decode(id & kIdMask), (id >> kTagShift) == kCrossTag);
+                const uint32_t cls = static_cast<uint32_t>(id >> kTagShift);
+                e = decode(id & kIdMask);
+                if (cls != kCrossTag) {
+                    ++count[cls];
+                    items[cls].items.emplace_back(k - begin, e, false);
+                    continue;
+                }
+                su = st.of_node[e.u];
+                sv = st.of_node[e.v];
             } else {
-                const Edge e = decode(id);
-                items.emplace_back(picked[i] - begin, e, st.of_node[e.u] != st.of_node[e.v]);
+                e = decode(id);
+                su = st.of_node[e.u];
+                sv = st.of_node[e.v];
+                if (su == sv) {
+                    ++count[su];
+                    items[su].items.emplace_back(k - begin, e, false);
+                    continue;
+                }
             }
+            items[su].items.emplace_back(k - begin, e, true);
+            items[sv].items.emplace_back(k - begin, e, true);
         }
-        const auto [lo, hi] = std::minmax_element(count.begin(), count.begin() + st.n);
+        const auto [lo, hi] = std::minmax_element(count, count + st.n);
         std::size_t sum = 0;
-        for (int c = 0; c < st.n; ++c) sum += count[static_cast<std::size_t>(c)];
+        for (int c = 0; c < st.n; ++c) sum += count[c];
         if (*lo >= min_per_stripe && 8 * (*hi - *lo) <= sum) break;
     }
     return k;
@@ -192,8 +191,9 @@ std::size_t collect_batch(const Id* ids, std::size_t begin, std::size_t n, Decod
 
 /// The loop of mutex_watershed.hpp on `st.n` threads (st.n <= MutexLists arenas).
 /// `ids` may get stripe classes in their top bits (when every id < 2^kTagShift).
+/// Returns false, having changed nothing, when it did not get st.n threads.
 template <class Id, class Decode>
-void mutex_watershed_loop_parallel(Id* ids, std::size_t n, uint64_t n_ids, UnionFind& uf, MutexLists& mutexes,
+bool mutex_watershed_loop_parallel(Id* ids, std::size_t n, uint64_t n_ids, UnionFind& uf, MutexLists& mutexes,
                                    Decode decode, const Stripes& st) {
     const int T = st.n;
     const bool tagged = sizeof(Id) == 4 && n_ids <= kIdMask;
@@ -208,6 +208,11 @@ void mutex_watershed_loop_parallel(Id* ids, std::size_t n, uint64_t n_ids, Union
     };
     std::vector<Deferred> deferred(static_cast<std::size_t>(T));
     std::vector<std::size_t> merged;
+    struct alignas(64) ItemList {  // one thread's items of a batch
+        std::vector<Item> items;
+    };
+    std::vector<ItemList> current(static_cast<std::size_t>(T)), next(static_cast<std::size_t>(T));
+    std::size_t next_end = 0;
 
     // The sequential step; `arena` is the calling thread's.
     auto execute = [&](const Edge& e, uint32_t ru, uint32_t rv, int arena) {
@@ -223,79 +228,95 @@ void mutex_watershed_loop_parallel(Id* ids, std::size_t n, uint64_t n_ids, Union
         }
     };
 
+    bool full_team = false;
 #pragma omp parallel num_threads(T)
     {
 #ifdef SPOCO_HAVE_OPENMP
         const int t = omp_get_thread_num();
+        // Fewer threads than stripes (nested in another parallel region, a thread
+        // limit): leave everything to the sequential loop.
+        if (omp_get_num_threads() == T) {
+#pragma omp single
+            full_team = true;
+        }
 #else
         const int t = 0;
 #endif
-        const uint8_t own = static_cast<uint8_t>(1u << t);
-        std::vector<std::size_t> count(kCrossTag + 1);  // own edges per stripe (and cross edges, tagged)
-        std::vector<Item> items;
-        std::vector<std::size_t>& my_deferred = deferred[static_cast<std::size_t>(t)].ks;
-        if (tagged) {
-            const std::size_t k0 = n * static_cast<std::size_t>(t) / static_cast<std::size_t>(T);
-            const std::size_t k1 = n * static_cast<std::size_t>(t + 1) / static_cast<std::size_t>(T);
-            for (std::size_t k = k0; k < k1; ++k) {
-                const Edge e = decode(ids[k]);
-                const uint8_t su = st.of_node[e.u], sv = st.of_node[e.v];
-                ids[k] |= static_cast<Id>(su == sv ? su : kCrossTag) << kTagShift;
-            }
-#pragma omp barrier
-        }
-        uint32_t batch = 0;
-        std::size_t b0 = 0;
-
-        while (b0 < n) {
-            ++batch;
-            const std::size_t b1 = collect_batch(ids, b0, n, decode, st, tagged, t, min_per_stripe, count, items);
-            for (std::size_t i = 0; i < items.size(); ++i) {
-                if (i + kParallelPrefetch < items.size()) {
-                    uf.prefetch(items[i + kParallelPrefetch].u());
-                    uf.prefetch(items[i + kParallelPrefetch].v());
-                }
-                const std::size_t k = b0 + items[i].offset();
-                const Edge e = items[i].edge();
-                if (items[i].cross()) {
+        if (full_team) {
+            const uint8_t own = static_cast<uint8_t>(1u << t);
+            std::vector<std::size_t>& my_deferred = deferred[static_cast<std::size_t>(t)].ks;
+            if (tagged) {
+                const std::size_t k0 = n * static_cast<std::size_t>(t) / static_cast<std::size_t>(T);
+                const std::size_t k1 = n * static_cast<std::size_t>(t + 1) / static_cast<std::size_t>(T);
+                for (std::size_t k = k0; k < k1; ++k) {
+                    const Edge e = decode(ids[k]);
                     const uint8_t su = st.of_node[e.u], sv = st.of_node[e.v];
-                    const uint32_t r = uf.find(su == t ? e.u : e.v);
-                    if (spans[r] == own) blocked[r] = batch;
-                    if (t == std::min(su, sv)) my_deferred.push_back(k);
-                    continue;
+                    ids[k] |= static_cast<Id>(su == sv ? su : kCrossTag) << kTagShift;
                 }
-                const uint32_t ru = uf.find(e.u), rv = uf.find(e.v);
-                if (ru == rv) continue;
-                const bool owned = spans[ru] == own && spans[rv] == own;
-                const bool bu = blocked[ru] == batch, bv = blocked[rv] == batch;
-                // Attractive: neither cluster blocked; repulsive: not both (see above).
-                if (owned && (e.attractive ? !(bu || bv) : !(bu && bv))) {
-                    execute(e, ru, rv, t);
-                    continue;
-                }
-                // An attractive edge between two of this thread's clusters that a
-                // mutex separates now is a no-op whenever it runs: skip, not defer.
-                if (e.attractive && owned && mutexes.has_mutex(uf, ru, rv)) continue;
-                my_deferred.push_back(k);
-                if (spans[ru] == own) blocked[ru] = batch;
-                if (spans[rv] == own) blocked[rv] = batch;
-            }
 #pragma omp barrier
+            }
 #pragma omp single
-            {
-                merged.clear();
-                for (const auto& d : deferred) merged.insert(merged.end(), d.ks.begin(), d.ks.end());
-                std::sort(merged.begin(), merged.end());
-                for (std::size_t k : merged) {
-                    const Edge e = decode(untag(ids[k]));
+            next_end = collect_batch(ids, 0, n, decode, st, tagged, min_per_stripe, next);
+            uint32_t batch = 0;
+            for (std::size_t b0 = 0; b0 < n;) {
+                ++batch;
+                const std::size_t b1 = next_end;
+                std::vector<Item>& items = current[static_cast<std::size_t>(t)].items;
+                items.swap(next[static_cast<std::size_t>(t)].items);
+                // Everyone has read next_end and taken its items before they are refilled.
+#pragma omp barrier
+                for (std::size_t i = 0; i < items.size(); ++i) {
+                    if (i + kParallelPrefetch < items.size()) {
+                        uf.prefetch(items[i + kParallelPrefetch].u());
+                        uf.prefetch(items[i + kParallelPrefetch].v());
+                    }
+                    const std::size_t k = b0 + items[i].offset();
+                    const Edge e = items[i].edge();
+                    if (items[i].cross()) {
+                        const uint8_t su = st.of_node[e.u], sv = st.of_node[e.v];
+                        const uint32_t r = uf.find(su == t ? e.u : e.v);
+                        if (spans[r] == own) blocked[r] = batch;
+                        if (t == std::min(su, sv)) my_deferred.push_back(k);
+                        continue;
+                    }
                     const uint32_t ru = uf.find(e.u), rv = uf.find(e.v);
-                    if (ru != rv) execute(e, ru, rv, 0);
+                    if (ru == rv) continue;
+                    const bool owned = spans[ru] == own && spans[rv] == own;
+                    const bool bu = blocked[ru] == batch, bv = blocked[rv] == batch;
+                    // Attractive: neither cluster blocked; repulsive: not both (see above).
+                    if (owned && (e.attractive ? !(bu || bv) : !(bu && bv))) {
+                        execute(e, ru, rv, t);
+                        continue;
+                    }
+                    // An attractive edge between two of this thread's clusters that a
+                    // mutex separates now is a no-op whenever it runs: skip, not defer.
+                    if (e.attractive && owned && mutexes.has_mutex(uf, ru, rv)) continue;
+                    my_deferred.push_back(k);
+                    if (spans[ru] == own) blocked[ru] = batch;
+                    if (spans[rv] == own) blocked[rv] = batch;
                 }
-                for (auto& d : deferred) d.ks.clear();
-            }  // implicit barrier
-            b0 = b1;
+#pragma omp barrier
+                // Thread 0 runs the deferred edges in order while thread 1 cuts and
+                // collects the next batch (which reads edge ids only).
+                if (t == 0) {
+                    merged.clear();
+                    for (const auto& d : deferred) merged.insert(merged.end(), d.ks.begin(), d.ks.end());
+                    std::sort(merged.begin(), merged.end());
+                    for (std::size_t k : merged) {
+                        const Edge e = decode(untag(ids[k]));
+                        const uint32_t ru = uf.find(e.u), rv = uf.find(e.v);
+                        if (ru != rv) execute(e, ru, rv, 0);
+                    }
+                    for (auto& d : deferred) d.ks.clear();
+                } else if (t == 1 && b1 < n) {
+                    next_end = collect_batch(ids, b1, n, decode, st, tagged, min_per_stripe, next);
+                }
+#pragma omp barrier
+                b0 = b1;
+            }
         }
     }
+    return full_team;
 }
 
 }  // namespace detail

@@ -1151,3 +1151,17 @@ def test_parallel_stripes_on_synthetic_embeddings(rng, seed, i):
     for t in (2, 3, 4):
         np.testing.assert_array_equal(mutex_watershed_embeddings(emb, offs, n_att, delta_d=1.5, threads=t), want,
                                       err_msg=f"threads={t}; {ctx}")
+
+
+def test_parallel_loop_without_its_threads():
+    """When OpenMP cannot give the loop a thread per stripe (a thread limit, nesting),
+    it runs the sequential loop: the same labels, no hang."""
+    code = (
+        "import numpy as np; from spoco.clustering import default_offsets, mutex_watershed\n"
+        "rng = np.random.default_rng(0); offs, na = default_offsets(2)\n"
+        "aff = rng.random((len(offs), 160, 160)).astype(np.float32)\n"
+        "print(int(np.array_equal(mutex_watershed(aff, offs, na, threads=4), mutex_watershed(aff, offs, na, threads=1))))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_THREAD_LIMIT": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "1"
