@@ -114,7 +114,8 @@ MallocPtr compact_ids(MallocPtr recs, std::size_t n) {
 }
 
 /// Produce and sort the records, then run the loop up to the last attractive edge:
-/// on stripes->n threads when `stripes` is given (mutex_watershed_parallel.hpp).
+/// on stripes->n threads when `stripes` is given and there are fewer than 2^28 edge
+/// ids (mutex_watershed_parallel.hpp keeps a class in each 32-bit id).
 /// `sorted()` is called once the producer is no longer needed (to free its inputs).
 template <class R, class Produce, class Decode, class IsAttractiveId, class Sorted>
 void sort_and_solve(int key_bits, uint64_t n_ids, Produce produce, UnionFind& uf, MutexLists& mutexes,
@@ -129,8 +130,12 @@ void sort_and_solve(int key_bits, uint64_t n_ids, Produce produce, UnionFind& uf
         Id* ids = static_cast<Id*>(ids_storage.get());
         std::size_t stop = n;
         while (stop > 0 && !is_attractive(ids[stop - 1])) --stop;
-        if (!(stripes && stripes->n > 1 && mutex_watershed_loop_parallel(ids, stop, n_ids, uf, mutexes, decode, *stripes)))
-            mutex_watershed_loop(ids, stop, uf, mutexes, decode);
+        bool done = false;
+        if constexpr (sizeof(Id) == 4) {
+            if (stripes && stripes->n > 1 && ids_leave_tag_bits<Id>(n_ids))
+                done = mutex_watershed_loop_parallel(ids, stop, uf, mutexes, decode, *stripes);
+        }
+        if (!done) mutex_watershed_loop(ids, stop, uf, mutexes, decode);
     };
     if (n_ids <= 0xFFFFFFFFull)
         run(uint32_t{});
@@ -180,7 +185,9 @@ void solve_grid(const GridSpec& g, RowPriority row_priority, int64_t* labels, in
                     id < n_attractive_ids};
     };
     auto is_attractive = [&](uint64_t id) { return id < n_attractive_ids; };
-    const Stripes stripes = grid_stripes(g.shape, g.offsets, threads);
+    // The loop on stripes needs 4 free bits in 32-bit edge ids (below 2^28 ids).
+    const bool stripes_fit = ids_leave_tag_bits<uint32_t>(static_cast<uint64_t>(g.n_channels()) * N);
+    const Stripes stripes = grid_stripes(g.shape, g.offsets, stripes_fit ? threads : 1);
     UnionFind uf(N);
     MutexLists mutexes(N, stripes.n);
     sort_and_solve<R>(8 * static_cast<int>(sizeof(T)), g.n_channels() * N, produce, uf, mutexes, decode,

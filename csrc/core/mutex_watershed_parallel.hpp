@@ -133,53 +133,44 @@ private:
     uint32_t offset_, u_, v_;
 };
 
-/// Stripe classes of edges in the top 4 bits of 32-bit edge ids, when ids leave them
-/// free: a thread then skips other stripes' edges without decoding them.
+/// An edge's class: the stripe of both its ends, or kCrossTag. The loop keeps it in
+/// the top 4 bits of the 32-bit edge ids (it runs only when ids leave them free), so
+/// that cutting batches and collecting items reads no stripe of any node.
 constexpr int kTagShift = 28;
 constexpr uint32_t kCrossTag = 15;
 constexpr uint32_t kIdMask = (1u << kTagShift) - 1;
+
+/// Whether the loop can run on edge ids of type Id, n_ids of them.
+template <class Id>
+constexpr bool ids_leave_tag_bits(uint64_t n_ids) {
+    return sizeof(Id) == 4 && n_ids <= kIdMask;
+}
 
 /// Cut the batch starting at `begin` and collect every thread's items of it (its own
 /// edges and the cross edges at its stripe, in order) into items[t]. The batch ends at
 /// the first position, checked every 256 edges, at which every stripe has
 /// `min_per_stripe` own edges (kMinPerStripe, or n / 256 on inputs too small for it)
 /// and their counts differ by at most 1/8 of their sum; it has at most kMaxBatch
-/// edges. `tagged`: ids carry their class (kTagShift). Returns the end.
+/// edges. `ids` carry their class. Returns the end.
 template <class Id, class Decode, class ItemLists>
 std::size_t collect_batch(const Id* ids, std::size_t begin, std::size_t n, Decode& decode, const Stripes& st,
-                          bool tagged, std::size_t min_per_stripe, ItemLists& items) {
-    std::size_t count[kCrossTag + 1] = {};  // own edges per stripe (and cross edges, tagged)
+                          std::size_t min_per_stripe, ItemLists& items) {
+    std::size_t count[kCrossTag + 1] = {};  // own edges per stripe, cross edges
     for (auto& list : items) list.items.clear();
     const std::size_t limit = std::min(n, begin + kMaxBatch);
     std::size_t k = begin;
     while (k < limit) {
         const std::size_t chunk_end = std::min(limit, k + 256);
         for (; k < chunk_end; ++k) {
-            const Id id = ids[k];
-            Edge e;
-            uint8_t su, sv;
-            if (tagged) {
-                const uint32_t cls = static_cast<uint32_t>(id >> kTagShift);
-                e = decode(id & kIdMask);
-                if (cls != kCrossTag) {
-                    ++count[cls];
-                    items[cls].items.emplace_back(k - begin, e, false);
-                    continue;
-                }
-                su = st.of_node[e.u];
-                sv = st.of_node[e.v];
+            const uint32_t cls = static_cast<uint32_t>(ids[k] >> kTagShift);
+            const Edge e = decode(ids[k] & kIdMask);
+            ++count[cls];
+            if (cls != kCrossTag) {
+                items[cls].items.emplace_back(k - begin, e, false);
             } else {
-                e = decode(id);
-                su = st.of_node[e.u];
-                sv = st.of_node[e.v];
-                if (su == sv) {
-                    ++count[su];
-                    items[su].items.emplace_back(k - begin, e, false);
-                    continue;
-                }
+                items[st.of_node[e.u]].items.emplace_back(k - begin, e, true);
+                items[st.of_node[e.v]].items.emplace_back(k - begin, e, true);
             }
-            items[su].items.emplace_back(k - begin, e, true);
-            items[sv].items.emplace_back(k - begin, e, true);
         }
         const auto [lo, hi] = std::minmax_element(count, count + st.n);
         std::size_t sum = 0;
@@ -189,16 +180,15 @@ std::size_t collect_batch(const Id* ids, std::size_t begin, std::size_t n, Decod
     return k;
 }
 
-/// The loop of mutex_watershed.hpp on `st.n` threads (st.n <= MutexLists arenas).
-/// `ids` may get stripe classes in their top bits (when every id < 2^kTagShift).
-/// Returns false, having changed nothing, when it did not get st.n threads.
+/// The loop of mutex_watershed.hpp on `st.n` threads (st.n <= MutexLists arenas), for
+/// 32-bit ids below 2^kTagShift (ids_leave_tag_bits); writes the class of each edge
+/// into its id. Returns false, having changed nothing, when it did not get st.n threads.
 template <class Id, class Decode>
-bool mutex_watershed_loop_parallel(Id* ids, std::size_t n, uint64_t n_ids, UnionFind& uf, MutexLists& mutexes,
-                                   Decode decode, const Stripes& st) {
+bool mutex_watershed_loop_parallel(Id* ids, std::size_t n, UnionFind& uf, MutexLists& mutexes, Decode decode,
+                                   const Stripes& st) {
+    static_assert(sizeof(Id) == 4, "the loop on stripes keeps edge classes in 32-bit ids");
     const int T = st.n;
-    const bool tagged = sizeof(Id) == 4 && n_ids <= kIdMask;
     const std::size_t min_per_stripe = std::clamp<std::size_t>(n / 256, 16, kMinPerStripe);
-    auto untag = [&](Id id) { return tagged ? (id & kIdMask) : id; };
     const std::size_t N = uf.size();
     std::vector<uint8_t> spans(N);
     for (std::size_t i = 0; i < N; ++i) spans[i] = static_cast<uint8_t>(1u << st.of_node[i]);
@@ -245,7 +235,7 @@ bool mutex_watershed_loop_parallel(Id* ids, std::size_t n, uint64_t n_ids, Union
         if (full_team) {
             const uint8_t own = static_cast<uint8_t>(1u << t);
             std::vector<std::size_t>& my_deferred = deferred[static_cast<std::size_t>(t)].ks;
-            if (tagged) {
+            {
                 const std::size_t k0 = n * static_cast<std::size_t>(t) / static_cast<std::size_t>(T);
                 const std::size_t k1 = n * static_cast<std::size_t>(t + 1) / static_cast<std::size_t>(T);
                 for (std::size_t k = k0; k < k1; ++k) {
@@ -253,10 +243,10 @@ bool mutex_watershed_loop_parallel(Id* ids, std::size_t n, uint64_t n_ids, Union
                     const uint8_t su = st.of_node[e.u], sv = st.of_node[e.v];
                     ids[k] |= static_cast<Id>(su == sv ? su : kCrossTag) << kTagShift;
                 }
-#pragma omp barrier
             }
+#pragma omp barrier
 #pragma omp single
-            next_end = collect_batch(ids, 0, n, decode, st, tagged, min_per_stripe, next);
+            next_end = collect_batch(ids, 0, n, decode, st, min_per_stripe, next);
             uint32_t batch = 0;
             for (std::size_t b0 = 0; b0 < n;) {
                 ++batch;
@@ -303,13 +293,13 @@ bool mutex_watershed_loop_parallel(Id* ids, std::size_t n, uint64_t n_ids, Union
                     for (const auto& d : deferred) merged.insert(merged.end(), d.ks.begin(), d.ks.end());
                     std::sort(merged.begin(), merged.end());
                     for (std::size_t k : merged) {
-                        const Edge e = decode(untag(ids[k]));
+                        const Edge e = decode(ids[k] & kIdMask);
                         const uint32_t ru = uf.find(e.u), rv = uf.find(e.v);
                         if (ru != rv) execute(e, ru, rv, 0);
                     }
                     for (auto& d : deferred) d.ks.clear();
                 } else if (t == 1 && b1 < n) {
-                    next_end = collect_batch(ids, b1, n, decode, st, tagged, min_per_stripe, next);
+                    next_end = collect_batch(ids, b1, n, decode, st, min_per_stripe, next);
                 }
 #pragma omp barrier
                 b0 = b1;
