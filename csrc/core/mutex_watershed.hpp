@@ -82,14 +82,7 @@ void mutex_watershed_loop(const Id* ids, std::size_t n, UnionFind& uf, MutexList
         const Edge e = decode(ids[k]);
         const uint32_t ru = uf.find(e.u), rv = uf.find(e.v);
         if (ru == rv) continue;
-        if (e.attractive) {
-            if (mutexes.has_mutex(uf, ru, rv)) continue;
-            const uint32_t hu = uf.payload(ru), hv = uf.payload(rv);
-            const uint32_t root = uf.link(ru, rv);
-            uf.set_payload(root, mutexes.merge(hu, hv));
-        } else {
-            mutexes.add_mutex(uf, ru, rv, e.u, e.v);
-        }
+        execute_edge(uf, mutexes, e, ru, rv);
     }
 }
 
@@ -114,8 +107,8 @@ MallocPtr compact_ids(MallocPtr recs, std::size_t n) {
 }
 
 /// Produce and sort the records, then run the loop up to the last attractive edge:
-/// on stripes->n threads when `stripes` is given and there are fewer than 2^28 edge
-/// ids (mutex_watershed_parallel.hpp keeps a class in each 32-bit id).
+/// on stripes->n threads when `stripes` has several (grid_stripes makes them only
+/// for 32-bit ids with room for the edges' classes).
 /// `sorted()` is called once the producer is no longer needed (to free its inputs).
 template <class R, class Produce, class Decode, class IsAttractiveId, class Sorted>
 void sort_and_solve(int key_bits, uint64_t n_ids, Produce produce, UnionFind& uf, MutexLists& mutexes,
@@ -132,8 +125,7 @@ void sort_and_solve(int key_bits, uint64_t n_ids, Produce produce, UnionFind& uf
         while (stop > 0 && !is_attractive(ids[stop - 1])) --stop;
         bool done = false;
         if constexpr (sizeof(Id) == 4) {
-            if (stripes && stripes->n > 1 && ids_leave_tag_bits<Id>(n_ids))
-                done = mutex_watershed_loop_parallel(ids, stop, uf, mutexes, decode, *stripes);
+            if (stripes && stripes->n > 1) done = mutex_watershed_loop_parallel(ids, stop, uf, mutexes, decode, *stripes);
         }
         if (!done) mutex_watershed_loop(ids, stop, uf, mutexes, decode);
     };
@@ -185,9 +177,7 @@ void solve_grid(const GridSpec& g, RowPriority row_priority, int64_t* labels, in
                     id < n_attractive_ids};
     };
     auto is_attractive = [&](uint64_t id) { return id < n_attractive_ids; };
-    // The loop on stripes needs 4 free bits in 32-bit edge ids (below 2^28 ids).
-    const bool stripes_fit = ids_leave_tag_bits<uint32_t>(static_cast<uint64_t>(g.n_channels()) * N);
-    const Stripes stripes = grid_stripes(g.shape, g.offsets, stripes_fit ? threads : 1);
+    const Stripes stripes = grid_stripes(g.shape, g.offsets, g.n_channels() * N, threads);
     UnionFind uf(N);
     MutexLists mutexes(N, stripes.n);
     sort_and_solve<R>(8 * static_cast<int>(sizeof(T)), g.n_channels() * N, produce, uf, mutexes, decode,

@@ -73,6 +73,24 @@ struct Edge {
     bool attractive;
 };
 
+constexpr uint32_t kNotMerged = 0xFFFFFFFFu;
+
+/// One step of the mutex watershed on an edge whose ends have the distinct roots ru and
+/// rv: merge (attractive, unless a mutex separates them) or record a mutex (repulsive).
+/// `arena`: the calling thread's. Returns the root of the merged cluster, or kNotMerged.
+inline uint32_t execute_edge(UnionFind& uf, MutexLists& mutexes, const Edge& e, uint32_t ru, uint32_t rv,
+                             int arena = 0) {
+    if (!e.attractive) {
+        mutexes.add_mutex(uf, ru, rv, e.u, e.v, arena);
+        return kNotMerged;
+    }
+    if (mutexes.has_mutex(uf, ru, rv)) return kNotMerged;
+    const uint32_t hu = uf.payload(ru), hv = uf.payload(rv);
+    const uint32_t root = uf.link(ru, rv);
+    uf.set_payload(root, mutexes.merge(hu, hv, arena));
+    return root;
+}
+
 /// Which stripe each node lies in: the grid cut into `n` slabs along one axis.
 struct Stripes {
     std::vector<uint8_t> of_node;  // stripe of each node
@@ -84,12 +102,20 @@ constexpr std::size_t kMinParallelNodes = 4096;
 constexpr std::size_t kMaxBatch = std::size_t(1) << 16;
 constexpr std::size_t kParallelPrefetch = 16;
 
+/// An edge's class: the stripe of both its ends, or kCrossTag. The loop keeps it in
+/// the top 4 bits of the 32-bit edge ids (it runs only when ids leave them free), so
+/// that cutting batches and collecting items reads no stripe of any node.
+constexpr int kTagShift = 28;
+constexpr uint32_t kCrossTag = 15;
+constexpr uint32_t kIdMask = (1u << kTagShift) - 1;
+
 /// Stripes of a grid for `threads` threads along its longest axis (z, y, x; the first
 /// on ties), each at least twice as wide as the longest offset along that axis (and 8
-/// pixels), so that most edges stay inside a stripe; n = 1 (sequential) for grids of
-/// fewer than kMinParallelNodes pixels.
+/// pixels), so that most edges stay inside a stripe. n = 1 (the sequential loop) for
+/// grids of fewer than kMinParallelNodes pixels, and for grids of more than kIdMask
+/// edge ids `n_ids`, whose 32-bit ids leave no room for the edges' classes.
 inline Stripes grid_stripes(const std::array<int64_t, 3>& shape, const std::vector<std::array<int64_t, 3>>& offsets,
-                            int threads) {
+                            uint64_t n_ids, int threads) {
     Stripes st;
     int axis = 0;
     for (int a = 1; a < 3; ++a)
@@ -99,7 +125,7 @@ inline Stripes grid_stripes(const std::array<int64_t, 3>& shape, const std::vect
     for (const auto& o : offsets) reach = std::max<int64_t>(reach, o[axis] < 0 ? -o[axis] : o[axis]);
     const std::size_t N = static_cast<std::size_t>(shape[0] * shape[1] * shape[2]);
     const int64_t n = std::min<int64_t>({threads, MutexLists::kMaxArenas, extent / (2 * reach)});
-    if (n < 2 || N < kMinParallelNodes) return st;
+    if (n < 2 || N < kMinParallelNodes || n_ids > kIdMask) return st;
     st.n = static_cast<int>(n);
     st.of_node.resize(N);
     const std::ptrdiff_t planes = static_cast<std::ptrdiff_t>(shape[0]);
@@ -132,19 +158,6 @@ private:
     static constexpr uint32_t kFlag = 0x80000000u;
     uint32_t offset_, u_, v_;
 };
-
-/// An edge's class: the stripe of both its ends, or kCrossTag. The loop keeps it in
-/// the top 4 bits of the 32-bit edge ids (it runs only when ids leave them free), so
-/// that cutting batches and collecting items reads no stripe of any node.
-constexpr int kTagShift = 28;
-constexpr uint32_t kCrossTag = 15;
-constexpr uint32_t kIdMask = (1u << kTagShift) - 1;
-
-/// Whether the loop can run on edge ids of type Id, n_ids of them.
-template <class Id>
-constexpr bool ids_leave_tag_bits(uint64_t n_ids) {
-    return sizeof(Id) == 4 && n_ids <= kIdMask;
-}
 
 /// Cut the batch starting at `begin` and collect every thread's items of it (its own
 /// edges and the cross edges at its stripe, in order) into items[t]. The batch ends at
@@ -181,8 +194,8 @@ std::size_t collect_batch(const Id* ids, std::size_t begin, std::size_t n, Decod
 }
 
 /// The loop of mutex_watershed.hpp on `st.n` threads (st.n <= MutexLists arenas), for
-/// 32-bit ids below 2^kTagShift (ids_leave_tag_bits); writes the class of each edge
-/// into its id. Returns false, having changed nothing, when it did not get st.n threads.
+/// 32-bit ids below 2^kTagShift (grid_stripes makes stripes only then); writes the
+/// class of each edge into its id. Returns false, having changed nothing, when it did not get st.n threads.
 template <class Id, class Decode>
 bool mutex_watershed_loop_parallel(Id* ids, std::size_t n, UnionFind& uf, MutexLists& mutexes, Decode decode,
                                    const Stripes& st) {
@@ -204,18 +217,11 @@ bool mutex_watershed_loop_parallel(Id* ids, std::size_t n, UnionFind& uf, MutexL
     std::vector<ItemList> current(static_cast<std::size_t>(T)), next(static_cast<std::size_t>(T));
     std::size_t next_end = 0;
 
-    // The sequential step; `arena` is the calling thread's.
+    // The sequential step, keeping `spans` exact; `arena` is the calling thread's.
     auto execute = [&](const Edge& e, uint32_t ru, uint32_t rv, int arena) {
-        if (e.attractive) {
-            if (mutexes.has_mutex(uf, ru, rv)) return;
-            const uint32_t hu = uf.payload(ru), hv = uf.payload(rv);
-            const uint8_t both = static_cast<uint8_t>(spans[ru] | spans[rv]);
-            const uint32_t root = uf.link(ru, rv);
-            spans[root] = both;
-            uf.set_payload(root, mutexes.merge(hu, hv, arena));
-        } else {
-            mutexes.add_mutex(uf, ru, rv, e.u, e.v, arena);
-        }
+        const uint8_t both = static_cast<uint8_t>(spans[ru] | spans[rv]);
+        const uint32_t root = execute_edge(uf, mutexes, e, ru, rv, arena);
+        if (root != kNotMerged) spans[root] = both;
     };
 
     bool full_team = false;

@@ -82,8 +82,9 @@ def cluster_blockwise(emb, *, block_shape, halo, out=None, threads=None, delta_d
     memory_limit : int or str, optional
         Bytes (or e.g. ``"2GiB"``, ``"500MB"``) the blocks in flight may use. Fewer blocks
         then run at once, and the threads left over work inside a block (the sort, and the
-        pass over the sorted edges on stripes of the block); the result does not change. Most of a block's memory is its edges' working memory
-        (about 17 B per edge: ext voxels x offsets), see :func:`.blocks.block_bytes`.
+        pass over the sorted edges on stripes of the block); the result does not change.
+        Most of a block's memory is its edges' working memory (about 17 B per edge: ext
+        voxels x offsets), see :func:`.blocks.block_bytes`.
         Default: one block per thread. A limit below one block is an error that says
         which block shape would fit.
     journal : path, optional
