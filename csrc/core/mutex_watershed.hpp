@@ -54,9 +54,6 @@ struct WideRecord {
     static uint64_t id(const type& r) { return r.id; }
 };
 
-constexpr std::size_t kPrefetchDistance = 32;
-constexpr std::size_t kSetPrefetchDistance = 8;
-
 /// The sequential heart: process the sorted edge ids [0, n).
 template <class Id, class Decode>
 void mutex_watershed_loop(const Id* ids, std::size_t n, UnionFind& uf, MutexLists& mutexes, Decode decode) {

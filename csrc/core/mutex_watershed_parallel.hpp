@@ -7,11 +7,12 @@
 // kept exact by the merges). An edge with both ends in stripe t is thread t's; an
 // edge whose ends lie in two stripes is a cross edge.
 //
-// Batches. The sorted edges are cut into batches (all threads cut them alike: the
-// cut depends on the edges only). In a batch, each thread walks its own edges in
-// order and either executes an edge at once, skips it or defers it; then one thread
-// executes all deferred edges of the batch, of every thread, in their global order;
-// then the next batch. Thread t defers its edge e when e touches a spanning cluster,
+// Batches. The sorted edges are cut into batches (by thread 1, which also collects
+// each thread's edges of the next batch while the others work). In a batch, each
+// thread walks its own edges in order and either executes an edge at once, skips it
+// or defers it; then thread 0 executes all deferred edges of the batch, of every
+// thread, in their global order (the "ordered edges" of the batch), while the other
+// threads go on with the next batch (see Overlap). Thread t defers its edge e when e touches a spanning cluster,
 // or when it is attractive and touches a cluster that an earlier deferred edge of the
 // batch touched ("blocked") - unless a mutex already separates its two clusters: then
 // it skips e -, or when it is repulsive and both its clusters are blocked. A deferred
@@ -41,13 +42,27 @@
 //   merge with Y; no earlier deferred edge touched X (else X would be blocked), so d
 //   does not, and d's merges of Y with other clusters leave X out, so the mutex is
 //   also the one the sequential loop records (between X and Y's later cluster).
-// - Mutex lists: a thread writes only the lists of clusters it owns (new lists and
-//   chunks from its own arena, mutex_lists.hpp), and reads others' trees only
-//   through find(), which tolerates concurrent links (union_find.hpp).
+// - Overlap. Threads 1.. process batch b + 1 while thread 0 runs the ordered edges of
+//   b (never further ahead: b + 2 starts after them). Those edges touch only spanning
+//   clusters and clusters blocked in b, and this stays true while they run (a merge
+//   keeps one of the two roots). Blocks are kept in two slots by the parity of the
+//   batch, so blocking in b + 1 leaves the blocks of b readable. Until a thread sees
+//   the ordered edges of b done, it executes, skips (reading mutex lists) and blocks
+//   only clusters it owns that are not blocked in b, and at its first edge at one of
+//   its clusters blocked in b it waits for them. Such clusters are touched by no
+//   ordered edge of b, so the edges it executes early commute with those (which come
+//   first in the global order) by the argument above, and their roots, where it writes
+//   its blocks, are not linked meanwhile. A root found while thread 0 links it is one
+//   of a cluster blocked in b or spanning: never executed on, never blocked.
+// - Mutex lists: a thread writes only the lists of clusters it owns, or, for thread 0
+//   in the ordered edges, of the clusters those touch (new lists and chunks from the
+//   thread's own arena, mutex_lists.hpp), and reads others' trees only through find(),
+//   which tolerates concurrent links (union_find.hpp). Counters of processed, ordered
+//   and collected batches are released by their writer and acquired by the waiters.
 // What stays ordered: the deferred edges (cross edges, edges at spanning clusters and
 // the attractive edges behind them), 4 % (2D) to 10 % (3D) of the edges that change
-// something in the benchmarks' inputs; and every thread reads every edge of a batch to
-// cut batches alike and to find its own.
+// something in the benchmarks' inputs; and thread 1 reads every edge of a batch to
+// cut it and to hand each thread its own.
 //
 // Balance. Edges of equal priority run in edge-id order, so runs of ties (saturated
 // weights) sweep the grid stripe after stripe. A batch therefore ends once every
@@ -57,7 +72,10 @@
 #pragma once
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdint>
+#include <memory>
+#include <thread>
 #include <vector>
 
 #include "core/common.hpp"
@@ -75,6 +93,11 @@ struct Edge {
 
 constexpr uint32_t kNotMerged = 0xFFFFFFFFu;
 
+// Look-ahead of the loops, in edges: union-find words of the nodes at twice the
+// distance, their parents at the distance, the roots' mutex lists at kSetPrefetchDistance.
+constexpr std::size_t kPrefetchDistance = 32;
+constexpr std::size_t kSetPrefetchDistance = 8;
+
 /// One step of the mutex watershed on an edge whose ends have the distinct roots ru and
 /// rv: merge (attractive, unless a mutex separates them) or record a mutex (repulsive).
 /// `arena`: the calling thread's. Returns the root of the merged cluster, or kNotMerged.
@@ -89,6 +112,21 @@ inline uint32_t execute_edge(UnionFind& uf, MutexLists& mutexes, const Edge& e, 
     const uint32_t root = uf.link(ru, rv);
     uf.set_payload(root, mutexes.merge(hu, hv, arena));
     return root;
+}
+
+/// Wait for another thread: spin briefly, then yield the core (on an oversubscribed
+/// machine the thread waited for may need it).
+template <class Ready>
+void spin_until(Ready ready) {
+    for (int i = 0; !ready(); ++i) {
+        if (i < 4096) {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+        } else {
+            std::this_thread::yield();
+        }
+    }
 }
 
 /// Which stripe each node lies in: the grid cut into `n` slabs along one axis.
@@ -164,12 +202,12 @@ private:
 /// the first position, checked every 256 edges, at which every stripe has
 /// `min_per_stripe` own edges (kMinPerStripe, or n / 256 on inputs too small for it)
 /// and their counts differ by at most 1/8 of their sum; it has at most kMaxBatch
-/// edges. `ids` carry their class. Returns the end.
-template <class Id, class Decode, class ItemLists>
+/// edges. `ids` carry their class; items_of(t) is thread t's list. Returns the end.
+template <class Id, class Decode, class ItemsOf>
 std::size_t collect_batch(const Id* ids, std::size_t begin, std::size_t n, Decode& decode, const Stripes& st,
-                          std::size_t min_per_stripe, ItemLists& items) {
+                          std::size_t min_per_stripe, ItemsOf items_of) {
     std::size_t count[kCrossTag + 1] = {};  // own edges per stripe, cross edges
-    for (auto& list : items) list.items.clear();
+    for (int t = 0; t < st.n; ++t) items_of(static_cast<std::size_t>(t)).clear();
     const std::size_t limit = std::min(n, begin + kMaxBatch);
     std::size_t k = begin;
     while (k < limit) {
@@ -179,10 +217,10 @@ std::size_t collect_batch(const Id* ids, std::size_t begin, std::size_t n, Decod
             const Edge e = decode(ids[k] & kIdMask);
             ++count[cls];
             if (cls != kCrossTag) {
-                items[cls].items.emplace_back(k - begin, e, false);
+                items_of(cls).emplace_back(k - begin, e, false);
             } else {
-                items[st.of_node[e.u]].items.emplace_back(k - begin, e, true);
-                items[st.of_node[e.v]].items.emplace_back(k - begin, e, true);
+                items_of(st.of_node[e.u]).emplace_back(k - begin, e, true);
+                items_of(st.of_node[e.v]).emplace_back(k - begin, e, true);
             }
         }
         const auto [lo, hi] = std::minmax_element(count, count + st.n);
@@ -203,25 +241,48 @@ bool mutex_watershed_loop_parallel(Id* ids, std::size_t n, UnionFind& uf, MutexL
     const int T = st.n;
     const std::size_t min_per_stripe = std::clamp<std::size_t>(n / 256, 16, kMinPerStripe);
     const std::size_t N = uf.size();
-    std::vector<uint8_t> spans(N);
-    for (std::size_t i = 0; i < N; ++i) spans[i] = static_cast<uint8_t>(1u << st.of_node[i]);
-    std::vector<uint32_t> blocked(N, 0);  // batch number (from 1) in which a root was blocked
-    struct alignas(64) Deferred {  // a cache line each: no false sharing on push_back
-        std::vector<std::size_t> ks;
+    // Per root: the stripes its cluster spans (a bit each) and, in two slots by the
+    // parity of the batch, the last batch that blocked it. Other threads read them
+    // while one writes them: relaxed atomics.
+    std::unique_ptr<std::atomic<uint8_t>[]> spans(new std::atomic<uint8_t>[N]);
+    for (std::size_t i = 0; i < N; ++i) spans[i].store(static_cast<uint8_t>(1u << st.of_node[i]), std::memory_order_relaxed);
+    std::unique_ptr<std::atomic<uint32_t>[]> blocked_by_parity[2] = {
+        std::unique_ptr<std::atomic<uint32_t>[]>(new std::atomic<uint32_t>[N]),
+        std::unique_ptr<std::atomic<uint32_t>[]>(new std::atomic<uint32_t>[N])};
+    for (auto& slot : blocked_by_parity)
+        for (std::size_t i = 0; i < N; ++i) slot[i].store(0, std::memory_order_relaxed);
+    auto span_of = [&](uint32_t r) SPOCO_ALWAYS_INLINE { return spans[r].load(std::memory_order_relaxed); };
+    auto blocked_in = [&](uint32_t r, uint32_t batch) SPOCO_ALWAYS_INLINE {
+        return blocked_by_parity[batch & 1][r].load(std::memory_order_relaxed) == batch;
     };
-    std::vector<Deferred> deferred(static_cast<std::size_t>(T));
+    auto block = [&](uint32_t r, uint32_t batch) SPOCO_ALWAYS_INLINE {
+        blocked_by_parity[batch & 1][r].store(batch, std::memory_order_relaxed);
+    };
+    // Per thread and batch parity: its deferred edges and its items.
+    struct alignas(64) PerThread {  // a cache line each: no false sharing on push_back
+        std::vector<std::size_t> deferred[2];
+        std::vector<Item> items[2];
+        std::atomic<uint32_t> processed{0};  // last batch whose edges it has processed
+    };
+    std::vector<PerThread> per_thread(static_cast<std::size_t>(T));
     std::vector<std::size_t> merged;
-    struct alignas(64) ItemList {  // one thread's items of a batch
-        std::vector<Item> items;
+    std::size_t batch_begin[2] = {0, 0}, batch_end[2] = {0, 0};
+    alignas(64) std::atomic<uint32_t> collected{0};  // last batch whose items are ready
+    alignas(64) std::atomic<uint32_t> ordered{0};    // last batch whose deferred edges ran
+
+    // Cut and collect batch b (thread 1, or before the loop).
+    auto collect = [&](uint32_t b, std::size_t begin) {
+        auto items_of = [&](std::size_t thread) -> std::vector<Item>& { return per_thread[thread].items[b & 1]; };
+        batch_begin[b & 1] = begin;
+        batch_end[b & 1] = collect_batch(ids, begin, n, decode, st, min_per_stripe, items_of);
+        collected.store(b, std::memory_order_release);
     };
-    std::vector<ItemList> current(static_cast<std::size_t>(T)), next(static_cast<std::size_t>(T));
-    std::size_t next_end = 0;
 
     // The sequential step, keeping `spans` exact; `arena` is the calling thread's.
     auto execute = [&](const Edge& e, uint32_t ru, uint32_t rv, int arena) {
-        const uint8_t both = static_cast<uint8_t>(spans[ru] | spans[rv]);
+        const uint8_t both = static_cast<uint8_t>(span_of(ru) | span_of(rv));
         const uint32_t root = execute_edge(uf, mutexes, e, ru, rv, arena);
-        if (root != kNotMerged) spans[root] = both;
+        if (root != kNotMerged) spans[root].store(both, std::memory_order_relaxed);
     };
 
     bool full_team = false;
@@ -240,7 +301,7 @@ bool mutex_watershed_loop_parallel(Id* ids, std::size_t n, UnionFind& uf, MutexL
 #endif
         if (full_team) {
             const uint8_t own = static_cast<uint8_t>(1u << t);
-            std::vector<std::size_t>& my_deferred = deferred[static_cast<std::size_t>(t)].ks;
+            PerThread& me = per_thread[static_cast<std::size_t>(t)];
             {
                 const std::size_t k0 = n * static_cast<std::size_t>(t) / static_cast<std::size_t>(T);
                 const std::size_t k1 = n * static_cast<std::size_t>(t + 1) / static_cast<std::size_t>(T);
@@ -252,33 +313,71 @@ bool mutex_watershed_loop_parallel(Id* ids, std::size_t n, UnionFind& uf, MutexL
             }
 #pragma omp barrier
 #pragma omp single
-            next_end = collect_batch(ids, 0, n, decode, st, min_per_stripe, next);
-            uint32_t batch = 0;
-            for (std::size_t b0 = 0; b0 < n;) {
-                ++batch;
-                const std::size_t b1 = next_end;
-                std::vector<Item>& items = current[static_cast<std::size_t>(t)].items;
-                items.swap(next[static_cast<std::size_t>(t)].items);
-                // Everyone has read next_end and taken its items before they are refilled.
-#pragma omp barrier
+            collect(1, 0);
+            // Thread 0 processes batch b after the ordered edges of b - 1. The other
+            // threads start it while those run ("overlapped"): until they see them
+            // done, they execute and block only clusters that those edges do not touch,
+            // and wait for them at the first edge at one that they may touch (one of
+            // their clusters blocked in b - 1).
+            for (uint32_t batch = 1;; ++batch) {
+                const uint32_t previous = batch - 1;
+                spin_until([&] { return collected.load(std::memory_order_acquire) >= batch &&
+                                        ordered.load(std::memory_order_acquire) + 1 >= previous; });
+                const std::size_t b0 = batch_begin[batch & 1], b1 = batch_end[batch & 1];
+                const std::vector<Item>& items = me.items[batch & 1];
+                std::vector<std::size_t>& my_deferred = me.deferred[batch & 1];
+                my_deferred.clear();  // its edges ran in batch - 2
+                bool overlapped = t != 0 && ordered.load(std::memory_order_acquire) < previous;
+                // Whether root r may be touched by the previous ordered edges: then wait
+                // for them, and return true (the caller finds its roots again).
+                auto waited_for = [&](uint32_t r) SPOCO_ALWAYS_INLINE {
+                    if (!overlapped || !blocked_in(r, previous) || span_of(r) != own) return false;
+                    spin_until([&] { return ordered.load(std::memory_order_acquire) >= previous; });
+                    overlapped = false;
+                    return true;
+                };
                 for (std::size_t i = 0; i < items.size(); ++i) {
+                    if (overlapped && i % 64 == 0) overlapped = ordered.load(std::memory_order_acquire) < previous;
+                    // The look-ahead of the sequential loop: nodes' words far ahead,
+                    // their parents nearer, and soon the roots' lists and marks.
+                    if (i + 2 * kParallelPrefetch < items.size()) {
+                        uf.prefetch(items[i + 2 * kParallelPrefetch].u());
+                        uf.prefetch(items[i + 2 * kParallelPrefetch].v());
+                    }
                     if (i + kParallelPrefetch < items.size()) {
-                        uf.prefetch(items[i + kParallelPrefetch].u());
-                        uf.prefetch(items[i + kParallelPrefetch].v());
+                        const uint32_t pu = uf.peek(items[i + kParallelPrefetch].u());
+                        const uint32_t pv = uf.peek(items[i + kParallelPrefetch].v());
+                        if (!(pu & UnionFind::kRootFlag)) uf.prefetch(pu);
+                        if (!(pv & UnionFind::kRootFlag)) uf.prefetch(pv);
+                    }
+                    if (i + kSetPrefetchDistance < items.size()) {
+                        for (const uint32_t node : {items[i + kSetPrefetchDistance].u(), items[i + kSetPrefetchDistance].v()}) {
+                            const uint32_t r = uf.find(node);
+                            mutexes.prefetch(uf.payload(r));
+                            SPOCO_PREFETCH(&spans[r]);
+                            SPOCO_PREFETCH(&blocked_by_parity[batch & 1][r]);
+                        }
                     }
                     const std::size_t k = b0 + items[i].offset();
                     const Edge e = items[i].edge();
                     if (items[i].cross()) {
                         const uint8_t su = st.of_node[e.u], sv = st.of_node[e.v];
-                        const uint32_t r = uf.find(su == t ? e.u : e.v);
-                        if (spans[r] == own) blocked[r] = batch;
+                        const uint32_t mine = su == t ? e.u : e.v;
+                        uint32_t r = uf.find(mine);
+                        if (waited_for(r)) r = uf.find(mine);
+                        if (span_of(r) == own) block(r, batch);
                         if (t == std::min(su, sv)) my_deferred.push_back(k);
                         continue;
                     }
-                    const uint32_t ru = uf.find(e.u), rv = uf.find(e.v);
+                    uint32_t ru = uf.find(e.u), rv = uf.find(e.v);
                     if (ru == rv) continue;
-                    const bool owned = spans[ru] == own && spans[rv] == own;
-                    const bool bu = blocked[ru] == batch, bv = blocked[rv] == batch;
+                    if (waited_for(ru) || waited_for(rv)) {
+                        ru = uf.find(e.u);
+                        rv = uf.find(e.v);
+                        if (ru == rv) continue;
+                    }
+                    const bool owned = span_of(ru) == own && span_of(rv) == own;
+                    const bool bu = blocked_in(ru, batch), bv = blocked_in(rv, batch);
                     // Attractive: neither cluster blocked; repulsive: not both (see above).
                     if (owned && (e.attractive ? !(bu || bv) : !(bu && bv))) {
                         execute(e, ru, rv, t);
@@ -288,27 +387,33 @@ bool mutex_watershed_loop_parallel(Id* ids, std::size_t n, UnionFind& uf, MutexL
                     // mutex separates now is a no-op whenever it runs: skip, not defer.
                     if (e.attractive && owned && mutexes.has_mutex(uf, ru, rv)) continue;
                     my_deferred.push_back(k);
-                    if (spans[ru] == own) blocked[ru] = batch;
-                    if (spans[rv] == own) blocked[rv] = batch;
+                    if (span_of(ru) == own) block(ru, batch);
+                    if (span_of(rv) == own) block(rv, batch);
                 }
-#pragma omp barrier
-                // Thread 0 runs the deferred edges in order while thread 1 cuts and
-                // collects the next batch (which reads edge ids only).
+                me.processed.store(batch, std::memory_order_release);
+                // Thread 1 cuts and collects the next batch, into the lists of batch - 1
+                // once every thread has processed it; thread 0 runs this batch's
+                // deferred edges in order once every thread has processed it.
+                if (t == 1 && b1 < n) {
+                    for (const PerThread& p : per_thread)
+                        spin_until([&] { return p.processed.load(std::memory_order_acquire) >= previous; });
+                    collect(batch + 1, b1);
+                }
                 if (t == 0) {
+                    for (const PerThread& p : per_thread)
+                        spin_until([&] { return p.processed.load(std::memory_order_acquire) >= batch; });
                     merged.clear();
-                    for (const auto& d : deferred) merged.insert(merged.end(), d.ks.begin(), d.ks.end());
+                    for (const PerThread& p : per_thread)
+                        merged.insert(merged.end(), p.deferred[batch & 1].begin(), p.deferred[batch & 1].end());
                     std::sort(merged.begin(), merged.end());
                     for (std::size_t k : merged) {
                         const Edge e = decode(ids[k] & kIdMask);
                         const uint32_t ru = uf.find(e.u), rv = uf.find(e.v);
                         if (ru != rv) execute(e, ru, rv, 0);
                     }
-                    for (auto& d : deferred) d.ks.clear();
-                } else if (t == 1 && b1 < n) {
-                    next_end = collect_batch(ids, b1, n, decode, st, min_per_stripe, next);
+                    ordered.store(batch, std::memory_order_release);
                 }
-#pragma omp barrier
-                b0 = b1;
+                if (b1 >= n) break;
             }
         }
     }
