@@ -42,18 +42,18 @@
 //   merge with Y; no earlier deferred edge touched X (else X would be blocked), so d
 //   does not, and d's merges of Y with other clusters leave X out, so the mutex is
 //   also the one the sequential loop records (between X and Y's later cluster).
-// - Overlap. Threads 1.. process batch b + 1 while thread 0 runs the ordered edges of
-//   b (never further ahead: b + 2 starts after them). Those edges touch only spanning
-//   clusters and clusters blocked in b, and this stays true while they run (a merge
-//   keeps one of the two roots). Blocks are kept in two slots by the parity of the
-//   batch, so blocking in b + 1 leaves the blocks of b readable. Until a thread sees
-//   the ordered edges of b done, it executes, skips (reading mutex lists) and blocks
-//   only clusters it owns that are not blocked in b, and at its first edge at one of
-//   its clusters blocked in b it waits for them. Such clusters are touched by no
-//   ordered edge of b, so the edges it executes early commute with those (which come
-//   first in the global order) by the argument above, and their roots, where it writes
-//   its blocks, are not linked meanwhile. A root found while thread 0 links it is one
-//   of a cluster blocked in b or spanning: never executed on, never blocked.
+// - Overlap. Threads 1.. may process batch b while the ordered edges of up to kOverlap
+//   earlier batches are still pending (thread 0 runs them in batch order). The ordered
+//   edges of a batch p touch only spanning clusters and clusters blocked in p, and this
+//   stays true while they run (a merge keeps one of the two roots). Blocks are kept in
+//   kOverlap + 1 slots by batch, so blocking in b leaves the blocks of pending batches
+//   readable. A thread executes, skips (reading mutex lists) and blocks only clusters it
+//   owns that are not blocked in a pending batch, and at its first edge at one that is,
+//   it waits for that batch's ordered edges. Such clusters are touched by no pending
+//   ordered edge, so the edges it executes early commute with those (which come first
+//   in the global order) by the argument above, and their roots, where it writes its
+//   blocks, are not linked meanwhile. A root found while thread 0 links it is one of a
+//   cluster blocked in a pending batch or spanning: never executed on, never blocked.
 // - Mutex lists: a thread writes only the lists of clusters it owns, or, for thread 0
 //   in the ordered edges, of the clusters those touch (new lists and chunks from the
 //   thread's own arena, mutex_lists.hpp), and reads others' trees only through find(),
@@ -139,6 +139,11 @@ constexpr std::size_t kMinPerStripe = 4096;  // edges; less on small inputs (min
 constexpr std::size_t kMinParallelNodes = 4096;
 constexpr std::size_t kMaxBatch = std::size_t(1) << 16;
 constexpr std::size_t kParallelPrefetch = 16;
+/// How many batches' ordered edges may still be pending when a thread starts a batch:
+/// more slack for batches of uneven work, but more memory (2 bytes per node each) and
+/// more clusters to wait at (2D benchmark: waits of both threads 130, 90, 70 ms for 1,
+/// 2, 3).
+constexpr uint32_t kOverlap = 2;
 
 /// An edge's class: the stripe of both its ends, or kCrossTag. The loop keeps it in
 /// the top 4 bits of the 32-bit edge ids (it runs only when ids leave them free), so
@@ -241,40 +246,44 @@ bool mutex_watershed_loop_parallel(Id* ids, std::size_t n, UnionFind& uf, MutexL
     const int T = st.n;
     const std::size_t min_per_stripe = std::clamp<std::size_t>(n / 256, 16, kMinPerStripe);
     const std::size_t N = uf.size();
-    // Per root: the stripes its cluster spans (a bit each) and, in two slots by the
-    // parity of the batch, the last batch that blocked it. Other threads read them
-    // while one writes them: relaxed atomics.
+    // Per root: the stripes its cluster spans (a bit each) and, in kOverlap + 1 slots
+    // (batch b in slot b % kSlots), the last batch that blocked it, modulo 2^16 (a
+    // block seen where there is none only defers an edge or waits: never wrong). Other
+    // threads read them while one writes them: relaxed atomics.
     std::unique_ptr<std::atomic<uint8_t>[]> spans(new std::atomic<uint8_t>[N]);
     for (std::size_t i = 0; i < N; ++i) spans[i].store(static_cast<uint8_t>(1u << st.of_node[i]), std::memory_order_relaxed);
-    std::unique_ptr<std::atomic<uint32_t>[]> blocked_by_parity[2] = {
-        std::unique_ptr<std::atomic<uint32_t>[]>(new std::atomic<uint32_t>[N]),
-        std::unique_ptr<std::atomic<uint32_t>[]>(new std::atomic<uint32_t>[N])};
-    for (auto& slot : blocked_by_parity)
+    constexpr uint32_t kSlots = kOverlap + 1;
+    std::unique_ptr<std::atomic<uint16_t>[]> blocked_slots[kSlots];
+    for (auto& slot : blocked_slots) {
+        slot.reset(new std::atomic<uint16_t>[N]);
         for (std::size_t i = 0; i < N; ++i) slot[i].store(0, std::memory_order_relaxed);
+    }
     auto span_of = [&](uint32_t r) SPOCO_ALWAYS_INLINE { return spans[r].load(std::memory_order_relaxed); };
     auto blocked_in = [&](uint32_t r, uint32_t batch) SPOCO_ALWAYS_INLINE {
-        return blocked_by_parity[batch & 1][r].load(std::memory_order_relaxed) == batch;
+        return blocked_slots[batch % kSlots][r].load(std::memory_order_relaxed) == static_cast<uint16_t>(batch);
     };
     auto block = [&](uint32_t r, uint32_t batch) SPOCO_ALWAYS_INLINE {
-        blocked_by_parity[batch & 1][r].store(batch, std::memory_order_relaxed);
+        blocked_slots[batch % kSlots][r].store(static_cast<uint16_t>(batch), std::memory_order_relaxed);
     };
-    // Per thread and batch parity: its deferred edges and its items.
+    // Per thread: its deferred edges of the batches whose ordered edges may be pending
+    // (batch b at b % kSlots), its items of those and of the next batch.
+    constexpr uint32_t kItemLists = kOverlap + 2;
     struct alignas(64) PerThread {  // a cache line each: no false sharing on push_back
-        std::vector<std::size_t> deferred[2];
-        std::vector<Item> items[2];
+        std::vector<std::size_t> deferred[kSlots];
+        std::vector<Item> items[kItemLists];
         std::atomic<uint32_t> processed{0};  // last batch whose edges it has processed
     };
     std::vector<PerThread> per_thread(static_cast<std::size_t>(T));
     std::vector<std::size_t> merged;
-    std::size_t batch_begin[2] = {0, 0}, batch_end[2] = {0, 0};
+    std::size_t batch_begin[kItemLists] = {}, batch_end[kItemLists] = {};
     alignas(64) std::atomic<uint32_t> collected{0};  // last batch whose items are ready
     alignas(64) std::atomic<uint32_t> ordered{0};    // last batch whose deferred edges ran
 
     // Cut and collect batch b (thread 1, or before the loop).
     auto collect = [&](uint32_t b, std::size_t begin) {
-        auto items_of = [&](std::size_t thread) -> std::vector<Item>& { return per_thread[thread].items[b & 1]; };
-        batch_begin[b & 1] = begin;
-        batch_end[b & 1] = collect_batch(ids, begin, n, decode, st, min_per_stripe, items_of);
+        auto items_of = [&](std::size_t thread) -> std::vector<Item>& { return per_thread[thread].items[b % kItemLists]; };
+        batch_begin[b % kItemLists] = begin;
+        batch_end[b % kItemLists] = collect_batch(ids, begin, n, decode, st, min_per_stripe, items_of);
         collected.store(b, std::memory_order_release);
     };
 
@@ -315,29 +324,34 @@ bool mutex_watershed_loop_parallel(Id* ids, std::size_t n, UnionFind& uf, MutexL
 #pragma omp single
             collect(1, 0);
             // Thread 0 processes batch b after the ordered edges of b - 1. The other
-            // threads start it while those run ("overlapped"): until they see them
-            // done, they execute and block only clusters that those edges do not touch,
-            // and wait for them at the first edge at one that they may touch (one of
-            // their clusters blocked in b - 1).
+            // threads may start it while those of up to kOverlap earlier batches are
+            // pending ("overlapped"): until they see them done, they execute and block
+            // only clusters that those edges do not touch, and at the first edge at
+            // one that they may touch (one of their clusters blocked in a pending
+            // batch) they wait for that batch's ordered edges.
             for (uint32_t batch = 1;; ++batch) {
                 const uint32_t previous = batch - 1;
                 spin_until([&] { return collected.load(std::memory_order_acquire) >= batch &&
-                                        ordered.load(std::memory_order_acquire) + 1 >= previous; });
-                const std::size_t b0 = batch_begin[batch & 1], b1 = batch_end[batch & 1];
-                const std::vector<Item>& items = me.items[batch & 1];
-                std::vector<std::size_t>& my_deferred = me.deferred[batch & 1];
-                my_deferred.clear();  // its edges ran in batch - 2
-                bool overlapped = t != 0 && ordered.load(std::memory_order_acquire) < previous;
-                // Whether root r may be touched by the previous ordered edges: then wait
-                // for them, and return true (the caller finds its roots again).
+                                        ordered.load(std::memory_order_acquire) + kOverlap >= previous; });
+                const std::size_t b0 = batch_begin[batch % kItemLists], b1 = batch_end[batch % kItemLists];
+                const std::vector<Item>& items = me.items[batch % kItemLists];
+                std::vector<std::size_t>& my_deferred = me.deferred[batch % kSlots];
+                my_deferred.clear();  // its edges ran kSlots batches ago
+                uint32_t done = ordered.load(std::memory_order_acquire);  // as last seen
+                // Whether root r may be touched by pending ordered edges: then wait for
+                // them, and return true (the caller finds its roots again).
                 auto waited_for = [&](uint32_t r) SPOCO_ALWAYS_INLINE {
-                    if (!overlapped || !blocked_in(r, previous) || span_of(r) != own) return false;
-                    spin_until([&] { return ordered.load(std::memory_order_acquire) >= previous; });
-                    overlapped = false;
-                    return true;
+                    if (done >= previous || span_of(r) != own) return false;
+                    for (uint32_t p = done + 1; p <= previous; ++p) {
+                        if (!blocked_in(r, p)) continue;
+                        spin_until([&] { return ordered.load(std::memory_order_acquire) >= p; });
+                        done = ordered.load(std::memory_order_acquire);
+                        return true;
+                    }
+                    return false;
                 };
                 for (std::size_t i = 0; i < items.size(); ++i) {
-                    if (overlapped && i % 64 == 0) overlapped = ordered.load(std::memory_order_acquire) < previous;
+                    if (done < previous && i % 64 == 0) done = ordered.load(std::memory_order_acquire);
                     // The look-ahead of the sequential loop: nodes' words far ahead,
                     // their parents nearer, and soon the roots' lists and marks.
                     if (i + 2 * kParallelPrefetch < items.size()) {
@@ -355,7 +369,7 @@ bool mutex_watershed_loop_parallel(Id* ids, std::size_t n, UnionFind& uf, MutexL
                             const uint32_t r = uf.find(node);
                             mutexes.prefetch(uf.payload(r));
                             SPOCO_PREFETCH(&spans[r]);
-                            SPOCO_PREFETCH(&blocked_by_parity[batch & 1][r]);
+                            SPOCO_PREFETCH(&blocked_slots[batch % kSlots][r]);
                         }
                     }
                     const std::size_t k = b0 + items[i].offset();
@@ -364,18 +378,18 @@ bool mutex_watershed_loop_parallel(Id* ids, std::size_t n, UnionFind& uf, MutexL
                         const uint8_t su = st.of_node[e.u], sv = st.of_node[e.v];
                         const uint32_t mine = su == t ? e.u : e.v;
                         uint32_t r = uf.find(mine);
-                        if (waited_for(r)) r = uf.find(mine);
+                        while (waited_for(r)) r = uf.find(mine);
                         if (span_of(r) == own) block(r, batch);
                         if (t == std::min(su, sv)) my_deferred.push_back(k);
                         continue;
                     }
                     uint32_t ru = uf.find(e.u), rv = uf.find(e.v);
                     if (ru == rv) continue;
-                    if (waited_for(ru) || waited_for(rv)) {
+                    while (waited_for(ru) || waited_for(rv)) {
                         ru = uf.find(e.u);
                         rv = uf.find(e.v);
-                        if (ru == rv) continue;
                     }
+                    if (ru == rv) continue;
                     const bool owned = span_of(ru) == own && span_of(rv) == own;
                     const bool bu = blocked_in(ru, batch), bv = blocked_in(rv, batch);
                     // Attractive: neither cluster blocked; repulsive: not both (see above).
@@ -391,12 +405,12 @@ bool mutex_watershed_loop_parallel(Id* ids, std::size_t n, UnionFind& uf, MutexL
                     if (span_of(rv) == own) block(rv, batch);
                 }
                 me.processed.store(batch, std::memory_order_release);
-                // Thread 1 cuts and collects the next batch, into the lists of batch - 1
-                // once every thread has processed it; thread 0 runs this batch's
-                // deferred edges in order once every thread has processed it.
+                // Thread 1 cuts and collects the next batch, into the lists of the batch
+                // kItemLists earlier once every thread has processed that; thread 0 runs
+                // this batch's deferred edges in order once every thread has processed it.
                 if (t == 1 && b1 < n) {
                     for (const PerThread& p : per_thread)
-                        spin_until([&] { return p.processed.load(std::memory_order_acquire) >= previous; });
+                        spin_until([&] { return p.processed.load(std::memory_order_acquire) + kItemLists >= batch + 1; });
                     collect(batch + 1, b1);
                 }
                 if (t == 0) {
@@ -404,7 +418,7 @@ bool mutex_watershed_loop_parallel(Id* ids, std::size_t n, UnionFind& uf, MutexL
                         spin_until([&] { return p.processed.load(std::memory_order_acquire) >= batch; });
                     merged.clear();
                     for (const PerThread& p : per_thread)
-                        merged.insert(merged.end(), p.deferred[batch & 1].begin(), p.deferred[batch & 1].end());
+                        merged.insert(merged.end(), p.deferred[batch % kSlots].begin(), p.deferred[batch % kSlots].end());
                     std::sort(merged.begin(), merged.end());
                     for (std::size_t k : merged) {
                         const Edge e = decode(ids[k] & kIdMask);
