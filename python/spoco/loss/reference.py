@@ -13,24 +13,24 @@ import math
 
 import torch
 
-from .terms import TERMS, kernel_sigma2, soft_mask
+from .terms import TERMS, kernel_sigma2, log_soft_mask, soft_mask
 
 def dice_loss(s: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
     """Dice loss ``1 − 2 Σ s·i / (Σ s² + Σ i²)`` (Eq. 4, 7)."""
     return 1 - 2 * (s * i).sum() / ((s * s).sum() + (i * i).sum())
 
 
-def bce_loss(s: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-    """Mean binary cross-entropy ``−[I log S + (1 − I) log(1 − S)]``, logs clamped at −100
-    with gradient 0 where clamped (as the other backends). Each log only sees values where
-    it is finite: a log's infinite slope at 0 times the clamp's zero slope would be NaN."""
-    s_in = torch.where(i > 0, s, 1)  # log S where I = 1
-    ok = s_in > math.exp(-100)
-    log_s = torch.where(ok, torch.log(torch.where(ok, s_in, 1)), -100.0)
-    s_out = torch.where(i > 0, 0, s)  # log(1 − S) where I = 0
-    ok = s_out < 1
-    log_1ms = torch.where(ok, torch.log1p(-torch.where(ok, s_out, 0)), -100.0)
-    return -(i * log_s + (1 - i) * log_1ms).mean()
+def bce_loss(log_s: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy ``−[I log S + (1 − I) log(1 − S)]`` from ``log S`` (as the
+    other backends: ``log S`` of a far pixel is finite where ``S`` underflows, whose ``1/S``
+    would make the gradient infinite), logs clamped at −100 with gradient 0 where clamped.
+    Each log only sees values where it is finite: a log's infinite slope at 0 times the
+    clamp's zero slope would be NaN."""
+    log_s_in = torch.where(i > 0, log_s, 0).clamp(min=-100)  # log S where I = 1
+    one_minus_s = torch.where(i > 0, 1, -torch.expm1(log_s))  # 1 − S where I = 0
+    ok = one_minus_s > math.exp(-100)
+    log_1ms = torch.where(ok, torch.log(torch.where(ok, one_minus_s, 1)), -100.0)
+    return -(i * log_s_in + (1 - i) * log_1ms).mean()
 
 
 def pick(pixels: torch.Tensor, keys: torch.Tensor) -> int:
@@ -110,10 +110,10 @@ def spoco_loss(f, target, g=None, *, keys, sparse=False, ignore_index=-1, delta_
                     a = mu[k]
                 else:
                     a = e[pick(torch.nonzero(lab == k)[:, 0], keys[b])]
-                masks.append(soft_mask(e_c, a, sigma2))
+                masks.append(log_soft_mask(e_c, a, sigma2) if instance_loss == "bce" else soft_mask(e_c, a, sigma2))
                 truths.append((lab_c == k).to(e.dtype))
             if instance_loss == "bce":
-                inst = torch.stack([bce_loss(s, i) for s, i in zip(masks, truths)]).mean()
+                inst = torch.stack([bce_loss(log_s, i) for log_s, i in zip(masks, truths)]).mean()
             elif dice == "pooled":
                 inst = dice_loss(torch.cat(masks), torch.cat(truths))
             else:

@@ -22,10 +22,15 @@ def kernel_sigma2(delta_v: float, t: float) -> float:
     return -delta_v**2 / (2 * math.log(t))
 
 
+def log_soft_mask(e: torch.Tensor, anchor: torch.Tensor, sigma2: float) -> torch.Tensor:
+    """``log S(i) = −‖e_i − a‖² / 2σ²`` (Eq. 3), finite where ``S`` itself underflows."""
+    return -((e - anchor) ** 2).sum(1) / (2 * sigma2)
+
+
 def soft_mask(e: torch.Tensor, anchor: torch.Tensor, sigma2: float) -> torch.Tensor:
     """Eq. 3: ``S(i) = exp(−‖e_i − a‖² / 2σ²)`` for pixel embeddings ``e (N, D)`` (or any
     layout whose dim 1 is the embedding axis, with ``anchor`` broadcast against it)."""
-    return torch.exp(-((e - anchor) ** 2).sum(1) / (2 * sigma2))
+    return torch.exp(log_soft_mask(e, anchor, sigma2))
 
 
 class Sums(NamedTuple):
