@@ -11,13 +11,13 @@
 // each thread's edges of the next batch while the others work). In a batch, each
 // thread walks its own edges in order and either executes an edge at once, skips it
 // or defers it; then thread 0 executes all deferred edges of the batch, of every
-// thread, in their global order (the "ordered edges" of the batch), while the other
-// threads go on with the next batch (see Overlap). Thread t defers its edge e when e touches a spanning cluster,
-// or when it is attractive and touches a cluster that an earlier deferred edge of the
-// batch touched ("blocked") - unless a mutex already separates its two clusters: then
-// it skips e -, or when it is repulsive and both its clusters are blocked. A deferred
-// edge blocks its own clusters, and a cross edge blocks the clusters of its ends in
-// each stripe.
+// thread, in their global order (the batch's "ordered edges"), while the other
+// threads go on with the next batches (see Overlap below). Thread t defers its edge e
+// when e touches a spanning cluster, or when it is attractive and touches a cluster
+// that an earlier deferred edge of the batch touched ("blocked") - unless a mutex
+// already separates its two clusters: then it skips e -, or when it is repulsive and
+// both its clusters are blocked. A deferred edge blocks its own clusters, and a cross
+// edge blocks the clusters of its ends in each stripe.
 //
 // Why the partition is the sequential one. Executing the batch this way is executing
 // its edges in another order, so it is enough that every edge executed early commutes
