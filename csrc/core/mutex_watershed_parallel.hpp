@@ -138,6 +138,9 @@ struct Stripes {
 constexpr std::size_t kMinPerStripe = 4096;  // edges; less on small inputs (min_per_stripe)
 constexpr std::size_t kMinParallelNodes = 4096;
 constexpr std::size_t kMaxBatch = std::size_t(1) << 16;
+// The stripe loop's look-ahead, in items (union-find words of the nodes at twice the
+// distance, their parents at it); the sequential loop's kPrefetchDistance was not
+// tried here.
 constexpr std::size_t kParallelPrefetch = 16;
 /// How many batches' ordered edges may still be pending when a thread starts a batch:
 /// more slack for batches of uneven work, but more memory (2 bytes per node each) and
@@ -352,8 +355,8 @@ bool mutex_watershed_loop_parallel(Id* ids, std::size_t n, UnionFind& uf, MutexL
                 };
                 for (std::size_t i = 0; i < items.size(); ++i) {
                     if (done < previous && i % 64 == 0) done = ordered.load(std::memory_order_acquire);
-                    // The look-ahead of the sequential loop: nodes' words far ahead,
-                    // their parents nearer, and soon the roots' lists and marks.
+                    // Look-ahead as in the sequential loop: nodes' words far ahead, their
+                    // parents nearer, and soon the roots' lists, spans and blocks.
                     if (i + 2 * kParallelPrefetch < items.size()) {
                         uf.prefetch(items[i + 2 * kParallelPrefetch].u());
                         uf.prefetch(items[i + 2 * kParallelPrefetch].v());

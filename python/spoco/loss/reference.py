@@ -104,7 +104,7 @@ def spoco_loss(f, target, g=None, *, keys, sparse=False, ignore_index=-1, delta_
         e_c, lab_c = e[counted], lab[counted]  # soft masks span every counted pixel
         if objects:
             # Eq. 3-4, instance term
-            masks, truths = [], []
+            masks, truths = [], []  # masks: S, or log S for BCE (exact where S underflows)
             for k in objects:
                 if anchor == "mean":
                     a = mu[k]
