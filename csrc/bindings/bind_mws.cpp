@@ -154,4 +154,10 @@ void bind_typed(py::module_& m) {
 void register_mws(py::module_& m) {
     bind_typed<float>(m);
     bind_typed<double>(m);
+    m.def(
+        "_set_mws_handover_after",
+        [](uint32_t batch) { spoco::detail::handover_after_batch.store(batch, std::memory_order_relaxed); },
+        py::arg("batch"),
+        "Tests only: > 0 makes the loop on stripes hand over to the sequential loop after that batch; 0 restores "
+        "the automatic hand-over.");
 }

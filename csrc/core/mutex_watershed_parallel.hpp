@@ -73,7 +73,9 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <ctime>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -129,6 +131,31 @@ void spin_until(Ready ready) {
     }
 }
 
+/// The calling thread's CPU time against the wall time since construction (POSIX
+/// thread CPU clocks; where there are none it never reports starvation).
+class CpuClock {
+public:
+    CpuClock() : wall0_(std::chrono::steady_clock::now()), cpu0_(cpu_seconds()) {}
+    /// Whether, after at least `min_seconds` of wall time, the thread has run on a core
+    /// for less than `share` of it.
+    bool starved(double share, double min_seconds) const {
+        const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0_).count();
+        if (wall < min_seconds || cpu0_ < 0) return false;
+        return cpu_seconds() - cpu0_ < share * wall;
+    }
+
+private:
+    static double cpu_seconds() {
+#if defined(CLOCK_THREAD_CPUTIME_ID)
+        timespec ts;
+        if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0) return static_cast<double>(ts.tv_sec) + 1e-9 * ts.tv_nsec;
+#endif
+        return -1.0;
+    }
+    std::chrono::steady_clock::time_point wall0_;
+    double cpu0_;
+};
+
 /// Which stripe each node lies in: the grid cut into `n` slabs along one axis.
 struct Stripes {
     std::vector<uint8_t> of_node;  // stripe of each node
@@ -147,6 +174,23 @@ constexpr std::size_t kParallelPrefetch = 16;
 /// more clusters to wait at (2D benchmark: waits of both threads 130, 90, 70 ms for 1,
 /// 2, 3).
 constexpr uint32_t kOverlap = 2;
+
+/// Hand-over. The stripes are a fixed split, so the team runs at the pace of its
+/// slowest thread: when another process keeps a core busy, two threads took 1.5-2.3x
+/// the time of one (2D benchmark). So each thread compares, at the end of every batch
+/// from the kHandoverMinBatches-th on, the CPU time it got in the loop with the wall
+/// time: below kHandoverCpuShare, the team stops at the next batch boundary, and the
+/// calling thread runs the remaining edges with the sequential loop. Exact: after the
+/// ordered edges of a batch, the state is the sequential loop's after that batch's
+/// last edge. Spinning counts as CPU time, so waiting for a busy stripe does not hand
+/// over; only threads kept off their cores by other work do.
+constexpr uint32_t kHandoverMinBatches = 8;
+constexpr double kHandoverCpuShare = 0.75;  // measured: 0.86-1.00 alone, 0.58-0.70 beside a busy process
+constexpr double kHandoverMinSeconds = 0.05;  // shorter: the scheduler's time slices dominate
+
+/// For tests: > 0 makes every loop on stripes hand over after that batch; 0 (default)
+/// leaves it to the CPU time the threads get.
+inline std::atomic<uint32_t> handover_after_batch{0};
 
 /// An edge's class: the stripe of both its ends, or kCrossTag. The loop keeps it in
 /// the top 4 bits of the 32-bit edge ids (it runs only when ids leave them free), so
@@ -241,9 +285,12 @@ std::size_t collect_batch(const Id* ids, std::size_t begin, std::size_t n, Decod
 
 /// The loop of mutex_watershed.hpp on `st.n` threads (st.n <= MutexLists arenas), for
 /// 32-bit ids below 2^kTagShift (grid_stripes makes stripes only then); writes the
-/// class of each edge into its id. Returns false, having changed nothing, when it did not get st.n threads.
+/// class of each edge into its id (ids[k] & kIdMask is the id). Returns how many edges
+/// it ran, [0, ret): n, or fewer when the team handed over (kHandoverMinBatches) - the
+/// sequential loop must run the rest -, or 0, having changed nothing, when it did not
+/// get st.n threads.
 template <class Id, class Decode>
-bool mutex_watershed_loop_parallel(Id* ids, std::size_t n, UnionFind& uf, MutexLists& mutexes, Decode decode,
+std::size_t mutex_watershed_loop_parallel(Id* ids, std::size_t n, UnionFind& uf, MutexLists& mutexes, Decode decode,
                                    const Stripes& st) {
     static_assert(sizeof(Id) == 4, "the loop on stripes keeps edge classes in 32-bit ids");
     const int T = st.n;
@@ -281,6 +328,11 @@ bool mutex_watershed_loop_parallel(Id* ids, std::size_t n, UnionFind& uf, MutexL
     std::size_t batch_begin[kItemLists] = {}, batch_end[kItemLists] = {};
     alignas(64) std::atomic<uint32_t> collected{0};  // last batch whose items are ready
     alignas(64) std::atomic<uint32_t> ordered{0};    // last batch whose deferred edges ran
+    // Hand-over: any thread may ask (stop_asked); thread 1 then collects no more batches
+    // and publishes the last one it collected (last_batch), after which every thread stops.
+    alignas(64) std::atomic<bool> stop_asked{false};
+    std::atomic<uint32_t> last_batch{~0u};
+    const uint32_t forced_handover = handover_after_batch.load(std::memory_order_relaxed);
 
     // Cut and collect batch b (thread 1, or before the loop).
     auto collect = [&](uint32_t b, std::size_t begin) {
@@ -326,6 +378,7 @@ bool mutex_watershed_loop_parallel(Id* ids, std::size_t n, UnionFind& uf, MutexL
 #pragma omp barrier
 #pragma omp single
             collect(1, 0);
+            const CpuClock clock;  // from here on, a thread off its core is kept off by others
             // Thread 0 processes batch b after the ordered edges of b - 1. The other
             // threads may start it while those of up to kOverlap earlier batches are
             // pending ("overlapped"): until they see them done, they execute and block
@@ -334,8 +387,10 @@ bool mutex_watershed_loop_parallel(Id* ids, std::size_t n, UnionFind& uf, MutexL
             // batch) they wait for that batch's ordered edges.
             for (uint32_t batch = 1;; ++batch) {
                 const uint32_t previous = batch - 1;
-                spin_until([&] { return collected.load(std::memory_order_acquire) >= batch &&
-                                        ordered.load(std::memory_order_acquire) + kOverlap >= previous; });
+                spin_until([&] { return (collected.load(std::memory_order_acquire) >= batch &&
+                                         ordered.load(std::memory_order_acquire) + kOverlap >= previous) ||
+                                        last_batch.load(std::memory_order_acquire) < batch; });
+                if (last_batch.load(std::memory_order_acquire) < batch) break;  // handed over
                 const std::size_t b0 = batch_begin[batch % kItemLists], b1 = batch_end[batch % kItemLists];
                 const std::vector<Item>& items = me.items[batch % kItemLists];
                 std::vector<std::size_t>& my_deferred = me.deferred[batch % kSlots];
@@ -408,13 +463,21 @@ bool mutex_watershed_loop_parallel(Id* ids, std::size_t n, UnionFind& uf, MutexL
                     if (span_of(rv) == own) block(rv, batch);
                 }
                 me.processed.store(batch, std::memory_order_release);
+                if (forced_handover ? batch >= forced_handover
+                                    : batch >= kHandoverMinBatches && clock.starved(kHandoverCpuShare, kHandoverMinSeconds))
+                    stop_asked.store(true, std::memory_order_relaxed);
                 // Thread 1 cuts and collects the next batch, into the lists of the batch
-                // kItemLists earlier once every thread has processed that; thread 0 runs
-                // this batch's deferred edges in order once every thread has processed it.
+                // kItemLists earlier once every thread has processed that (after a
+                // hand-over was asked: makes this batch the last); thread 0 runs this
+                // batch's deferred edges in order once every thread has processed it.
                 if (t == 1 && b1 < n) {
-                    for (const PerThread& p : per_thread)
-                        spin_until([&] { return p.processed.load(std::memory_order_acquire) + kItemLists >= batch + 1; });
-                    collect(batch + 1, b1);
+                    if (stop_asked.load(std::memory_order_relaxed)) {
+                        last_batch.store(batch, std::memory_order_release);
+                    } else {
+                        for (const PerThread& p : per_thread)
+                            spin_until([&] { return p.processed.load(std::memory_order_acquire) + kItemLists >= batch + 1; });
+                        collect(batch + 1, b1);
+                    }
                 }
                 if (t == 0) {
                     for (const PerThread& p : per_thread)
@@ -434,7 +497,9 @@ bool mutex_watershed_loop_parallel(Id* ids, std::size_t n, UnionFind& uf, MutexL
             }
         }
     }
-    return full_team;
+    if (!full_team) return 0;
+    const uint32_t last = last_batch.load(std::memory_order_relaxed);
+    return last == ~0u ? n : batch_end[last % kItemLists];
 }
 
 }  // namespace detail

@@ -1134,6 +1134,60 @@ def test_parallel_stripes_equal_sequential(rng, seed, i):
         assert_labels_equal(want, oracle.mws_grid(aff, offs, n_att, kw.get("strides"), kw.get("mask")), ctx)
 
 
+@pytest.fixture
+def handover_after():
+    """Set the batch after which every loop on stripes hands over to the sequential loop
+    (``spoco._core._set_mws_handover_after``); restored to automatic afterwards."""
+    yield spoco._core._set_mws_handover_after
+    spoco._core._set_mws_handover_after(0)
+
+
+@pytest.mark.parametrize("i", range(30))
+def test_handover_to_sequential_loop_is_exact(rng, seed, i, handover_after):
+    """The loop on stripes stopped after batch k (what it does when its threads do not get
+    their cores) and finished by the sequential loop: the labels of 1 thread, for early,
+    middle and late k (past the last batch: no hand-over), 2, 3 and 4 threads."""
+    aff, offs, n_att, regime, kw = striped_grid_case(rng)
+    ctx = describe(seed, shape=aff.shape[1:], offsets=offs, n_attractive=n_att, regime=regime, **kw)
+    want = mutex_watershed(aff, offs, n_att, threads=1, **kw)
+    for k in (1, 2, int(rng.integers(3, 40)), 10**6):
+        handover_after(k)
+        for t in (2, 3, 4):
+            np.testing.assert_array_equal(mutex_watershed(aff, offs, n_att, threads=t, **kw), want,
+                                          err_msg=f"hand-over after batch {k}, threads={t}; {ctx}")
+
+
+def test_handover_on_embeddings(rng, seed, handover_after):
+    """Hand-over inside the embeddings → labels path (Eq. 12 weights computed in C++),
+    2D and 3D synthetic embeddings."""
+    from spoco.data.synthetic import random_instances, synthetic_embeddings
+    for shape in ((200, 180), (8, 120, 70)):
+        labels = random_instances(shape, 25, rng=int(rng.integers(2**31)))
+        emb = np.ascontiguousarray(synthetic_embeddings(labels, 8, delta_d=1.5, rng=int(rng.integers(2**31))),
+                                   dtype=F32)
+        offs, n_att = default_offsets(len(shape))
+        want = mutex_watershed_embeddings(emb, offs, n_att, delta_d=1.5, threads=1)
+        for k in (1, 5, 17):
+            handover_after(k)
+            np.testing.assert_array_equal(mutex_watershed_embeddings(emb, offs, n_att, delta_d=1.5, threads=2), want,
+                                          err_msg=f"hand-over after batch {k}; {describe(seed, shape=shape)}")
+
+
+def test_handover_beside_a_busy_process():
+    """Two threads while another process keeps a core busy: the automatic hand-over
+    (CPU time below 3/4 of the wall time) must leave the labels unchanged."""
+    offs, n_att = default_offsets(2)
+    aff = np.random.default_rng(1).random((len(offs), 400, 400)).astype(F32)
+    want = mutex_watershed(aff, offs, n_att, threads=1)
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        for _ in range(3):
+            np.testing.assert_array_equal(mutex_watershed(aff, offs, n_att, threads=2), want)
+    finally:
+        busy.kill()
+        busy.wait()
+
+
 @pytest.mark.parametrize("i", range(6))
 def test_parallel_stripes_on_synthetic_embeddings(rng, seed, i):
     """The realistic case: Eq. 12 weights of noisy synthetic embeddings of touching
