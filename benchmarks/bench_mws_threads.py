@@ -8,19 +8,27 @@ Thread scaling (same inputs as ``bench_mws.py``: Eq. 12 float32 affinities of
 synthetic 16-D embeddings): ``mutex_watershed(aff, threads=t)`` for t = 1 and the
 given thread counts, runs interleaved (1, 2, 1, 2, ...) so that a change of machine
 load hits both; median of ``--repeats``; the labels of every thread count must be
-bit-identical to threads=1 (checked on every run).
+bit-identical to threads=1 (checked on every run). "hand-overs": in how many runs the
+loop on stripes handed the rest of its edges to the sequential loop (its threads got
+less than 3/4 of their time on a core).
 
 End to end: 2D 512x512, D = 16, 40 objects, C-contiguous float32:
 ``spoco.cluster(emb, threads=1)`` (argument checks, Eq. 12 weights, the mutex
 watershed, labels), median.
 
 Run it on a quiet machine; the load average is printed before and after.
+
+``--busy``: the thread scaling again while another process keeps one core busy (a
+spinning Python process, started before and killed after those runs): the case of a
+shared machine, where the loop on stripes hands over to the sequential loop
+(``csrc/core/mutex_watershed_parallel.hpp``, "Hand-over").
 """
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -30,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_mws import DELTA_D, make_embeddings  # noqa: E402
 
 import spoco  # noqa: E402
+from spoco import _core  # noqa: E402
 from spoco.clustering import default_offsets, embedding_affinities, mutex_watershed  # noqa: E402
 from spoco.data.synthetic import random_instances, synthetic_embeddings  # noqa: E402
 
@@ -42,19 +51,23 @@ def thread_scaling(tag, shape, threads, repeats, seed):
     offsets, na = default_offsets(len(shape))
     aff = embedding_affinities(make_embeddings(shape, seed), offsets, na, delta_d=DELTA_D)
     times = {t: [] for t in [1, *threads]}
+    handovers = dict.fromkeys(times, 0)
     ref = mutex_watershed(aff, offsets, na, threads=1)  # warm-up
     for _ in range(repeats):
         for t in times:
+            before = _core._mws_handovers()
             t0 = time.perf_counter()
             labels = mutex_watershed(aff, offsets, na, threads=t)
             times[t].append(time.perf_counter() - t0)
+            handovers[t] += _core._mws_handovers() - before
             if not np.array_equal(labels, ref):
                 raise SystemExit(f"{tag}: threads={t} gave labels different from threads=1")
     base = statistics.median(times[1])
     size = "x".join(map(str, shape))
     for t, ts in times.items():
         med = statistics.median(ts)
-        print(f"| {tag} | {size} | {len(offsets)} | {t} | {med:.3f} | {base / med:.2f} | identical |")
+        handed = f"{handovers[t]} of {repeats}" if t > 1 else "-"
+        print(f"| {tag} | {size} | {len(offsets)} | {t} | {med:.3f} | {base / med:.2f} | {handed} | identical |")
 
 
 def end_to_end(shape, n_objects, repeats, seed):
@@ -78,14 +91,23 @@ def main(argv=None):
     p.add_argument("--threads", type=int, nargs="+", default=[2], help="thread counts besides 1 (default 2)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--busy", action="store_true", help="also time the thread scaling beside a busy process")
     args = p.parse_args(argv)
     shape2, shape3, e2e = ((128, 128), (32, 64, 64), (128, 128)) if args.quick else \
         ((1024, 1024), (64, 256, 256), (512, 512))
     print(f"{os.cpu_count()} CPUs, load {load()} at start; spoco {spoco.__version__}")
-    print("| case | size | channels | threads | median s | speed-up vs 1 thread | labels |")
-    print("|---|---|---|---|---|---|---|")
+    print("| case | size | channels | threads | median s | speed-up vs 1 thread | hand-overs | labels |")
+    print("|---|---|---|---|---|---|---|---|")
     thread_scaling("2D", shape2, args.threads, args.repeats, args.seed)
     thread_scaling("3D", shape3, args.threads, args.repeats, args.seed)
+    if args.busy:
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            thread_scaling("2D, beside a busy process", shape2, args.threads, args.repeats, args.seed)
+            thread_scaling("3D, beside a busy process", shape3, args.threads, args.repeats, args.seed)
+        finally:
+            busy.kill()
+            busy.wait()
     print()
     print("| case | size | input | threads | median |")
     print("|---|---|---|---|---|")

@@ -160,4 +160,7 @@ void register_mws(py::module_& m) {
         py::arg("batch"),
         "Tests only: > 0 makes the loop on stripes hand over to the sequential loop after that batch; 0 restores "
         "the automatic hand-over.");
+    m.def(
+        "_mws_handovers", [] { return spoco::detail::handover_count.load(std::memory_order_relaxed); },
+        "How many loops on stripes have handed over to the sequential loop in this process.");
 }

@@ -186,11 +186,13 @@ constexpr uint32_t kOverlap = 2;
 /// over; only threads kept off their cores by other work do.
 constexpr uint32_t kHandoverMinBatches = 8;
 constexpr double kHandoverCpuShare = 0.75;  // measured: 0.86-1.00 alone, 0.58-0.70 beside a busy process
-constexpr double kHandoverMinSeconds = 0.05;  // shorter: the scheduler's time slices dominate
+constexpr double kHandoverMinSeconds = 0.02;  // shorter: the scheduler's time slices dominate
 
 /// For tests: > 0 makes every loop on stripes hand over after that batch; 0 (default)
 /// leaves it to the CPU time the threads get.
 inline std::atomic<uint32_t> handover_after_batch{0};
+/// Hand-overs in this process so far (for benchmarks and tests).
+inline std::atomic<uint64_t> handover_count{0};
 
 /// An edge's class: the stripe of both its ends, or kCrossTag. The loop keeps it in
 /// the top 4 bits of the 32-bit edge ids (it runs only when ids leave them free), so
@@ -499,7 +501,9 @@ std::size_t mutex_watershed_loop_parallel(Id* ids, std::size_t n, UnionFind& uf,
     }
     if (!full_team) return 0;
     const uint32_t last = last_batch.load(std::memory_order_relaxed);
-    return last == ~0u ? n : batch_end[last % kItemLists];
+    if (last == ~0u) return n;
+    handover_count.fetch_add(1, std::memory_order_relaxed);
+    return batch_end[last % kItemLists];
 }
 
 }  // namespace detail
