@@ -21,7 +21,8 @@ Run it on a quiet machine; the load average is printed before and after.
 ``--busy``: the thread scaling again while another process keeps one core busy (a
 spinning Python process, started before and killed after those runs): the case of a
 shared machine, where the loop on stripes hands over to the sequential loop
-(``csrc/core/mutex_watershed_parallel.hpp``, "Hand-over").
+(``csrc/core/mutex_watershed_parallel.hpp``, "Hand-over"); the largest thread count is
+also timed with the hand-over disabled, for comparison.
 """
 from __future__ import annotations
 
@@ -47,27 +48,39 @@ def load() -> str:
     return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def thread_scaling(tag, shape, threads, repeats, seed):
+NEVER = 2**32 - 1  # _core._set_mws_handover_after(NEVER): a hand-over after batch 2^32 - 1, i.e. none
+
+
+def thread_scaling(tag, shape, threads, repeats, seed, handover_off=False):
+    """Interleaved runs of 1 and each of ``threads`` threads (and, with ``handover_off``,
+    of the largest of them with the hand-over disabled); prints a table row for each."""
     offsets, na = default_offsets(len(shape))
     aff = embedding_affinities(make_embeddings(shape, seed), offsets, na, delta_d=DELTA_D)
-    times = {t: [] for t in [1, *threads]}
+    runs = [(str(t), t, 0) for t in [1, *threads]]
+    if handover_off:
+        runs.append((f"{max(threads)}, hand-over off", max(threads), NEVER))
+    times = {name: [] for name, _, _ in runs}
     handovers = dict.fromkeys(times, 0)
     ref = mutex_watershed(aff, offsets, na, threads=1)  # warm-up
-    for _ in range(repeats):
-        for t in times:
-            before = _core._mws_handovers()
-            t0 = time.perf_counter()
-            labels = mutex_watershed(aff, offsets, na, threads=t)
-            times[t].append(time.perf_counter() - t0)
-            handovers[t] += _core._mws_handovers() - before
-            if not np.array_equal(labels, ref):
-                raise SystemExit(f"{tag}: threads={t} gave labels different from threads=1")
-    base = statistics.median(times[1])
+    try:
+        for _ in range(repeats):
+            for name, t, setting in runs:
+                _core._set_mws_handover_after(setting)
+                before = _core._mws_handovers()
+                t0 = time.perf_counter()
+                labels = mutex_watershed(aff, offsets, na, threads=t)
+                times[name].append(time.perf_counter() - t0)
+                handovers[name] += _core._mws_handovers() - before
+                if not np.array_equal(labels, ref):
+                    raise SystemExit(f"{tag}: threads={name} gave labels different from threads=1")
+    finally:
+        _core._set_mws_handover_after(0)
+    base = statistics.median(times["1"])
     size = "x".join(map(str, shape))
-    for t, ts in times.items():
-        med = statistics.median(ts)
-        handed = f"{handovers[t]} of {repeats}" if t > 1 else "-"
-        print(f"| {tag} | {size} | {len(offsets)} | {t} | {med:.3f} | {base / med:.2f} | {handed} | identical |")
+    for name, t, _ in runs:
+        med = statistics.median(times[name])
+        handed = f"{handovers[name]} of {repeats}" if t > 1 else "-"
+        print(f"| {tag} | {size} | {len(offsets)} | {name} | {med:.3f} | {base / med:.2f} | {handed} | identical |")
 
 
 def end_to_end(shape, n_objects, repeats, seed):
@@ -103,8 +116,8 @@ def main(argv=None):
     if args.busy:
         busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
         try:
-            thread_scaling("2D, beside a busy process", shape2, args.threads, args.repeats, args.seed)
-            thread_scaling("3D, beside a busy process", shape3, args.threads, args.repeats, args.seed)
+            thread_scaling("2D, beside a busy process", shape2, args.threads, args.repeats, args.seed, True)
+            thread_scaling("3D, beside a busy process", shape3, args.threads, args.repeats, args.seed, True)
         finally:
             busy.kill()
             busy.wait()
