@@ -75,8 +75,11 @@ def mutex_watershed(affinities, offsets, n_attractive, *, strides=None, randomiz
         from a hash of ``(seed, edge id)`` (no global random state is touched).
     mask : bool array (*spatial), optional. Pixels outside are labelled 0 and
         their edges are dropped.
-    threads : int, optional. Threads for edge enumeration and sorting; the result
-        does not depend on it.
+    threads : int, optional (default: the CPUs available). Threads for edge
+        enumeration, sorting and the pass over the sorted edges (one stripe of the grid
+        per thread; when the threads get less than 3/4 of their time on a core, e.g.
+        beside another busy process, the rest of the pass runs on one). The result does
+        not depend on it.
 
     Returns
     -------
