@@ -176,14 +176,14 @@ constexpr std::size_t kParallelPrefetch = 16;
 constexpr uint32_t kOverlap = 2;
 
 /// Hand-over. The stripes are a fixed split, so the team runs at the pace of its
-/// slowest thread: when another process keeps a core busy, two threads took 1.5-2.3x
-/// the time of one (2D benchmark). So each thread compares, at the end of every batch
-/// from the kHandoverMinBatches-th on, the CPU time it got in the loop with the wall
-/// time: below kHandoverCpuShare, the team stops at the next batch boundary, and the
-/// calling thread runs the remaining edges with the sequential loop. Exact: after the
-/// ordered edges of a batch, the state is the sequential loop's after that batch's
-/// last edge. Spinning counts as CPU time, so waiting for a busy stripe does not hand
-/// over; only threads kept off their cores by other work do.
+/// slowest thread: while another process kept one of two cores busy, two threads took
+/// 1.5-1.7x (2D benchmark) and 1.2x (3D) the time of one. So each thread compares, at
+/// the end of every batch from the kHandoverMinBatches-th on, the CPU time it got in
+/// the loop with the wall time: below kHandoverCpuShare, the team stops at the next
+/// batch boundary, and the calling thread runs the remaining edges with the sequential
+/// loop. Exact: after the ordered edges of a batch, the state is the sequential loop's
+/// after that batch's last edge. Spinning counts as CPU time, so waiting for a busy
+/// stripe does not hand over; only threads kept off their cores by other work do.
 constexpr uint32_t kHandoverMinBatches = 8;
 constexpr double kHandoverCpuShare = 0.75;  // measured: 0.86-1.00 alone, 0.58-0.70 beside a busy process
 constexpr double kHandoverMinSeconds = 0.02;  // shorter: the scheduler's time slices dominate
