@@ -23,6 +23,10 @@ spinning Python process, started before and killed after those runs): the case o
 shared machine, where the loop on stripes hands over to the sequential loop
 (``csrc/core/mutex_watershed_parallel.hpp``, "Hand-over"); the largest thread count is
 also timed with the hand-over disabled, for comparison.
+
+``--huge-pages``: the three cases again at 1 thread and the largest thread count, with
+the union-find and mutex-list arrays in transparent huge pages (the default on Linux)
+and with ``SPOCO_HUGE_PAGES=0`` (normal 4 KiB pages), interleaved, labels checked equal.
 """
 from __future__ import annotations
 
@@ -83,11 +87,45 @@ def thread_scaling(tag, shape, threads, repeats, seed, handover_off=False):
         print(f"| {tag} | {size} | {len(offsets)} | {name} | {med:.3f} | {base / med:.2f} | {handed} | identical |")
 
 
-def end_to_end(shape, n_objects, repeats, seed):
+def huge_pages_ab(tag, shape, run, threads, repeats):
+    """Interleaved runs of ``run(t)`` with SPOCO_HUGE_PAGES=0 and unset, for each thread
+    count; prints a table row per thread count (medians and the change)."""
+    before = os.environ.pop("SPOCO_HUGE_PAGES", None)
+    settings = {"4 KiB pages": "0", "huge pages": None}
+    times = {(t, name): [] for t in threads for name in settings}
+    try:
+        ref = run(1)  # warm-up
+        for _ in range(repeats):
+            for t in threads:
+                for name, value in settings.items():
+                    if value is None:
+                        os.environ.pop("SPOCO_HUGE_PAGES", None)
+                    else:
+                        os.environ["SPOCO_HUGE_PAGES"] = value
+                    t0 = time.perf_counter()
+                    labels = run(t)
+                    times[(t, name)].append(time.perf_counter() - t0)
+                    if not np.array_equal(labels, ref):
+                        raise SystemExit(f"{tag}: labels differ with {name} at threads={t}")
+    finally:
+        os.environ.pop("SPOCO_HUGE_PAGES", None)
+        if before is not None:
+            os.environ["SPOCO_HUGE_PAGES"] = before
+    size = "x".join(map(str, shape))
+    for t in threads:
+        small, huge = (statistics.median(times[(t, name)]) for name in settings)
+        print(f"| {tag} | {size} | {t} | {small:.3f} | {huge:.3f} | {100 * (huge / small - 1):+.1f} % |")
+
+
+def e2e_embeddings(shape, n_objects, seed):
     labels = random_instances(shape, n_objects, rng=seed)
     # C-contiguous (D, Y, X), as a network and spoco predict return them (the generator gives a
     # transposed view, whose copy would be timed otherwise: ~7 ms)
-    emb = np.ascontiguousarray(synthetic_embeddings(labels, 16, delta_d=DELTA_D, rng=seed + 1), dtype=np.float32)
+    return np.ascontiguousarray(synthetic_embeddings(labels, 16, delta_d=DELTA_D, rng=seed + 1), dtype=np.float32)
+
+
+def end_to_end(shape, n_objects, repeats, seed):
+    emb = e2e_embeddings(shape, n_objects, seed)
     spoco.cluster(emb, threads=1)  # warm-up
     ts = []
     for _ in range(repeats):
@@ -105,6 +143,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--busy", action="store_true", help="also time the thread scaling beside a busy process")
+    p.add_argument("--huge-pages", action="store_true", help="also time huge pages against 4 KiB pages")
     args = p.parse_args(argv)
     shape2, shape3, e2e = ((128, 128), (32, 64, 64), (128, 128)) if args.quick else \
         ((1024, 1024), (64, 256, 256), (512, 512))
@@ -125,6 +164,20 @@ def main(argv=None):
     print("| case | size | input | threads | median |")
     print("|---|---|---|---|---|")
     end_to_end(e2e, 40, max(args.repeats, 11), args.seed)
+    if args.huge_pages:
+        print()
+        print("| case | size | threads | 4 KiB pages, median s | huge pages, median s | change |")
+        print("|---|---|---|---|---|---|")
+        ab_threads = [1, max(args.threads)]
+        for tag, shape in (("2D", shape2), ("3D", shape3)):
+            offsets, na = default_offsets(len(shape))
+            aff = embedding_affinities(make_embeddings(shape, args.seed), offsets, na, delta_d=DELTA_D)
+            huge_pages_ab(tag, shape, lambda t: mutex_watershed(aff, offsets, na, threads=t), ab_threads,
+                          args.repeats)
+            del aff
+        emb = e2e_embeddings(e2e, 40, args.seed)
+        huge_pages_ab("end to end", e2e, lambda t: spoco.cluster(emb, threads=t), ab_threads,
+                      max(args.repeats, 11))
     print(f"load {load()} at the end")
 
 

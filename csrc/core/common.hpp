@@ -6,6 +6,10 @@
 #include <memory>
 #include <new>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #if defined(__CUDACC__)
 #define SPOCO_HD __host__ __device__ __forceinline__
 #else
@@ -49,6 +53,37 @@ using MallocPtr = std::unique_ptr<void, FreeDeleter>;
 inline MallocPtr malloc_or_throw(std::size_t bytes) {
     void* p = std::malloc(bytes ? bytes : 1);
     if (!p) throw std::bad_alloc();
+    return MallocPtr(p);
+}
+
+/// Whether malloc_huge_or_throw may ask for transparent huge pages: yes unless the
+/// environment variable SPOCO_HUGE_PAGES is "0" (read at each allocation).
+inline bool huge_pages_allowed() {
+    const char* v = std::getenv("SPOCO_HUGE_PAGES");
+    return !(v && v[0] == '0' && v[1] == '\0');
+}
+
+/// Storage of at least `bytes`, aligned to a cache line, for arrays read at random (the
+/// mutex watershed's union-find words and mutex lists). On Linux, arrays of 2 MiB or
+/// more are 2 MiB-aligned and advised to use transparent huge pages (MADV_HUGEPAGE;
+/// pages are faulted in on first write, after the advice): random reads over tens of
+/// MiB then miss the TLB far less often (2D benchmark: about -10 % at one thread). The
+/// advice is only asked for these arrays: asking for it on every allocation (glibc's
+/// hugetlb tunable) made the 3D benchmark 12 % slower.
+inline MallocPtr malloc_huge_or_throw(std::size_t bytes) {
+    constexpr std::size_t kLine = 64;
+    std::size_t align = kLine;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    constexpr std::size_t kHuge = std::size_t(2) << 20;
+    const bool huge = bytes >= kHuge && huge_pages_allowed();
+    if (huge) align = kHuge;
+#endif
+    const std::size_t rounded = bytes ? (bytes + align - 1) / align * align : align;
+    void* p = std::aligned_alloc(align, rounded);  // size a multiple of the alignment (C11)
+    if (!p) throw std::bad_alloc();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (huge) madvise(p, rounded, MADV_HUGEPAGE);  // advice only: on failure, normal pages
+#endif
     return MallocPtr(p);
 }
 

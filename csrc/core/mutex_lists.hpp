@@ -43,7 +43,7 @@ public:
     /// front avoids the copy, and the doubled peak, of a growing vector, and lets
     /// threads add lists without moving the others. `arenas` threads may add lists.
     explicit MutexLists(std::size_t n_nodes, int arenas = 1)
-        : storage_(malloc_or_throw(sizeof(List) * (n_nodes + kHandleBlock * static_cast<std::size_t>(arenas)))),
+        : storage_(malloc_huge_or_throw(sizeof(List) * (n_nodes + kHandleBlock * static_cast<std::size_t>(arenas)))),
           lists_(static_cast<List*>(storage_.get())),
           arenas_(static_cast<std::size_t>(arenas)),
           chunks_(static_cast<uint32_t>(arenas)) {
@@ -161,15 +161,13 @@ private:
             Pool& p = pools_[static_cast<std::size_t>(arena)];
             if (p.size == kIndexMask) throw std::length_error("too many mutex constraints for 32-bit chunk ids");
             if ((p.size & kBlockMask) == 0) {
-                void* mem = std::aligned_alloc(alignof(Chunk), sizeof(Chunk) << kBlockBits);
-                if (!mem) throw std::bad_alloc();
-                p.blocks.emplace_back(static_cast<Chunk*>(mem));
+                p.blocks.emplace_back(static_cast<Chunk*>(malloc_huge_or_throw(sizeof(Chunk) << kBlockBits).release()));
             }
             return (static_cast<uint32_t>(arena) << kIndexBits) | p.size++;
         }
 
     private:
-        static constexpr uint32_t kBlockBits = 14;  // 1 MiB blocks
+        static constexpr uint32_t kBlockBits = 15;  // 2 MiB blocks: one huge page each
         static constexpr uint32_t kBlockMask = (1u << kBlockBits) - 1;
         static constexpr uint32_t kIndexBits = 29;
         static constexpr uint32_t kIndexMask = (1u << kIndexBits) - 1;  // kNoChunk's index: never made

@@ -11,7 +11,7 @@
 // set (the parallel mutex watershed, mutex_watershed_parallel.hpp, relies on this).
 #pragma once
 #include <cstdint>
-#include <vector>
+#include <algorithm>
 
 #include "core/common.hpp"
 
@@ -23,7 +23,12 @@ public:
     static constexpr uint32_t kMaxNodes = 0x7FFFFFFFu;
     static constexpr uint32_t kNoPayload = 0x7FFFFFFFu;
 
-    explicit UnionFind(std::size_t n) : word_(n, kRootFlag | kNoPayload), rank_(n, 0) {}
+    explicit UnionFind(std::size_t n)
+        : n_(n), storage_(malloc_huge_or_throw(n * (sizeof(uint32_t) + 1))),
+          word_(static_cast<uint32_t*>(storage_.get())), rank_(reinterpret_cast<uint8_t*>(word_ + n)) {
+        std::fill(word_, word_ + n, kRootFlag | kNoPayload);
+        std::fill(rank_, rank_ + n, uint8_t{0});
+    }
 
     uint32_t find(uint32_t x) {
         uint32_t p = load(x);
@@ -51,14 +56,16 @@ public:
     /// Parent (or root payload) word of x, for look-ahead prefetching.
     uint32_t peek(uint32_t x) const { return load(x); }
     void prefetch(uint32_t x) const { SPOCO_PREFETCH(&word_[x]); }
-    std::size_t size() const { return word_.size(); }
+    std::size_t size() const { return n_; }
 
 private:
     uint32_t load(uint32_t x) const { return SPOCO_RELAXED_LOAD(word_[x]); }
     void store(uint32_t x, uint32_t w) { SPOCO_RELAXED_STORE(word_[x], w); }
 
-    std::vector<uint32_t> word_;
-    std::vector<uint8_t> rank_;
+    std::size_t n_;
+    MallocPtr storage_;  // the words, then the ranks
+    uint32_t* word_;
+    uint8_t* rank_;
 };
 
 }  // namespace spoco

@@ -1222,3 +1222,29 @@ def test_parallel_loop_without_its_threads():
                          env={**os.environ, "OMP_THREAD_LIMIT": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "1"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_huge_page_storage_changes_nothing(rng, seed, monkeypatch, threads):
+    """Arrays of 2 MiB or more (union-find, mutex lists, chunk blocks) are advised to use
+    transparent huge pages unless SPOCO_HUGE_PAGES=0: only speed may differ, never labels.
+    Sizes chosen so that both kinds of storage pass the 2 MiB mark (graph: the union-find
+    of 600 k nodes; grid: the list headers of 300x300 nodes)."""
+    ctx = f"seed {seed}, threads {threads}"
+    n_nodes, n_edges = 600_000, 60_000
+    uvs = rng.integers(0, 3000, (n_edges, 2))  # few nodes carry edges: a small oracle graph
+    muvs = rng.integers(0, 3000, (n_edges, 2))
+    w = rng.integers(0, 50, n_edges).astype(F32) / 50  # ties
+    mw = rng.integers(0, 50, n_edges).astype(F32) / 50
+    offs, na = default_offsets(2)
+    aff = rng.random((len(offs), 300, 300)).astype(F32)
+    aff[:, ::3] = 1.0  # saturated rows, as Eq. 12 gives
+    results = {}
+    for value in ("0", "1"):
+        monkeypatch.setenv("SPOCO_HUGE_PAGES", value)
+        results[value] = (mutex_watershed_graph(n_nodes, uvs, w, muvs, mw, threads=threads),
+                          mutex_watershed(aff, offs, na, threads=threads))
+    np.testing.assert_array_equal(results["0"][0], results["1"][0], err_msg=ctx)
+    np.testing.assert_array_equal(results["0"][1], results["1"][1], err_msg=ctx)
+    ref = oracle.mws_graph(3000, uvs, w, muvs, mw)
+    assert oracle.same_partition(results["1"][0][:3000], ref), ctx
