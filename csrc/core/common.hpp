@@ -69,13 +69,15 @@ inline bool huge_pages_allowed() {
 /// pages are faulted in on first write, after the advice): random reads over tens of
 /// MiB then miss the TLB far less often (2D benchmark: about -10 % at one thread). The
 /// advice is only asked for these arrays: asking for it on every allocation (glibc's
-/// hugetlb tunable) made the 3D benchmark 12 % slower.
-inline MallocPtr malloc_huge_or_throw(std::size_t bytes) {
+/// hugetlb tunable) made the 3D benchmark 12 % slower. `advise = false`: no advice,
+/// for an array that may stay mostly untouched (a huge page is zeroed whole on its
+/// first write, a normal page only where written).
+inline MallocPtr malloc_huge_or_throw(std::size_t bytes, bool advise = true) {
     constexpr std::size_t kLine = 64;
     std::size_t align = kLine;
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     constexpr std::size_t kHuge = std::size_t(2) << 20;
-    const bool huge = bytes >= kHuge && huge_pages_allowed();
+    const bool huge = advise && bytes >= kHuge && huge_pages_allowed();
     if (huge) align = kHuge;
 #endif
     const std::size_t rounded = bytes ? (bytes + align - 1) / align * align : align;

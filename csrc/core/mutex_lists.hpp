@@ -46,7 +46,9 @@ public:
         : storage_(malloc_huge_or_throw(sizeof(List) * (n_nodes + kHandleBlock * static_cast<std::size_t>(arenas)))),
           lists_(static_cast<List*>(storage_.get())),
           arenas_(static_cast<std::size_t>(arenas)),
-          chunks_(static_cast<uint32_t>(arenas)) {
+          // Chunk blocks in huge pages only when the headers are (a small input would
+          // zero a whole 2 MiB page for its first few chunks).
+          chunks_(static_cast<uint32_t>(arenas), sizeof(List) * n_nodes >= (std::size_t(2) << 20)) {
         if (arenas < 1 || arenas > kMaxArenas) throw std::invalid_argument("MutexLists: 1 to 8 arenas");
     }
 
@@ -148,7 +150,7 @@ private:
     // A chunk's id is its arena (top 3 bits) and its index in that arena's pool.
     class ChunkPools {
     public:
-        explicit ChunkPools(uint32_t arenas) : pools_(arenas) {
+        ChunkPools(uint32_t arenas, bool huge) : pools_(arenas), huge_(huge) {
             for (Pool& p : pools_) p.blocks.reserve(kMaxBlocks);
         }
         Chunk& operator[](uint32_t c) {
@@ -161,7 +163,7 @@ private:
             Pool& p = pools_[static_cast<std::size_t>(arena)];
             if (p.size == kIndexMask) throw std::length_error("too many mutex constraints for 32-bit chunk ids");
             if ((p.size & kBlockMask) == 0) {
-                p.blocks.emplace_back(static_cast<Chunk*>(malloc_huge_or_throw(sizeof(Chunk) << kBlockBits).release()));
+                p.blocks.emplace_back(static_cast<Chunk*>(malloc_huge_or_throw(sizeof(Chunk) << kBlockBits, huge_).release()));
             }
             return (static_cast<uint32_t>(arena) << kIndexBits) | p.size++;
         }
@@ -177,6 +179,7 @@ private:
             uint32_t size = 0;
         };
         std::vector<Pool> pools_;
+        bool huge_;
     };
 
     uint32_t back(const List& l) const {
