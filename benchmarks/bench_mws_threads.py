@@ -31,6 +31,7 @@ and with ``SPOCO_HUGE_PAGES=0`` (normal 4 KiB pages), interleaved, labels checke
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import subprocess
@@ -55,11 +56,19 @@ def load() -> str:
 NEVER = 2**32 - 1  # _core._set_mws_handover_after(NEVER): a hand-over after batch 2^32 - 1, i.e. none
 
 
+@functools.lru_cache(maxsize=2)
+def affinities(shape, seed):
+    """Eq. 12 affinities of ``bench_mws.py``'s synthetic embeddings (made once per shape:
+    ~1 min for the 3D one)."""
+    offsets, na = default_offsets(len(shape))
+    return embedding_affinities(make_embeddings(shape, seed), offsets, na, delta_d=DELTA_D)
+
+
 def thread_scaling(tag, shape, threads, repeats, seed, handover_off=False):
     """Interleaved runs of 1 and each of ``threads`` threads (and, with ``handover_off``,
     of the largest of them with the hand-over disabled); prints a table row for each."""
     offsets, na = default_offsets(len(shape))
-    aff = embedding_affinities(make_embeddings(shape, seed), offsets, na, delta_d=DELTA_D)
+    aff = affinities(shape, seed)
     runs = [(str(t), t, 0) for t in [1, *threads]]
     if handover_off:
         runs.append((f"{max(threads)}, hand-over off", max(threads), NEVER))
@@ -171,10 +180,9 @@ def main(argv=None):
         ab_threads = [1, max(args.threads)]
         for tag, shape in (("2D", shape2), ("3D", shape3)):
             offsets, na = default_offsets(len(shape))
-            aff = embedding_affinities(make_embeddings(shape, args.seed), offsets, na, delta_d=DELTA_D)
+            aff = affinities(shape, args.seed)
             huge_pages_ab(tag, shape, lambda t: mutex_watershed(aff, offsets, na, threads=t), ab_threads,
                           args.repeats)
-            del aff
         emb = e2e_embeddings(e2e, 40, args.seed)
         huge_pages_ab("end to end", e2e, lambda t: spoco.cluster(emb, threads=t), ab_threads,
                       max(args.repeats, 11))

@@ -56,6 +56,9 @@ inline MallocPtr malloc_or_throw(std::size_t bytes) {
     return MallocPtr(p);
 }
 
+/// Size (and alignment) of a transparent huge page on x86-64 Linux.
+constexpr std::size_t kHugePageBytes = std::size_t(2) << 20;
+
 /// Whether malloc_huge_or_throw may ask for transparent huge pages: yes unless the
 /// environment variable SPOCO_HUGE_PAGES is "0" (read at each allocation).
 inline bool huge_pages_allowed() {
@@ -76,9 +79,8 @@ inline MallocPtr malloc_huge_or_throw(std::size_t bytes, bool advise = true) {
     constexpr std::size_t kLine = 64;
     std::size_t align = kLine;
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-    constexpr std::size_t kHuge = std::size_t(2) << 20;
-    const bool huge = advise && bytes >= kHuge && huge_pages_allowed();
-    if (huge) align = kHuge;
+    const bool huge = advise && bytes >= kHugePageBytes && huge_pages_allowed();
+    if (huge) align = kHugePageBytes;
 #endif
     const std::size_t rounded = bytes ? (bytes + align - 1) / align * align : align;
     void* p = std::aligned_alloc(align, rounded);  // size a multiple of the alignment (C11)

@@ -48,7 +48,7 @@ public:
           arenas_(static_cast<std::size_t>(arenas)),
           // Chunk blocks in huge pages only when the headers are (a small input would
           // zero a whole 2 MiB page for its first few chunks).
-          chunks_(static_cast<uint32_t>(arenas), sizeof(List) * n_nodes >= (std::size_t(2) << 20)) {
+          chunks_(static_cast<uint32_t>(arenas), sizeof(List) * n_nodes >= kHugePageBytes) {
         if (arenas < 1 || arenas > kMaxArenas) throw std::invalid_argument("MutexLists: 1 to 8 arenas");
     }
 
