@@ -390,6 +390,7 @@ void consistency_anchors(const T* emb_f, const T* emb_g, const uint8_t* unlabele
                          int64_t D, int64_t N, int64_t K, T r2, double coverage_stop, int64_t* pix, uint8_t* valid,
                          int threads) {
     detail::check_dims(B, D, N, K);
+    if (K >= INT32_MAX) throw std::invalid_argument("spoco loss kernels: need fewer than 2^31 consistency anchors");
     threads = resolve_threads(threads);
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
     for (int64_t b = 0; b < B; ++b) {
@@ -428,36 +429,47 @@ void consistency_anchors(const T* emb_f, const T* emb_g, const uint8_t* unlabele
             }
             begin = end;
         }
-        // first covering anchor of every unlabeled pixel, by blocks of kSub (vectorised distances)
+        // First covering anchor of every unlabeled pixel, by blocks of kSub pixels: each block is
+        // loaded once (zero-padded) and its distances to an anchor summed in registers.
         const int64_t n_a = static_cast<int64_t>(found.size());
         std::vector<int64_t> newly(static_cast<size_t>(n_a + 1), 0);
-        T df[kSub], dg[kSub];
-        int64_t first[kSub];
+        std::vector<T> anchor_f(static_cast<size_t>(n_a * D)), anchor_g(anchor_f.size());
+        for (int64_t a = 0; a < n_a; ++a)
+            for (int64_t d = 0; d < D; ++d) {
+                anchor_f[a * D + d] = ef[d * N + found[a]];
+                anchor_g[a * D + d] = eg[d * N + found[a]];
+            }
+        auto blk = std::make_unique<detail::PixelBlock<T>>();
+        alignas(64) T df[kSub], dg[kSub];
+        alignas(64) int32_t first[kSub];  // n_a: not covered yet, -1: not unlabeled (or padding)
+        const int32_t none = static_cast<int32_t>(n_a);
         for (int64_t i0 = 0; i0 < N; i0 += kSub) {
             const int64_t np = std::min(kSub, N - i0);
             int64_t open = 0;
-            for (int64_t q = 0; q < np; ++q) {
-                first[q] = ub[i0 + q] ? n_a : -1;
-                open += first[q] == n_a;
+            for (int64_t q = 0; q < kSub; ++q) {
+                first[q] = q < np && ub[i0 + q] ? none : -1;
+                open += first[q] == none;
             }
-            for (int64_t a = 0; a < n_a && open > 0; ++a) {
-                const int64_t p = found[a];
-                for (int64_t q = 0; q < np; ++q) df[q] = dg[q] = T(0);
-                for (int64_t d = 0; d < D; ++d) {
-                    const T* rf = ef + d * N + i0;
-                    const T* rg = eg + d * N + i0;
-                    const T af = ef[d * N + p], ag = eg[d * N + p];
-                    for (int64_t q = 0; q < np; ++q) {
-                        const T x = rf[q] - af, y = rg[q] - ag;
-                        df[q] += x * x;
-                        dg[q] += y * y;
-                    }
+            if (open == 0) continue;
+            for (int64_t d = 0; d < D; ++d) {
+                std::copy(ef + d * N + i0, ef + d * N + i0 + np, blk->e[d]);
+                std::copy(eg + d * N + i0, eg + d * N + i0 + np, blk->eg[d]);
+                std::fill(blk->e[d] + np, blk->e[d] + kSub, T(0));
+                std::fill(blk->eg[d] + np, blk->eg[d] + kSub, T(0));
+            }
+            for (int32_t a = 0; a < none && open > 0; ++a) {
+                detail::block_sq_dist(blk->e, anchor_f.data() + a * D, D, df);
+                detail::block_sq_dist(blk->eg, anchor_g.data() + a * D, D, dg);
+                int32_t hits = 0;
+                for (int64_t q = 0; q < kSub; ++q) {  // branch-free, so that it vectorises
+                    const bool hit = (first[q] == none) & ((df[q] <= r2) | (dg[q] <= r2));
+                    first[q] = hit ? a : first[q];
+                    hits += hit;
                 }
-                for (int64_t q = 0; q < np; ++q)
-                    if (first[q] == n_a && (df[q] <= r2 || dg[q] <= r2)) first[q] = a, --open;
+                open -= hits;
             }
             for (int64_t q = 0; q < np; ++q)
-                if (first[q] >= 0) ++newly[first[q]];
+                if (first[q] >= 0) ++newly[static_cast<size_t>(first[q])];
         }
         int64_t left = n_u;
         const double thr = coverage_stop * static_cast<double>(n_u);
