@@ -2,7 +2,8 @@
 // spoco/ops/_kernel.py validates every tensor (dtype, device, shape, contiguity) and passes
 // raw CPU pointers by name in a LossCall (loss_call.hpp). The kernels are compiled for
 // several instruction sets (loss_cpu_entry.cpp); the best one the CPU supports runs,
-// unless SPOCO_CPU_ISA=generic|avx2|avx512 says otherwise. All give identical results.
+// unless SPOCO_CPU_ISA=generic|avx2|avx512 says otherwise. All give the same results up to
+// rounding (FMA contraction, lane count): tests/ops/test_isa_variants.py.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
