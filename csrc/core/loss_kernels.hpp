@@ -451,12 +451,7 @@ void consistency_anchors(const T* emb_f, const T* emb_g, const uint8_t* unlabele
                 open += first[q] == none;
             }
             if (open == 0) continue;
-            for (int64_t d = 0; d < D; ++d) {
-                std::copy(ef + d * N + i0, ef + d * N + i0 + np, blk->e[d]);
-                std::copy(eg + d * N + i0, eg + d * N + i0 + np, blk->eg[d]);
-                std::fill(blk->e[d] + np, blk->e[d] + kSub, T(0));
-                std::fill(blk->eg[d] + np, blk->eg[d] + kSub, T(0));
-            }
+            blk->load_embeddings(ef, eg, D, N, i0, np);
             for (int32_t a = 0; a < none && open > 0; ++a) {
                 detail::block_sq_dist(blk->e, anchor_f.data() + a * D, D, df);
                 detail::block_sq_dist(blk->eg, anchor_g.data() + a * D, D, dg);

@@ -103,18 +103,26 @@ struct PixelBlock {
     alignas(64) T u[kSub];        ///< 1 for pixels of slot C (the unlabeled region), else 0
     alignas(64) int32_t s[kSub];  ///< slot, -1 for none and padding
 
-    void load(const PixelSet<T>& px, bool with_g, int64_t b, int64_t p0, int64_t np) {
-        const int64_t D = px.D, N = px.N;
+    /// e (and eg unless emb_g is null) from the pixels [p0, p0 + np) of one image's (D, N)
+    /// embeddings, zero-padded to kSub.
+    void load_embeddings(const T* emb, const T* emb_g, int64_t D, int64_t N, int64_t p0, int64_t np) {
         for (int64_t d = 0; d < D; ++d) {
-            const T* src = px.emb + (b * D + d) * N + p0;
+            const T* src = emb + d * N + p0;
             prefetch_ahead(src);
-            for (int64_t p = 0; p < kSub; ++p) e[d][p] = p < np ? src[p] : T(0);
-            if (with_g) {
-                const T* sg = px.emb_g + (b * D + d) * N + p0;
+            std::copy(src, src + np, e[d]);
+            std::fill(e[d] + np, e[d] + kSub, T(0));
+            if (emb_g) {
+                const T* sg = emb_g + d * N + p0;
                 prefetch_ahead(sg);
-                for (int64_t p = 0; p < kSub; ++p) eg[d][p] = p < np ? sg[p] : T(0);
+                std::copy(sg, sg + np, eg[d]);
+                std::fill(eg[d] + np, eg[d] + kSub, T(0));
             }
         }
+    }
+
+    void load(const PixelSet<T>& px, bool with_g, int64_t b, int64_t p0, int64_t np) {
+        const int64_t D = px.D, N = px.N;
+        load_embeddings(px.emb + b * D * N, with_g ? px.emb_g + b * D * N : nullptr, D, N, p0, np);
         if (px.slot) prefetch_ahead(px.slot + b * N + p0);
         for (int64_t p = 0; p < kSub; ++p) {
             const int64_t v = (p < np && px.slot) ? px.slot[b * N + p0 + p] : -1;
